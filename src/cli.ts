@@ -1,0 +1,165 @@
+#!/usr/bin/env node
+import { readFileSync } from 'node:fs';
+import YAML from 'yaml';
+import yargs, { type Argv } from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { App } from './app.js';
+import { loadConfig, type ConfigFlags } from './config/load.js';
+import type { Config } from './config/schema.js';
+import { ConfigError, SidepoolError, describe } from './errors.js';
+import { createLogger } from './log.js';
+
+/** Exit codes: 0 ok, 1 a runtime failure (port in use, unresolvable upstream), 2 bad config. */
+const EXIT_RUNTIME = 1;
+const EXIT_CONFIG = 2;
+
+const { version } = JSON.parse(
+  readFileSync(new URL('../package.json', import.meta.url), 'utf8'),
+) as { version: string };
+
+interface RunArgs {
+  config?: string | undefined;
+  listen?: string | undefined;
+  upstream?: string | undefined;
+  mode?: string | undefined;
+  'min-idle'?: number | undefined;
+  'max-size'?: number | undefined;
+  admin?: string | undefined;
+  'log-level'?: string | undefined;
+}
+
+function withConfigOption<T>(y: Argv<T>) {
+  return y.option('config', {
+    alias: 'c',
+    type: 'string',
+    describe: 'YAML or JSON config file',
+    default: process.env.SIDEPOOL_CONFIG,
+    defaultDescription: '$SIDEPOOL_CONFIG',
+  });
+}
+
+function withRouteOptions<T>(y: Argv<T>) {
+  return y
+    .option('listen', { type: 'string', describe: 'route listen address, host:port or unix path' })
+    .option('upstream', { type: 'string', describe: 'upstream host:port' })
+    .option('mode', { type: 'string', describe: 'route mode: tcp' })
+    .option('min-idle', { type: 'number', describe: 'warm links kept ready' })
+    .option('max-size', { type: 'number', describe: 'links per destination' })
+    .option('admin', { type: 'string', describe: 'admin listen address, or "false" to disable' })
+    .option('log-level', { type: 'string', describe: 'trace | debug | info | warn | error' });
+}
+
+function flagsOf(args: RunArgs): ConfigFlags {
+  return {
+    listen: args.listen,
+    upstream: args.upstream,
+    mode: args.mode,
+    minIdle: args['min-idle'],
+    maxSize: args['max-size'],
+    admin: args.admin,
+    logLevel: args['log-level'],
+  };
+}
+
+/** Prints a config failure the way `check` and `run` both report it, and returns 2. */
+function reportConfigError(err: ConfigError): number {
+  process.stderr.write(`sidepool: invalid configuration (${err.issues.length} problem${err.issues.length === 1 ? '' : 's'}):\n`);
+  for (const issue of err.issues) {
+    process.stderr.write(`  ${issue.path ? `${issue.path}: ` : ''}${issue.message}\n`);
+  }
+  return EXIT_CONFIG;
+}
+
+async function load(args: RunArgs): Promise<Config | number> {
+  try {
+    return await loadConfig(args.config, flagsOf(args));
+  } catch (err) {
+    if (err instanceof ConfigError) return reportConfigError(err);
+    throw err;
+  }
+}
+
+async function check(args: RunArgs): Promise<number> {
+  const config = await load(args);
+  if (typeof config === 'number') return config;
+  process.stdout.write(YAML.stringify(config));
+  return 0;
+}
+
+async function run(args: RunArgs): Promise<number> {
+  const config = await load(args);
+  if (typeof config === 'number') return config;
+  const log = createLogger(config.log.level);
+  const app = new App(config, log);
+  try {
+    await app.start();
+  } catch (err) {
+    log.error({ code: (err as SidepoolError).code, err: describe(err) }, 'cannot start');
+    process.stderr.write(`sidepool: ${describe(err)}\n`);
+    return EXIT_RUNTIME;
+  }
+  return new Promise<number>((resolve) => {
+    let signals = 0;
+    const onSignal = (signal: NodeJS.Signals): void => {
+      signals++;
+      if (signals > 1) {
+        log.warn({ signal }, 'second signal: exiting now');
+        resolve(0);
+        return;
+      }
+      log.info({ signal }, 'shutting down');
+      app.stop(config.drain.timeout, config.drain.delay).then(
+        () => resolve(0),
+        (err: unknown) => {
+          log.error({ err: describe(err) }, 'shutdown failed');
+          resolve(EXIT_RUNTIME);
+        },
+      );
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let code = 0;
+  const parser = yargs(argv)
+    .scriptName('sidepool')
+    .version(version)
+    .strict()
+    .command(
+      'run',
+      'run the proxy',
+      (y) => withRouteOptions(withConfigOption(y)),
+      async (args) => {
+        code = await run(args);
+      },
+    )
+    .command(
+      'check',
+      'validate a config and print the effective config (defaults filled) as YAML',
+      (y) => withRouteOptions(withConfigOption(y)),
+      async (args) => {
+        code = await check(args);
+      },
+    )
+    .demandCommand(1, 'give a command: run or check')
+    .fail((msg, err) => {
+      if (err) throw err;
+      process.stderr.write(`sidepool: ${msg}\nrun "sidepool --help" for usage\n`);
+      code = EXIT_CONFIG;
+    })
+    .help()
+    .alias('h', 'help')
+    .wrap(Math.min(100, process.stdout.columns ?? 100));
+  await parser.parseAsync();
+  return code;
+}
+
+main(hideBin(process.argv)).then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    process.stderr.write(`sidepool: ${describe(err)}\n`);
+    process.exit(EXIT_RUNTIME);
+  },
+);

@@ -1,0 +1,211 @@
+import { readFile } from 'node:fs/promises';
+import { isDeepStrictEqual } from 'node:util';
+import YAML from 'yaml';
+import type { core } from 'zod';
+import { ConfigError, type ConfigIssue, describe } from '../errors.js';
+import { parseAddress, formatAddress, type Address } from './address.js';
+import { configSchema, type Config, type RouteConfig } from './schema.js';
+
+/** Values given on the command line; each overrides the config file. */
+export interface ConfigFlags {
+  listen?: string | undefined;
+  upstream?: string | undefined;
+  mode?: string | undefined;
+  minIdle?: number | undefined;
+  maxSize?: number | undefined;
+  admin?: string | undefined;
+  logLevel?: string | undefined;
+}
+
+/** Reads a YAML or JSON file into plain data; a syntax error names the file and line. */
+export async function readConfigFile(path: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError([{ path: '', message: `cannot read ${path}: ${describe(err)}` }], {
+      cause: err,
+    });
+  }
+  const doc = YAML.parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    throw new ConfigError(
+      doc.errors.map((e) => ({
+        path: '',
+        message: `${path}: ${e.message.split('\n')[0] ?? e.message}`,
+      })),
+    );
+  }
+  return doc.toJS() ?? {};
+}
+
+/**
+ * Lays command-line flags over the raw file data. Global flags (`--admin`, `--log-level`)
+ * override the file. `--listen`/`--upstream` define a single route: merged onto the file's
+ * route when it has at most one. `--mode`, `--min-idle` and `--max-size` apply to every
+ * route.
+ */
+export function applyFlags(raw: unknown, flags: ConfigFlags): unknown {
+  const input: Record<string, unknown> = isRecord(raw) ? { ...raw } : {};
+  if (flags.admin !== undefined) {
+    input.admin = flags.admin === 'false' || flags.admin === 'off' ? false : { listen: flags.admin };
+  }
+  if (flags.logLevel !== undefined) {
+    input.log = { ...(isRecord(input.log) ? input.log : {}), level: flags.logLevel };
+  }
+
+  let routes: unknown[] = Array.isArray(input.routes) ? [...(input.routes as unknown[])] : [];
+  if (flags.listen !== undefined || flags.upstream !== undefined) {
+    if (routes.length > 1) {
+      throw new ConfigError([
+        {
+          path: 'routes',
+          message: `--listen/--upstream define a single route, but the config file has ${routes.length} routes`,
+        },
+      ]);
+    }
+    const base: Record<string, unknown> = isRecord(routes[0]) ? { ...routes[0] } : {};
+    if (flags.listen !== undefined) base.listen = flags.listen;
+    if (flags.upstream !== undefined) base.upstream = flags.upstream;
+    routes = [base];
+  }
+  routes = routes.map((route) => {
+    if (!isRecord(route)) return route;
+    const merged: Record<string, unknown> = { ...route };
+    if (flags.mode !== undefined) merged.mode = flags.mode;
+    if (flags.minIdle !== undefined || flags.maxSize !== undefined) {
+      const pool: Record<string, unknown> = isRecord(merged.pool) ? { ...merged.pool } : {};
+      if (flags.minIdle !== undefined) pool.minIdle = flags.minIdle;
+      if (flags.maxSize !== undefined) pool.maxSize = flags.maxSize;
+      merged.pool = pool;
+    }
+    return merged;
+  });
+  if (routes.length > 0 || 'routes' in input) input.routes = routes;
+  return input;
+}
+
+/**
+ * Validates raw config data: schema first, then the rules that span fields. Throws one
+ * ConfigError listing every problem. The result is deeply frozen.
+ */
+export function parseConfig(raw: unknown): Config {
+  const result = configSchema.safeParse(raw);
+  if (!result.success) throw new ConfigError(result.error.issues.flatMap(toConfigIssues));
+  const config = result.data;
+  const issues = crossFieldIssues(config);
+  if (issues.length > 0) throw new ConfigError(issues);
+  return deepFreeze(config);
+}
+
+/** Reads the file (if any), applies the flags and validates. */
+export async function loadConfig(path: string | undefined, flags: ConfigFlags = {}): Promise<Config> {
+  const raw = path === undefined ? {} : await readConfigFile(path);
+  if (path === undefined && flags.listen === undefined && flags.upstream === undefined) {
+    throw new ConfigError([
+      {
+        path: '',
+        message:
+          'no configuration: give --config FILE (or SIDEPOOL_CONFIG), or --listen and --upstream',
+      },
+    ]);
+  }
+  return parseConfig(applyFlags(raw, flags));
+}
+
+/** The key that decides which routes share a pool: the same upstream addresses. */
+export function destinationKey(route: RouteConfig): string {
+  return route.upstream.addresses.map(normaliseAddress).join(',');
+}
+
+function normaliseAddress(text: string): string {
+  const parsed = parseAddress(text);
+  return typeof parsed === 'string' ? text : formatAddress(parsed);
+}
+
+function crossFieldIssues(config: Config): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  const names = new Map<string, number>();
+  const listens = new Map<string, number>();
+  const pools = new Map<string, number>();
+  config.routes.forEach((route, i) => {
+    const at = `routes[${i}]`;
+    if (route.pool.minIdle > route.pool.maxSize) {
+      issues.push({
+        path: `${at}.pool.minIdle`,
+        message: `minIdle (${route.pool.minIdle}) must not exceed maxSize (${route.pool.maxSize})`,
+      });
+    }
+    const nameAt = names.get(route.name);
+    if (nameAt !== undefined) {
+      issues.push({
+        path: `${at}.name`,
+        message: `"${route.name}" is already the name of routes[${nameAt}]`,
+      });
+    } else names.set(route.name, i);
+
+    const listen = parseAddress(route.listen, { allowAnyHost: true, allowPortZero: true }) as Address;
+    const listenKey = formatAddress(listen);
+    const listenAt = listens.get(listenKey);
+    if (listenAt !== undefined && !(listen.kind === 'tcp' && listen.port === 0)) {
+      issues.push({
+        path: `${at}.listen`,
+        message: `${route.listen} is already the listen address of routes[${listenAt}]`,
+      });
+    } else listens.set(listenKey, i);
+
+    const key = destinationKey(route);
+    const poolAt = pools.get(key);
+    if (poolAt === undefined) pools.set(key, i);
+    else if (!isDeepStrictEqual(config.routes[poolAt]?.pool, route.pool)) {
+      issues.push({
+        path: `${at}.pool`,
+        message: `routes[${poolAt}] has the same upstream (${key}) with other pool settings; routes to one upstream share one pool, so give them the same pool settings`,
+      });
+    }
+  });
+  return issues;
+}
+
+function toConfigIssues(issue: core.$ZodIssue): ConfigIssue[] {
+  const path = formatPath(issue.path);
+  if (issue.code === 'unrecognized_keys') {
+    return issue.keys.map((key) => ({
+      path: path ? `${path}.${key}` : key,
+      message: 'unknown key',
+    }));
+  }
+  if (issue.code === 'invalid_value' && 'values' in issue) {
+    return [
+      {
+        path,
+        message: `expected one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`,
+      },
+    ];
+  }
+  if (issue.code === 'invalid_type' && issue.message.endsWith('received undefined')) {
+    return [{ path, message: `is required (expected ${issue.expected})` }];
+  }
+  return [{ path, message: issue.message }];
+}
+
+function formatPath(path: PropertyKey[]): string {
+  let out = '';
+  for (const part of path) {
+    if (typeof part === 'number') out += `[${part}]`;
+    else out += out === '' ? String(part) : `.${String(part)}`;
+  }
+  return out;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const child of Object.values(value)) deepFreeze(child);
+  }
+  return value;
+}

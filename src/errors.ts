@@ -1,0 +1,128 @@
+/**
+ * The one catalogue of sidepool's errors. Every error has a stable `code`; tests and
+ * callers match on the code, never on the message. The original error, where there is
+ * one, is kept as `cause`.
+ */
+export class SidepoolError extends Error {
+  readonly code: string;
+
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+
+/** A configuration problem: one entry per field that is wrong. */
+export interface ConfigIssue {
+  /** Dotted path of the field, e.g. `routes[0].pool.maxSize`. */
+  path: string;
+  /** What is wrong and what is expected. */
+  message: string;
+}
+
+export class ConfigError extends SidepoolError {
+  readonly issues: readonly ConfigIssue[];
+
+  constructor(issues: readonly ConfigIssue[], options?: { cause?: unknown }) {
+    super(
+      'SIDEPOOL_CONFIG_INVALID',
+      issues.map((i) => (i.path ? `${i.path}: ${i.message}` : i.message)).join('\n'),
+      options,
+    );
+    this.issues = issues;
+  }
+}
+
+export class AcquireTimeoutError extends SidepoolError {
+  constructor(pool: string, timeoutMs: number) {
+    super('SIDEPOOL_ACQUIRE_TIMEOUT', `no link to ${pool} within ${timeoutMs}ms`);
+  }
+}
+
+export class PoolOverflowError extends SidepoolError {
+  constructor(pool: string, maxWaiters: number) {
+    super('SIDEPOOL_POOL_OVERFLOW', `${pool} is at maxSize and ${maxWaiters} waiters are queued`);
+  }
+}
+
+export class PoolClosedError extends SidepoolError {
+  constructor(pool: string) {
+    super('SIDEPOOL_POOL_CLOSED', `pool ${pool} is closed`);
+  }
+}
+
+export class AcquireAbortedError extends SidepoolError {
+  constructor(pool: string) {
+    super('SIDEPOOL_ACQUIRE_ABORTED', `the downstream left while waiting for a link to ${pool}`);
+  }
+}
+
+/** A dial that failed; `endpoint` says which of the destination's endpoints. */
+export class DialError extends SidepoolError {
+  readonly endpoint: string;
+
+  constructor(code: string, endpoint: string, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.endpoint = endpoint;
+  }
+}
+
+export class ConnectTimeoutError extends DialError {
+  constructor(endpoint: string, timeoutMs: number) {
+    super('SIDEPOOL_CONNECT_TIMEOUT', endpoint, `connect to ${endpoint} timed out after ${timeoutMs}ms`);
+  }
+}
+
+export class ConnectError extends DialError {
+  constructor(endpoint: string, cause: unknown) {
+    super('SIDEPOOL_CONNECT_FAILED', endpoint, `connect to ${endpoint} failed: ${describe(cause)}`, {
+      cause,
+    });
+  }
+}
+
+export class TlsHandshakeError extends DialError {
+  constructor(endpoint: string, cause: unknown) {
+    super('SIDEPOOL_TLS_HANDSHAKE_FAILED', endpoint, `TLS to ${endpoint} failed: ${describe(cause)}`, {
+      cause,
+    });
+  }
+}
+
+export class LinkClosedError extends SidepoolError {
+  constructor(reason: string) {
+    super('SIDEPOOL_LINK_CLOSED', `link closed: ${reason}`);
+  }
+}
+
+export class ListenError extends SidepoolError {
+  constructor(route: string, listen: string, cause: unknown) {
+    super('SIDEPOOL_LISTEN_FAILED', `route ${route}: cannot listen on ${listen}: ${describe(cause)}`, {
+      cause,
+    });
+  }
+}
+
+export class ResolveError extends SidepoolError {
+  constructor(host: string, cause: unknown) {
+    super('SIDEPOOL_RESOLVE_FAILED', `cannot resolve ${host}: ${describe(cause)}`, { cause });
+  }
+}
+
+/** A short, single-line description of any thrown value, with its code when it has one. */
+export function describe(err: unknown): string {
+  if (err instanceof Error) {
+    const code = (err as NodeJS.ErrnoException).code;
+    return code && !err.message.includes(code) ? `${code} ${err.message}` : err.message;
+  }
+  return String(err);
+}
+
+/** The stable code of an error (ours, or Node's errno code), for logs and metrics. */
+export function codeOf(err: unknown): string {
+  if (err && typeof err === 'object' && 'code' in err && typeof err.code === 'string') {
+    return err.code;
+  }
+  return 'UNKNOWN';
+}

@@ -1,0 +1,17 @@
+import pino, { type Logger } from 'pino';
+import pretty from 'pino-pretty';
+
+export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error';
+
+/**
+ * JSON lines on stdout; readable colour lines when stdout is a terminal. Written
+ * synchronously so that the last lines before an exit are never lost.
+ */
+export function createLogger(level: LogLevel, destination?: NodeJS.WritableStream): Logger {
+  const options = { level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime };
+  if (destination !== undefined) return pino(options, destination);
+  if (process.stdout.isTTY) {
+    return pino(options, pretty({ sync: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid' }));
+  }
+  return pino(options, pino.destination({ dest: 1, sync: true }));
+}

@@ -1,0 +1,200 @@
+import type { Duplex } from 'node:stream';
+import { LinkClosedError, SidepoolError } from '../errors.js';
+
+/**
+ * The life of one upstream connection:
+ *
+ *   connecting ──▶ idle ⇄ active
+ *        │          │       │
+ *        └──────────┴───────┴──▶ closed
+ *
+ * Only the methods below move a link between states; each asserts the state it leaves.
+ */
+export type LinkState = 'connecting' | 'idle' | 'active' | 'closed';
+
+/** Why a link closed. The first six are the evictions counted in metrics. */
+export type CloseReason =
+  | 'idle'
+  | 'lifetime'
+  | 'remote_closed'
+  | 'error'
+  | 'unhealthy'
+  | 'endpoint_removed'
+  | 'released'
+  | 'pool_closed'
+  | 'dial_failed';
+
+/** The pool's side of a link: told when the link's timers fire and when it closes. */
+export interface LinkOwner {
+  linkIdleExpired(link: Link): void;
+  linkLifetimeExpired(link: Link): void;
+  linkClosed(link: Link, from: LinkState, reason: CloseReason, error: Error | undefined): void;
+}
+
+/**
+ * Bytes an upstream may send on an idle link before it is taken (a server greeting, as
+ * MySQL or SMTP send) are kept and replayed to the session that takes the link. More than
+ * this while nobody listens is a misbehaving upstream.
+ */
+const MAX_IDLE_BYTES = 64 * 1024;
+
+export class Link {
+  readonly id: number;
+  /** The endpoint (`host:port`) this link was dialed to; set when the dial succeeds. */
+  endpoint = '';
+  state: LinkState = 'connecting';
+  readonly createdAt: number;
+  idleSince = 0;
+  uses = 0;
+  /** Set when maxLifetime passed while the link was active: it must not go back to idle. */
+  expired = false;
+  /** Whether bytes that arrive while idle are kept (tcp) or mean the link is broken (http). */
+  readonly keepIdleBytes: boolean;
+
+  private socketRef: Duplex | undefined;
+  private readonly owner: LinkOwner;
+  private idleTimer: NodeJS.Timeout | undefined;
+  private lifetimeTimer: NodeJS.Timeout | undefined;
+  private idleChunks: Buffer[] | undefined;
+  private idleBytes = 0;
+  private lastError: Error | undefined;
+
+  constructor(id: number, owner: LinkOwner, keepIdleBytes = true, now = Date.now()) {
+    this.id = id;
+    this.owner = owner;
+    this.keepIdleBytes = keepIdleBytes;
+    this.createdAt = now;
+  }
+
+  /** The upstream socket. Only the holder of an active link may read or write it. */
+  get socket(): Duplex {
+    if (this.socketRef === undefined) throw new LinkClosedError(`link ${this.id} has no socket`);
+    return this.socketRef;
+  }
+
+  /** connecting → idle: the dial succeeded. */
+  connected(socket: Duplex, endpoint: string, idleTimeoutMs: number, lifetimeMs: number): void {
+    this.expect('connecting');
+    this.socketRef = socket;
+    this.endpoint = endpoint;
+    socket.on('error', this.onError);
+    socket.on('close', this.onClose);
+    if (lifetimeMs > 0) {
+      this.lifetimeTimer = setTimeout(this.onLifetime, lifetimeMs);
+      this.lifetimeTimer.unref();
+    }
+    this.enterIdle(idleTimeoutMs);
+  }
+
+  /** idle → active: a caller takes the link. Bytes that arrived while idle are put back. */
+  lease(): void {
+    this.expect('idle');
+    this.state = 'active';
+    this.uses++;
+    this.clearIdleTimer();
+    const socket = this.socket;
+    socket.off('data', this.onIdleData);
+    socket.off('end', this.onIdleEnd);
+    socket.pause();
+    if (this.idleChunks !== undefined) {
+      const chunks = this.idleChunks;
+      this.idleChunks = undefined;
+      this.idleBytes = 0;
+      socket.unshift(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks));
+    }
+  }
+
+  /** active → idle: the caller is done and the link can serve again. */
+  release(idleTimeoutMs: number): void {
+    this.expect('active');
+    this.enterIdle(idleTimeoutMs);
+  }
+
+  /** Any state → closed, the socket destroyed. Idempotent: the owner hears of it once. */
+  close(reason: CloseReason, error?: Error): void {
+    if (this.state === 'closed') return;
+    const from = this.state;
+    this.state = 'closed';
+    this.clearIdleTimer();
+    if (this.lifetimeTimer !== undefined) clearTimeout(this.lifetimeTimer);
+    this.lifetimeTimer = undefined;
+    this.idleChunks = undefined;
+    const socket = this.socketRef;
+    if (socket !== undefined) {
+      socket.off('close', this.onClose);
+      socket.destroy();
+    }
+    this.owner.linkClosed(this, from, reason, error ?? this.lastError);
+  }
+
+  get isClosed(): boolean {
+    return this.state === 'closed';
+  }
+
+  private enterIdle(idleTimeoutMs: number): void {
+    this.state = 'idle';
+    this.idleSince = Date.now();
+    const socket = this.socket;
+    // An idle link must notice the upstream's FIN or stray bytes at once, so it reads.
+    socket.on('data', this.onIdleData);
+    socket.on('end', this.onIdleEnd);
+    if (idleTimeoutMs > 0) {
+      this.idleTimer = setTimeout(this.onIdleTimeout, idleTimeoutMs);
+      this.idleTimer.unref();
+    }
+  }
+
+  private clearIdleTimer(): void {
+    if (this.idleTimer !== undefined) clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+  }
+
+  private expect(state: LinkState): void {
+    if (this.state !== state) {
+      throw new SidepoolError(
+        'SIDEPOOL_LINK_STATE',
+        `link ${this.id} is ${this.state}, expected ${state}`,
+      );
+    }
+  }
+
+  private readonly onIdleData = (chunk: Buffer): void => {
+    if (!this.keepIdleBytes) {
+      this.close('error', new LinkClosedError('the upstream sent bytes on an idle link'));
+      return;
+    }
+    this.idleBytes += chunk.length;
+    if (this.idleBytes > MAX_IDLE_BYTES) {
+      this.close('error', new LinkClosedError(`the upstream sent over ${MAX_IDLE_BYTES} bytes on an idle link`));
+      return;
+    }
+    (this.idleChunks ??= []).push(chunk);
+  };
+
+  private readonly onIdleEnd = (): void => {
+    this.close('remote_closed');
+  };
+
+  private readonly onIdleTimeout = (): void => {
+    this.idleTimer = undefined;
+    if (this.state === 'idle') this.owner.linkIdleExpired(this);
+  };
+
+  private readonly onLifetime = (): void => {
+    this.lifetimeTimer = undefined;
+    if (this.state === 'idle') this.owner.linkLifetimeExpired(this);
+    else this.expired = true;
+  };
+
+  private readonly onError = (err: Error): void => {
+    this.lastError = err;
+  };
+
+  private readonly onClose = (): void => {
+    // The socket closed under us: an idle link was closed by the upstream; an active one
+    // ended with its session (the holder closed it) or broke.
+    const reason: CloseReason =
+      this.state === 'idle' ? (this.lastError ? 'error' : 'remote_closed') : this.lastError ? 'error' : 'released';
+    this.close(reason);
+  };
+}

@@ -1,0 +1,481 @@
+import { EventEmitter } from 'node:events';
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import {
+  AcquireAbortedError,
+  AcquireTimeoutError,
+  DialError,
+  PoolClosedError,
+  PoolOverflowError,
+  codeOf,
+  describe,
+} from '../errors.js';
+import { Backoff } from './backoff.js';
+import { Link, type CloseReason, type LinkOwner, type LinkState } from './link.js';
+import { WaiterQueue, type QueueEntry } from './waiters.js';
+
+/** A made connection and the endpoint it went to. */
+export interface Dialed {
+  socket: Duplex;
+  endpoint: string;
+}
+
+/** What the pool needs from the upstream layer: a way to make one connection. */
+export interface Connector {
+  dial(): Promise<Dialed>;
+}
+
+export type AcquireResult = 'idle' | 'dialed' | 'timeout' | 'overflow' | 'aborted' | 'failed';
+export type DialResult = 'success' | 'error' | 'timeout' | 'tls_error';
+export type EvictionReason = Extract<
+  CloseReason,
+  'idle' | 'lifetime' | 'remote_closed' | 'error' | 'unhealthy' | 'endpoint_removed'
+>;
+
+const EVICTIONS: ReadonlySet<CloseReason> = new Set([
+  'idle',
+  'lifetime',
+  'remote_closed',
+  'error',
+  'unhealthy',
+  'endpoint_removed',
+]);
+
+/**
+ * Told of what happens in a pool, for metrics. Called on the hot path: implementations
+ * must be cheap and must not throw.
+ */
+export interface PoolObserver {
+  acquired(result: AcquireResult, waitedSeconds: number): void;
+  dialed(result: DialResult, endpoint: string, seconds: number): void;
+  evicted(reason: EvictionReason): void;
+}
+
+const NO_OBSERVER: PoolObserver = { acquired() {}, dialed() {}, evicted() {} };
+
+export interface PoolSettings {
+  minIdle: number;
+  maxSize: number;
+  maxWaiters: number;
+  acquireTimeout: number;
+  idleTimeout: number;
+  maxLifetime: number;
+}
+
+export interface PoolOptions extends PoolSettings {
+  /** The destination in readable form, for logs and metrics. */
+  name: string;
+  connector: Connector;
+  logger: Logger;
+  observer?: PoolObserver;
+  /** Keep bytes that arrive on idle links (tcp), or treat them as a broken link (http). */
+  keepIdleBytes?: boolean;
+  backoff?: Backoff;
+}
+
+export interface PoolStats {
+  idle: number;
+  active: number;
+  connecting: number;
+  waiters: number;
+  maxSize: number;
+  minIdle: number;
+}
+
+type WaiterCallback = (err: Error | null, link?: Link) => void;
+
+/** A downstream waiting for a link. `cancel()` takes it out of the queue. */
+export class Waiter implements QueueEntry<Waiter> {
+  queuePrev: Waiter | undefined;
+  queueNext: Waiter | undefined;
+  queued = false;
+  timer: NodeJS.Timeout | undefined;
+  settled = false;
+  readonly enqueuedAt = performance.now();
+
+  constructor(
+    private readonly pool: Pool,
+    readonly callback: WaiterCallback,
+  ) {}
+
+  cancel(): void {
+    this.pool.cancel(this);
+  }
+}
+
+type PoolState = 'open' | 'closing' | 'closed';
+
+/**
+ * The links of one destination: idle (a stack, so the least recently used ones idle
+ * out), active and connecting, plus a FIFO of waiters. Every change goes through
+ * `pulse()`, which serves waiters, dials up to maxSize and tops up to minIdle.
+ *
+ * The pool knows nothing of modes: a caller takes a link, uses `link.socket`, and hands it
+ * back with `release(link, reusable)`.
+ */
+export class Pool extends EventEmitter implements LinkOwner {
+  readonly name: string;
+  private settings: PoolSettings;
+  private readonly connector: Connector;
+  private readonly log: Logger;
+  private readonly observer: PoolObserver;
+  private readonly keepIdleBytes: boolean;
+  private readonly backoff: Backoff;
+
+  private readonly idle: Link[] = [];
+  private readonly active = new Set<Link>();
+  private readonly connecting = new Set<Link>();
+  private readonly waiters = new WaiterQueue<Waiter>();
+  private state: PoolState = 'open';
+  private nextLinkId = 1;
+  private retryAt = 0;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private pulseQueued = false;
+  private warm = false;
+  private closed: Promise<void> | undefined;
+  private resolveClosed: (() => void) | undefined;
+
+  constructor(options: PoolOptions) {
+    super();
+    this.name = options.name;
+    this.settings = pickSettings(options);
+    this.connector = options.connector;
+    this.log = options.logger;
+    this.observer = options.observer ?? NO_OBSERVER;
+    this.keepIdleBytes = options.keepIdleBytes ?? true;
+    this.backoff = options.backoff ?? new Backoff();
+  }
+
+  /** Starts warming: dials up to minIdle links. */
+  start(): void {
+    this.pulse();
+  }
+
+  get options(): Readonly<PoolSettings> {
+    return this.settings;
+  }
+
+  /** Applies new sizes and timeouts; existing links keep running and converge. */
+  configure(settings: PoolSettings): void {
+    this.settings = pickSettings(settings);
+    // Shrinking: idle links above the new limits go now; active ones go on release.
+    while (this.idle.length > 0 && this.total > this.settings.maxSize) {
+      this.idle[0]?.close('idle');
+    }
+    this.pulse();
+  }
+
+  stats(): PoolStats {
+    return {
+      idle: this.idle.length,
+      active: this.active.size,
+      connecting: this.connecting.size,
+      waiters: this.waiters.size,
+      maxSize: this.settings.maxSize,
+      minIdle: this.settings.minIdle,
+    };
+  }
+
+  get isWarm(): boolean {
+    return this.warm;
+  }
+
+  /**
+   * Takes an idle link now, or returns undefined. Never jumps the queue: with waiters
+   * queued, the idle link is theirs.
+   */
+  tryAcquire(): Link | undefined {
+    if (this.state !== 'open' || this.waiters.size > 0) return undefined;
+    const link = this.idle.pop();
+    if (link === undefined) return undefined;
+    link.lease();
+    this.active.add(link);
+    this.observer.acquired('idle', 0);
+    this.schedulePulse();
+    return link;
+  }
+
+  /**
+   * Queues for a link. The callback runs later, exactly once, with the link or with an
+   * AcquireTimeoutError, PoolOverflowError or PoolClosedError; not at all after `cancel()`.
+   */
+  wait(callback: WaiterCallback): Waiter {
+    const waiter = new Waiter(this, callback);
+    if (this.state !== 'open') {
+      this.settleLater(waiter, new PoolClosedError(this.name), 'failed');
+      return waiter;
+    }
+    if (this.waiters.size >= this.settings.maxWaiters) {
+      this.settleLater(waiter, new PoolOverflowError(this.name, this.settings.maxWaiters), 'overflow');
+      return waiter;
+    }
+    this.waiters.push(waiter);
+    if (this.settings.acquireTimeout > 0) {
+      waiter.timer = setTimeout(() => this.timeOut(waiter), this.settings.acquireTimeout);
+      waiter.timer.unref();
+    }
+    this.pulse();
+    return waiter;
+  }
+
+  /** Promise form of tryAcquire-then-wait, with an optional abort signal. */
+  acquire(signal?: AbortSignal): Promise<Link> {
+    const link = this.tryAcquire();
+    if (link !== undefined) return Promise.resolve(link);
+    return new Promise((resolve, reject) => {
+      const waiter = this.wait((err, got) => {
+        signal?.removeEventListener('abort', onAbort);
+        if (err) reject(err);
+        else resolve(got as Link);
+      });
+      const onAbort = (): void => {
+        waiter.cancel();
+        reject(new AcquireAbortedError(this.name));
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  /** Takes a waiter out of the queue: the downstream left. */
+  cancel(waiter: Waiter): void {
+    if (waiter.settled) return;
+    waiter.settled = true;
+    this.waiters.remove(waiter);
+    if (waiter.timer !== undefined) clearTimeout(waiter.timer);
+    this.observer.acquired('aborted', (performance.now() - waiter.enqueuedAt) / 1000);
+  }
+
+  /**
+   * Hands a link back. A reusable link that is still healthy and not past its lifetime
+   * goes back to idle; any other is closed and, below minIdle, replaced.
+   */
+  release(link: Link, reusable: boolean): void {
+    if (link.state !== 'active') return;
+    if (!reusable || link.expired || this.state !== 'open' || this.total > this.settings.maxSize) {
+      link.close(link.expired && reusable ? 'lifetime' : 'released');
+      return;
+    }
+    this.active.delete(link);
+    link.release(this.settings.idleTimeout);
+    this.idle.push(link);
+    this.pulse();
+  }
+
+  /**
+   * Graceful close: no new links, waiters fail with PoolClosedError, idle links close,
+   * and the promise resolves when the last active link is released. Idempotent.
+   */
+  close(): Promise<void> {
+    if (this.closed === undefined) {
+      this.state = 'closing';
+      this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
+      this.clearRetry();
+      this.failWaiters(new PoolClosedError(this.name));
+      for (const link of [...this.idle, ...this.connecting]) link.close('pool_closed');
+      this.checkClosed();
+    }
+    return this.closed;
+  }
+
+  /** Forceful close: every link, active ones too, is closed now. Idempotent. */
+  destroy(): Promise<void> {
+    const closed = this.close();
+    for (const link of [...this.active]) link.close('pool_closed');
+    return closed;
+  }
+
+  // ── LinkOwner ────────────────────────────────────────────────────────────
+
+  linkIdleExpired(link: Link): void {
+    // Above minIdle the link simply goes. At or below it, it is replaced by a fresh one,
+    // so that no upstream or NAT idle timer kills a link before we hand it out.
+    link.close('idle');
+  }
+
+  linkLifetimeExpired(link: Link): void {
+    link.close('lifetime');
+  }
+
+  linkClosed(link: Link, from: LinkState, reason: CloseReason, error: Error | undefined): void {
+    if (from === 'idle') removeFrom(this.idle, link);
+    else if (from === 'active') this.active.delete(link);
+    else this.connecting.delete(link);
+    if (EVICTIONS.has(reason)) {
+      this.observer.evicted(reason as EvictionReason);
+      if (from === 'idle' && (reason === 'remote_closed' || reason === 'error')) {
+        this.log.info(
+          { link: link.id, endpoint: link.endpoint, reason, err: error && describe(error) },
+          'idle link lost',
+        );
+      }
+    }
+    if (this.state === 'open') this.schedulePulse();
+    else this.checkClosed();
+  }
+
+  // ── reconcile ───────────────────────────────────────────────────────────
+
+  private get total(): number {
+    return this.idle.length + this.active.size + this.connecting.size;
+  }
+
+  /**
+   * The one reconcile step: serve waiters from idle links, dial for the waiters that no
+   * dial in flight will serve, top up to minIdle, never above maxSize; after a failure,
+   * one dial at a time until one succeeds.
+   */
+  private pulse(): void {
+    if (this.state !== 'open') return;
+    let waiter: Waiter | undefined;
+    while (this.waiters.size > 0 && this.idle.length > 0) {
+      waiter = this.waiters.shift() as Waiter;
+      const link = this.idle.pop() as Link;
+      link.lease();
+      this.active.add(link);
+      this.settle(waiter, null, link, link.uses === 1 ? 'dialed' : 'idle');
+    }
+
+    const wanted = this.waiters.size + this.settings.minIdle - this.idle.length - this.connecting.size;
+    let dials = Math.min(wanted, this.settings.maxSize - this.total);
+    if (dials <= 0) return;
+    if (this.backoff.failures > 0) {
+      const now = Date.now();
+      if (now < this.retryAt) {
+        this.scheduleRetry(this.retryAt - now);
+        return;
+      }
+      dials = this.connecting.size === 0 ? 1 : 0;
+    }
+    for (let i = 0; i < dials; i++) this.dial();
+  }
+
+  private schedulePulse(): void {
+    if (this.pulseQueued) return;
+    this.pulseQueued = true;
+    setImmediate(this.queuedPulse);
+  }
+
+  private readonly queuedPulse = (): void => {
+    this.pulseQueued = false;
+    this.pulse();
+  };
+
+  private dial(): void {
+    const link = new Link(this.nextLinkId++, this, this.keepIdleBytes);
+    this.connecting.add(link);
+    const started = performance.now();
+    this.connector.dial().then(
+      ({ socket, endpoint }) => {
+        this.observer.dialed('success', endpoint, (performance.now() - started) / 1000);
+        if (link.isClosed) {
+          socket.destroy();
+          return;
+        }
+        this.backoff.succeed();
+        this.connecting.delete(link);
+        link.connected(socket, endpoint, this.settings.idleTimeout, jitter(this.settings.maxLifetime));
+        this.idle.push(link);
+        this.pulse();
+        this.checkWarm();
+      },
+      (err: unknown) => {
+        const error = err instanceof Error ? err : new Error(String(err));
+        const code = codeOf(error);
+        const result: DialResult =
+          code === 'SIDEPOOL_CONNECT_TIMEOUT'
+            ? 'timeout'
+            : code === 'SIDEPOOL_TLS_HANDSHAKE_FAILED'
+              ? 'tls_error'
+              : 'error';
+        const endpoint = error instanceof DialError ? error.endpoint : this.name;
+        this.observer.dialed(result, endpoint, (performance.now() - started) / 1000);
+        if (link.isClosed) return;
+        const delay = this.backoff.fail();
+        this.retryAt = Date.now() + delay;
+        this.log.warn(
+          { code, err: describe(error), failures: this.backoff.failures, retryInMs: delay },
+          'dial failed',
+        );
+        link.close('dial_failed', error);
+      },
+    );
+  }
+
+  private scheduleRetry(delay: number): void {
+    if (this.retryTimer !== undefined) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.pulse();
+    }, delay);
+    this.retryTimer.unref();
+  }
+
+  private clearRetry(): void {
+    if (this.retryTimer !== undefined) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+  }
+
+  private checkWarm(): void {
+    if (!this.warm && this.idle.length + this.active.size >= this.settings.minIdle) {
+      this.warm = true;
+      this.log.info({ links: this.idle.length + this.active.size }, 'pool warm');
+      this.emit('warm');
+    }
+  }
+
+  private timeOut(waiter: Waiter): void {
+    if (waiter.settled) return;
+    this.waiters.remove(waiter);
+    this.settle(waiter, new AcquireTimeoutError(this.name, this.settings.acquireTimeout), undefined, 'timeout');
+  }
+
+  private failWaiters(err: Error): void {
+    for (let waiter = this.waiters.shift(); waiter; waiter = this.waiters.shift()) {
+      this.settle(waiter, err, undefined, 'failed');
+    }
+  }
+
+  private settle(waiter: Waiter, err: Error | null, link: Link | undefined, result: AcquireResult): void {
+    waiter.settled = true;
+    if (waiter.timer !== undefined) clearTimeout(waiter.timer);
+    this.observer.acquired(result, (performance.now() - waiter.enqueuedAt) / 1000);
+    waiter.callback(err, link);
+  }
+
+  /** Errors found before queueing still reach the caller asynchronously, as promised. */
+  private settleLater(waiter: Waiter, err: Error, result: AcquireResult): void {
+    waiter.settled = true;
+    process.nextTick(() => {
+      this.observer.acquired(result, 0);
+      waiter.callback(err);
+    });
+  }
+
+  private checkClosed(): void {
+    if (this.state === 'closing' && this.total === 0) {
+      this.state = 'closed';
+      this.resolveClosed?.();
+    }
+  }
+}
+
+function pickSettings(s: PoolSettings): PoolSettings {
+  return {
+    minIdle: s.minIdle,
+    maxSize: s.maxSize,
+    maxWaiters: s.maxWaiters,
+    acquireTimeout: s.acquireTimeout,
+    idleTimeout: s.idleTimeout,
+    maxLifetime: s.maxLifetime,
+  };
+}
+
+/** ±10%, so that links dialed together don't all reconnect together. */
+function jitter(ms: number): number {
+  return ms > 0 ? Math.round(ms * (0.9 + Math.random() * 0.2)) : 0;
+}
+
+function removeFrom(list: Link[], link: Link): void {
+  const i = list.lastIndexOf(link);
+  if (i >= 0) list.splice(i, 1);
+}

@@ -1,0 +1,170 @@
+import { lstat, unlink } from 'node:fs/promises';
+import net from 'node:net';
+import type { Logger } from 'pino';
+import type { Address } from '../config/address.js';
+import { formatAddress } from '../config/address.js';
+import { ListenError, codeOf, describe } from '../errors.js';
+import type { Pool } from '../pool/pool.js';
+import type { SpliceOutcome } from './splice.js';
+import { TcpSession } from './tcp.js';
+
+/** Told of downstream sessions, for metrics. Called on the hot path: must be cheap. */
+export interface RouteObserver {
+  opened(): void;
+  /** A session ended; `seconds` from accept to close. */
+  closed(outcome: SpliceOutcome, seconds: number): void;
+  /** A downstream closed without a session: no link in time, queue full, pool closed. */
+  refused(code: string): void;
+}
+
+const NO_OBSERVER: RouteObserver = { opened() {}, closed() {}, refused() {} };
+
+export interface RouteOptions {
+  name: string;
+  listen: Address;
+  pool: Pool;
+  logger: Logger;
+  /** Downstream session idle timeout; 0 = none. */
+  idleTimeout: number;
+  observer?: RouteObserver;
+}
+
+type RouteState = 'new' | 'listening' | 'closing' | 'closed';
+
+/**
+ * One listener bound to one pool. Accepts downstream sockets and hands each to a session
+ * of the route's mode; owns those sessions until they end.
+ */
+export class Route {
+  readonly name: string;
+  readonly pool: Pool;
+  readonly log: Logger;
+  readonly observer: RouteObserver;
+  readonly idleTimeout: number;
+  private readonly listenAddress: Address;
+  private readonly server: net.Server;
+  private readonly sessions = new Set<TcpSession>();
+  private state: RouteState = 'new';
+  private nextSessionId = 1;
+  private drained: (() => void) | undefined;
+  private closing: Promise<void> | undefined;
+
+  constructor(options: RouteOptions) {
+    this.name = options.name;
+    this.pool = options.pool;
+    this.log = options.logger;
+    this.observer = options.observer ?? NO_OBSERVER;
+    this.idleTimeout = options.idleTimeout;
+    this.listenAddress = options.listen;
+    this.server = net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: false });
+    this.server.on('connection', this.onConnection);
+    this.server.on('error', (err) => {
+      // After listening, an accept error (EMFILE, …) must not take the process down.
+      this.log.error({ code: codeOf(err), err: describe(err) }, 'listener error');
+    });
+  }
+
+  /** Binds the listener. Rejects with ListenError (port in use, no permission, …). */
+  async listen(): Promise<void> {
+    if (this.state !== 'new') return;
+    const address = this.listenAddress;
+    if (address.kind === 'unix') await removeStaleSocket(address.path);
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: Error): void => {
+        reject(new ListenError(this.name, formatAddress(address), err));
+      };
+      this.server.once('error', onError);
+      const listening = (): void => {
+        this.server.off('error', onError);
+        resolve();
+      };
+      if (address.kind === 'unix') this.server.listen(address.path, listening);
+      else this.server.listen({ host: address.host, port: address.port, backlog: 4096 }, listening);
+    });
+    this.state = 'listening';
+    this.log.info({ listen: this.address }, 'route listening');
+  }
+
+  get isListening(): boolean {
+    return this.state === 'listening';
+  }
+
+  /** The bound address (with the real port when the config said port 0). */
+  get address(): string {
+    const bound = this.server.address();
+    if (bound === null) return formatAddress(this.listenAddress);
+    if (typeof bound === 'string') return bound;
+    return formatAddress({ kind: 'tcp', host: bound.address, port: bound.port });
+  }
+
+  /** The bound TCP port, for tests and the demo. */
+  get port(): number {
+    const bound = this.server.address();
+    return bound !== null && typeof bound === 'object' ? bound.port : 0;
+  }
+
+  get activeSessions(): number {
+    return this.sessions.size;
+  }
+
+  /** Stops accepting; resolves when every session has ended. Idempotent. */
+  close(): Promise<void> {
+    if (this.closing === undefined) {
+      const wasListening = this.state === 'listening';
+      this.state = 'closing';
+      const stopped = wasListening
+        ? new Promise<void>((resolve) => this.server.close(() => resolve()))
+        : Promise.resolve();
+      const drained =
+        this.sessions.size === 0
+          ? Promise.resolve()
+          : new Promise<void>((resolve) => (this.drained = resolve));
+      this.closing = Promise.all([stopped, drained]).then(() => {
+        this.state = 'closed';
+      });
+      if (wasListening) this.log.info('route stopped accepting');
+    }
+    return this.closing;
+  }
+
+  /** Ends every session now; `close()` then resolves. */
+  destroySessions(): void {
+    for (const session of [...this.sessions]) session.destroy();
+  }
+
+  /** Called by a session when it has ended. */
+  sessionEnded(session: TcpSession): void {
+    this.sessions.delete(session);
+    if (this.sessions.size === 0) this.drained?.();
+  }
+
+  private readonly onConnection = (socket: net.Socket): void => {
+    if (this.state !== 'listening') {
+      socket.destroy();
+      return;
+    }
+    const session = new TcpSession(this, this.nextSessionId++, socket);
+    this.sessions.add(session);
+    this.observer.opened();
+    session.start();
+  };
+}
+
+/** A unix socket file left by a process that died would make listen fail with EADDRINUSE. */
+async function removeStaleSocket(path: string): Promise<void> {
+  try {
+    const stat = await lstat(path);
+    if (!stat.isSocket()) return;
+    const live = await new Promise<boolean>((resolve) => {
+      const probe = net.connect({ path });
+      probe.once('connect', () => {
+        probe.destroy();
+        resolve(true);
+      });
+      probe.once('error', () => resolve(false));
+    });
+    if (!live) await unlink(path);
+  } catch {
+    // Nothing there: nothing to remove.
+  }
+}

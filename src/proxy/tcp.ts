@@ -1,0 +1,165 @@
+import type { Socket } from 'node:net';
+import { codeOf, describe } from '../errors.js';
+import type { Link } from '../pool/link.js';
+import type { Waiter } from '../pool/pool.js';
+import type { Route } from './route.js';
+import { Splice, type SpliceOutcome } from './splice.js';
+
+type SessionState = 'waiting' | 'spliced' | 'ended';
+
+/** What a queued downstream sent before it had a link. */
+interface EarlyBytes {
+  chunks: Buffer[];
+  bytes: number;
+  ended: boolean;
+}
+
+/** Past this, a queued downstream is paused until its link comes (TCP backpressure). */
+const MAX_EARLY_BYTES = 64 * 1024;
+
+/**
+ * tcp mode: one downstream socket spliced onto one link for the rest of its life. The
+ * link's bytes belong to this session, so the link is closed afterwards, never reused.
+ */
+export class TcpSession {
+  private state: SessionState = 'waiting';
+  private link: Link | undefined;
+  private waiter: Waiter | undefined;
+  private splice: Splice | undefined;
+  private readonly startedAt = performance.now();
+  private early: EarlyBytes | undefined;
+
+  constructor(
+    private readonly route: Route,
+    readonly id: number,
+    private readonly socket: Socket,
+  ) {}
+
+  start(): void {
+    const link = this.route.pool.tryAcquire();
+    if (link !== undefined) {
+      this.attach(link, false);
+      return;
+    }
+    // While queued we keep reading (up to a bound), so that a reset or close from the
+    // downstream is seen at once and takes it out of the queue. A FIN is a half-close, not
+    // a departure: the bytes and the FIN go upstream once a link comes.
+    this.early = { chunks: [], bytes: 0, ended: false };
+    this.socket.on('data', this.onWaitingData);
+    this.socket.on('end', this.onWaitingEnd);
+    this.socket.on('error', this.onWaitingError);
+    this.socket.on('close', this.onWaitingClose);
+    this.waiter = this.route.pool.wait(this.onLink);
+  }
+
+  /** Ends the session now, whatever its state. */
+  destroy(): void {
+    if (this.splice !== undefined) this.splice.destroy();
+    else if (this.state === 'waiting') {
+      this.waiter?.cancel();
+      this.socket.destroy();
+      this.end();
+    }
+  }
+
+  private readonly onLink = (err: Error | null, link?: Link): void => {
+    this.waiter = undefined;
+    this.socket.off('close', this.onWaitingClose);
+    this.socket.off('data', this.onWaitingData);
+    this.socket.off('end', this.onWaitingEnd);
+    this.socket.pause();
+    if (err !== null || link === undefined) {
+      this.refuse(err ?? new Error('no link'));
+      return;
+    }
+    if (this.socket.destroyed) {
+      // The downstream vanished between the link's arrival and now; the link is unused.
+      this.route.pool.release(link, true);
+      this.end();
+      return;
+    }
+    this.attach(link, true);
+  };
+
+  private attach(link: Link, waited: boolean): void {
+    this.state = 'spliced';
+    this.link = link;
+    const log = this.route.log;
+    if (log.isLevelEnabled('debug')) {
+      log.debug(
+        { session: this.id, link: link.id, endpoint: link.endpoint, reused: link.uses > 1, waited },
+        'session open',
+      );
+    }
+    this.splice = new Splice(this.socket, link.socket, this.onSpliceDone);
+    this.splice.start(this.route.idleTimeout, this.early);
+    this.early = undefined;
+  }
+
+  private readonly onSpliceDone = (outcome: SpliceOutcome): void => {
+    const link = this.link as Link;
+    this.route.pool.release(link, false);
+    const seconds = (performance.now() - this.startedAt) / 1000;
+    this.route.observer.closed(outcome, seconds);
+    const log = this.route.log;
+    if (outcome.brokenBy === 'upstream' && outcome.error !== undefined) {
+      log.info(
+        { session: this.id, link: link.id, code: codeOf(outcome.error), err: describe(outcome.error) },
+        'upstream broke the session',
+      );
+    }
+    if (log.isLevelEnabled('debug')) {
+      log.debug(
+        {
+          session: this.id,
+          link: link.id,
+          bytesUp: outcome.bytesUp,
+          bytesDown: outcome.bytesDown,
+          durationMs: Math.round(seconds * 1000),
+          brokenBy: outcome.brokenBy,
+          code: outcome.error && codeOf(outcome.error),
+        },
+        'session closed',
+      );
+    }
+    this.end();
+  };
+
+  private refuse(err: Error): void {
+    const code = codeOf(err);
+    this.route.observer.refused(code);
+    this.route.log.warn(
+      { session: this.id, code, err: err.message, waitedMs: Math.round(performance.now() - this.startedAt) },
+      'downstream closed without a link',
+    );
+    this.socket.destroy();
+    this.end();
+  }
+
+  private readonly onWaitingData = (chunk: Buffer): void => {
+    const early = this.early as EarlyBytes;
+    early.chunks.push(chunk);
+    early.bytes += chunk.length;
+    if (early.bytes >= MAX_EARLY_BYTES) this.socket.pause();
+  };
+
+  private readonly onWaitingEnd = (): void => {
+    (this.early as EarlyBytes).ended = true;
+  };
+
+  private readonly onWaitingError = (): void => {
+    // The close that follows is what counts.
+  };
+
+  private readonly onWaitingClose = (): void => {
+    this.waiter?.cancel();
+    this.waiter = undefined;
+    this.end();
+  };
+
+  private end(): void {
+    if (this.state === 'ended') return;
+    this.state = 'ended';
+    this.route.sessionEnded(this);
+  }
+}
