@@ -39,7 +39,10 @@ export class App {
           name: routeConfig.name,
           listen: parseAddress(routeConfig.listen, { allowAnyHost: true, allowPortZero: true }) as Address,
           pool,
-          idleTimeout: routeConfig.idleTimeout,
+          timeouts: {
+            idleTimeoutMs: routeConfig.idleTimeout,
+            halfCloseTimeoutMs: routeConfig.halfCloseTimeout,
+          },
           logger: this.log.child({ route: routeConfig.name, pool: pool.name }),
         }),
       );

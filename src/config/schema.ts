@@ -89,6 +89,8 @@ export const routeSchema = z.strictObject({
   upstream: upstreamSchema,
   /** Downstream session idle timeout; 0 = none. */
   idleTimeout: duration.default(0),
+  /** After one side's FIN, the other side must finish within this; 0 = none. */
+  halfCloseTimeout: duration.default(30_000),
   pool: poolSchema.prefault({}),
 });
 

@@ -51,6 +51,9 @@ export interface PoolObserver {
   evicted(reason: EvictionReason): void;
 }
 
+/** An idle link the upstream closes this soon after its dial, unused, was a failed dial. */
+const YOUNG_LINK_MS = 1000;
+
 const NO_OBSERVER: PoolObserver = { acquired() {}, dialed() {}, evicted() {} };
 
 export interface PoolSettings {
@@ -188,6 +191,7 @@ export class Pool extends EventEmitter implements LinkOwner {
     if (this.state !== 'open' || this.waiters.size > 0) return undefined;
     const link = this.idle.pop();
     if (link === undefined) return undefined;
+    if (this.backoff.failures > 0) this.backoff.succeed();
     link.lease();
     this.active.add(link);
     this.observer.acquired('idle', 0);
@@ -211,8 +215,8 @@ export class Pool extends EventEmitter implements LinkOwner {
     }
     this.waiters.push(waiter);
     if (this.settings.acquireTimeout > 0) {
+      // Not unref()ed: a queued caller is work in progress that must be answered.
       waiter.timer = setTimeout(() => this.timeOut(waiter), this.settings.acquireTimeout);
-      waiter.timer.unref();
     }
     this.pulse();
     return waiter;
@@ -303,9 +307,14 @@ export class Pool extends EventEmitter implements LinkOwner {
     if (EVICTIONS.has(reason)) {
       this.observer.evicted(reason as EvictionReason);
       if (from === 'idle' && (reason === 'remote_closed' || reason === 'error')) {
+        // An upstream that accepts and at once closes (full, restarting, refusing us) would
+        // have us redial in a hot loop: a link lost unused soon after its dial counts as a
+        // failed dial and backs off.
+        const young = link.uses === 0 && Date.now() - link.createdAt < YOUNG_LINK_MS;
+        const retryInMs = young ? this.failDial() : undefined;
         this.log.info(
-          { link: link.id, endpoint: link.endpoint, reason, err: error && describe(error) },
-          'idle link lost',
+          { link: link.id, endpoint: link.endpoint, reason, err: error && describe(error), retryInMs },
+          young ? 'link lost right after its dial' : 'idle link lost',
         );
       }
     }
@@ -330,6 +339,7 @@ export class Pool extends EventEmitter implements LinkOwner {
     while (this.waiters.size > 0 && this.idle.length > 0) {
       waiter = this.waiters.shift() as Waiter;
       const link = this.idle.pop() as Link;
+      if (this.backoff.failures > 0) this.backoff.succeed();
       link.lease();
       this.active.add(link);
       this.settle(waiter, null, link, link.uses === 1 ? 'dialed' : 'idle');
@@ -371,7 +381,8 @@ export class Pool extends EventEmitter implements LinkOwner {
           socket.destroy();
           return;
         }
-        this.backoff.succeed();
+        // A connect alone does not end a backoff: an upstream that accepts and closes
+        // at once must still be retried slowly. A link that serves (lease) does.
         this.connecting.delete(link);
         link.connected(socket, endpoint, this.settings.idleTimeout, jitter(this.settings.maxLifetime));
         this.idle.push(link);
@@ -390,15 +401,30 @@ export class Pool extends EventEmitter implements LinkOwner {
         const endpoint = error instanceof DialError ? error.endpoint : this.name;
         this.observer.dialed(result, endpoint, (performance.now() - started) / 1000);
         if (link.isClosed) return;
-        const delay = this.backoff.fail();
-        this.retryAt = Date.now() + delay;
+        const delay = this.failDial();
         this.log.warn(
-          { code, err: describe(error), failures: this.backoff.failures, retryInMs: delay },
+          {
+            code,
+            cause: error.cause === undefined ? undefined : codeOf(error.cause),
+            err: describe(error),
+            failures: this.backoff.failures,
+            retryInMs: delay,
+          },
           'dial failed',
         );
         link.close('dial_failed', error);
       },
     );
+  }
+
+  /** Records a failed dial; returns how long until the next one may start. */
+  private failDial(): number {
+    // Failures of dials that were in flight together are one step of backoff, not many.
+    const now = Date.now();
+    if (now < this.retryAt && this.backoff.failures > 0) return this.retryAt - now;
+    const delay = this.backoff.fail();
+    this.retryAt = now + delay;
+    return delay;
   }
 
   private scheduleRetry(delay: number): void {

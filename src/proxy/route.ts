@@ -5,7 +5,7 @@ import type { Address } from '../config/address.js';
 import { formatAddress } from '../config/address.js';
 import { ListenError, codeOf, describe } from '../errors.js';
 import type { Pool } from '../pool/pool.js';
-import type { SpliceOutcome } from './splice.js';
+import type { SpliceOutcome, SpliceTimeouts } from './splice.js';
 import { TcpSession } from './tcp.js';
 
 /** Told of downstream sessions, for metrics. Called on the hot path: must be cheap. */
@@ -24,8 +24,8 @@ export interface RouteOptions {
   listen: Address;
   pool: Pool;
   logger: Logger;
-  /** Downstream session idle timeout; 0 = none. */
-  idleTimeout: number;
+  /** Session idle and half-close timeouts. */
+  timeouts: SpliceTimeouts;
   observer?: RouteObserver;
 }
 
@@ -40,7 +40,7 @@ export class Route {
   readonly pool: Pool;
   readonly log: Logger;
   readonly observer: RouteObserver;
-  readonly idleTimeout: number;
+  readonly timeouts: SpliceTimeouts;
   private readonly listenAddress: Address;
   private readonly server: net.Server;
   private readonly sessions = new Set<TcpSession>();
@@ -54,7 +54,7 @@ export class Route {
     this.pool = options.pool;
     this.log = options.logger;
     this.observer = options.observer ?? NO_OBSERVER;
-    this.idleTimeout = options.idleTimeout;
+    this.timeouts = options.timeouts;
     this.listenAddress = options.listen;
     this.server = net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: false });
     this.server.on('connection', this.onConnection);

@@ -13,6 +13,16 @@ export interface SpliceOutcome {
   brokenBy: 'downstream' | 'upstream' | 'timeout' | 'proxy' | undefined;
 }
 
+export interface SpliceTimeouts {
+  /** No bytes either way for this long ends the session; 0 = never. */
+  idleTimeoutMs: number;
+  /**
+   * Once one side has sent its FIN, the other must finish within this long; 0 = never.
+   * Without it, a peer that vanished after a half-close would hold the session forever.
+   */
+  halfCloseTimeoutMs: number;
+}
+
 /**
  * The byte relay between a downstream socket and a link's socket, both opened with
  * `allowHalfOpen`. A FIN on one side becomes a FIN on the other (the other direction keeps
@@ -32,6 +42,8 @@ export class Splice {
   private downClosed = false;
   private upClosed = false;
   private done = false;
+  private halfCloseTimer: NodeJS.Timeout | undefined;
+  private halfCloseTimeoutMs = 0;
 
   constructor(
     private readonly down: Duplex,
@@ -40,18 +52,22 @@ export class Splice {
   ) {}
 
   /**
-   * Starts relaying. `idleTimeoutMs` > 0 ends the session after that long with no bytes.
-   * `early` holds what the downstream sent before the splice began (and whether its FIN
-   * came too): it goes upstream first.
+   * Starts relaying. `early` holds what the downstream sent before the splice began (and
+   * whether its FIN came too): it goes upstream first.
    */
-  start(idleTimeoutMs = 0, early?: { chunks: Buffer[]; ended: boolean }): void {
+  start(timeouts: SpliceTimeouts, early?: { chunks: Buffer[]; ended: boolean }): void {
     const { down, up } = this;
+    const { idleTimeoutMs, halfCloseTimeoutMs } = timeouts;
+    this.halfCloseTimeoutMs = halfCloseTimeoutMs;
     if (early !== undefined) {
       for (const chunk of early.chunks) {
         this.bytesUp += chunk.length;
         up.write(chunk);
       }
-      if (early.ended) up.end();
+      if (early.ended) {
+        up.end();
+        this.startHalfCloseTimer();
+      }
     }
     down.on('data', this.onDownData);
     up.on('data', this.onUpData);
@@ -105,11 +121,19 @@ export class Splice {
 
   private readonly onDownEnd = (): void => {
     this.up.end();
+    this.startHalfCloseTimer();
   };
 
   private readonly onUpEnd = (): void => {
     this.down.end();
+    this.startHalfCloseTimer();
   };
+
+  private startHalfCloseTimer(): void {
+    if (this.halfCloseTimeoutMs > 0 && this.halfCloseTimer === undefined && !this.done) {
+      this.halfCloseTimer = setTimeout(this.onTimeout, this.halfCloseTimeoutMs);
+    }
+  }
 
   private readonly onDownError = (err: Error): void => {
     this.noteBreak('downstream', err);
@@ -152,6 +176,7 @@ export class Splice {
   private finish(): void {
     if (this.done || !this.downClosed || !this.upClosed) return;
     this.done = true;
+    if (this.halfCloseTimer !== undefined) clearTimeout(this.halfCloseTimer);
     const { down, up } = this;
     down.off('data', this.onDownData);
     up.off('data', this.onUpData);

@@ -92,7 +92,7 @@ export class TcpSession {
       );
     }
     this.splice = new Splice(this.socket, link.socket, this.onSpliceDone);
-    this.splice.start(this.route.idleTimeout, this.early);
+    this.splice.start(this.route.timeouts, this.early);
     this.early = undefined;
   }
 
