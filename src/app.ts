@@ -37,7 +37,10 @@ export class App {
       this.routes.push(
         new Route({
           name: routeConfig.name,
-          listen: parseAddress(routeConfig.listen, { allowAnyHost: true, allowPortZero: true }) as Address,
+          listen: parseAddress(routeConfig.listen, {
+            allowAnyHost: true,
+            allowPortZero: true,
+          }) as Address,
           pool,
           timeouts: {
             idleTimeoutMs: routeConfig.idleTimeout,
@@ -79,7 +82,10 @@ export class App {
     const active = this.routes.reduce((n, r) => n + r.activeSessions, 0);
     this.log.info({ activeSessions: active, timeoutMs }, 'draining: listeners closed');
     const closed = Promise.all(this.routes.map((route) => route.close()));
-    const timedOut = await Promise.race([closed.then(() => false), sleep(timeoutMs).then(() => true)]);
+    const timedOut = await Promise.race([
+      closed.then(() => false),
+      sleep(timeoutMs).then(() => true),
+    ]);
     if (timedOut) {
       const left = this.routes.reduce((n, r) => n + r.activeSessions, 0);
       this.log.warn({ sessions: left }, 'drain timeout: ending the remaining sessions');

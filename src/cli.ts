@@ -63,7 +63,9 @@ function flagsOf(args: RunArgs): ConfigFlags {
 
 /** Prints a config failure the way `check` and `run` both report it, and returns 2. */
 function reportConfigError(err: ConfigError): number {
-  process.stderr.write(`sidepool: invalid configuration (${err.issues.length} problem${err.issues.length === 1 ? '' : 's'}):\n`);
+  process.stderr.write(
+    `sidepool: invalid configuration (${err.issues.length} problem${err.issues.length === 1 ? '' : 's'}):\n`,
+  );
   for (const issue of err.issues) {
     process.stderr.write(`  ${issue.path ? `${issue.path}: ` : ''}${issue.message}\n`);
   }

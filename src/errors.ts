@@ -70,23 +70,37 @@ export class DialError extends SidepoolError {
 
 export class ConnectTimeoutError extends DialError {
   constructor(endpoint: string, timeoutMs: number) {
-    super('SIDEPOOL_CONNECT_TIMEOUT', endpoint, `connect to ${endpoint} timed out after ${timeoutMs}ms`);
+    super(
+      'SIDEPOOL_CONNECT_TIMEOUT',
+      endpoint,
+      `connect to ${endpoint} timed out after ${timeoutMs}ms`,
+    );
   }
 }
 
 export class ConnectError extends DialError {
   constructor(endpoint: string, cause: unknown) {
-    super('SIDEPOOL_CONNECT_FAILED', endpoint, `connect to ${endpoint} failed: ${describe(cause)}`, {
-      cause,
-    });
+    super(
+      'SIDEPOOL_CONNECT_FAILED',
+      endpoint,
+      `connect to ${endpoint} failed: ${describe(cause)}`,
+      {
+        cause,
+      },
+    );
   }
 }
 
 export class TlsHandshakeError extends DialError {
   constructor(endpoint: string, cause: unknown) {
-    super('SIDEPOOL_TLS_HANDSHAKE_FAILED', endpoint, `TLS to ${endpoint} failed: ${describe(cause)}`, {
-      cause,
-    });
+    super(
+      'SIDEPOOL_TLS_HANDSHAKE_FAILED',
+      endpoint,
+      `TLS to ${endpoint} failed: ${describe(cause)}`,
+      {
+        cause,
+      },
+    );
   }
 }
 
@@ -98,7 +112,16 @@ export class LinkClosedError extends SidepoolError {
 
 export class ListenError extends SidepoolError {
   constructor(route: string, listen: string, cause: unknown) {
-    super('SIDEPOOL_LISTEN_FAILED', `route ${route}: cannot listen on ${listen}: ${describe(cause)}`, {
+    const code = codeOf(cause);
+    const why =
+      code === 'EADDRINUSE'
+        ? 'EADDRINUSE, the address is already in use'
+        : code === 'EACCES'
+          ? 'EACCES, permission denied (ports below 1024 need privileges)'
+          : code === 'EADDRNOTAVAIL'
+            ? 'EADDRNOTAVAIL, no such local address'
+            : describe(cause);
+    super('SIDEPOOL_LISTEN_FAILED', `route ${route}: cannot listen on ${listen}: ${why}`, {
       cause,
     });
   }
@@ -112,6 +135,7 @@ export class ResolveError extends SidepoolError {
 
 /** A short, single-line description of any thrown value, with its code when it has one. */
 export function describe(err: unknown): string {
+  if (err instanceof SidepoolError) return err.message;
   if (err instanceof Error) {
     const code = (err as NodeJS.ErrnoException).code;
     return code && !err.message.includes(code) ? `${code} ${err.message}` : err.message;

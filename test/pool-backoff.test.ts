@@ -3,9 +3,12 @@ import { Backoff } from '../src/pool/backoff.js';
 import { makePool } from './helpers/pool.js';
 import { sleep, until } from './helpers/util.js';
 
-t.test('backoff grows exponentially, is jittered, and is capped', (t) => {
+void t.test('backoff grows exponentially, is jittered, and is capped', (t) => {
   const low = new Backoff(100, 1000, () => 0);
-  t.same([low.fail(), low.fail(), low.fail(), low.fail(), low.fail(), low.fail()], [50, 100, 200, 400, 500, 500]);
+  t.same(
+    [low.fail(), low.fail(), low.fail(), low.fail(), low.fail(), low.fail()],
+    [50, 100, 200, 400, 500, 500],
+  );
   const high = new Backoff(100, 1000, () => 0.999);
   t.same([high.fail(), high.fail(), high.fail()], [100, 200, 400]);
   high.succeed();
@@ -14,26 +17,34 @@ t.test('backoff grows exponentially, is jittered, and is capped', (t) => {
   t.end();
 });
 
-t.test('failed dials back off, one at a time, and a waiter gets the first success', async (t) => {
-  const { pool, dialer, lines } = makePool(
-    { minIdle: 3, maxSize: 5, acquireTimeout: 5000 },
-    { backoff: new Backoff(20, 80, () => 0.999) },
-  );
-  t.teardown(() => pool.destroy());
-  dialer.failing = true;
-  pool.start();
-  await sleep(250);
-  const attempts = dialer.dials;
-  // 3 at start, then single retries at ~20, 40, 80, 80 ms: far fewer than a hot loop.
-  t.ok(attempts >= 5 && attempts <= 10, `retries are spaced out (${attempts} dials in 250ms)`);
-  const gaps = dialer.dialTimes.slice(3).map((time, i) => time - (dialer.dialTimes[i + 2] ?? time));
-  t.ok(gaps.every((g) => g >= 15), `every retry waited (${gaps.join(',')})`);
-  const failLines = lines.filter((l) => l.msg === 'dial failed');
-  t.ok(failLines.length >= 3);
-  t.match(failLines[0], { code: 'ECONNREFUSED', retryInMs: Number });
-  const waiting = pool.acquire();
-  dialer.failing = false;
-  const link = await waiting;
-  t.equal(link.state, 'active', 'the queued caller got the first link that succeeded');
-  await until(() => pool.isWarm, 2000, 'warm after recovery');
-});
+void t.test(
+  'failed dials back off, one at a time, and a waiter gets the first success',
+  async (t) => {
+    const { pool, dialer, lines } = makePool(
+      { minIdle: 3, maxSize: 5, acquireTimeout: 5000 },
+      { backoff: new Backoff(20, 80, () => 0.999) },
+    );
+    t.teardown(() => pool.destroy());
+    dialer.failing = true;
+    pool.start();
+    await sleep(250);
+    const attempts = dialer.dials;
+    // 3 at start, then single retries at ~20, 40, 80, 80 ms: far fewer than a hot loop.
+    t.ok(attempts >= 5 && attempts <= 10, `retries are spaced out (${attempts} dials in 250ms)`);
+    const gaps = dialer.dialTimes
+      .slice(3)
+      .map((time, i) => time - (dialer.dialTimes[i + 2] ?? time));
+    t.ok(
+      gaps.every((g) => g >= 15),
+      `every retry waited (${gaps.join(',')})`,
+    );
+    const failLines = lines.filter((l) => l.msg === 'dial failed');
+    t.ok(failLines.length >= 3);
+    t.match(failLines[0], { code: 'ECONNREFUSED', retryInMs: Number });
+    const waiting = pool.acquire();
+    dialer.failing = false;
+    const link = await waiting;
+    t.equal(link.state, 'active', 'the queued caller got the first link that succeeded');
+    await until(() => pool.isWarm, 2000, 'warm after recovery');
+  },
+);

@@ -3,7 +3,7 @@ import type { Link } from '../src/pool/link.js';
 import { makePool } from './helpers/pool.js';
 import { sleep, until } from './helpers/util.js';
 
-t.test('idle links above minIdle close after idleTimeout', async (t) => {
+void t.test('idle links above minIdle close after idleTimeout', async (t) => {
   const { pool, dialer } = makePool({ minIdle: 0, maxSize: 4, idleTimeout: 40 });
   t.teardown(() => pool.destroy());
   const links = await Promise.all([pool.acquire(), pool.acquire(), pool.acquire()]);
@@ -14,7 +14,7 @@ t.test('idle links above minIdle close after idleTimeout', async (t) => {
   t.equal(dialer.dials, 3, 'nothing redialed below minIdle 0');
 });
 
-t.test('warm links idle for idleTimeout are replaced by fresh ones', async (t) => {
+void t.test('warm links idle for idleTimeout are replaced by fresh ones', async (t) => {
   const { pool, dialer } = makePool({ minIdle: 2, maxSize: 4, idleTimeout: 40 });
   t.teardown(() => pool.destroy());
   pool.start();
@@ -26,7 +26,7 @@ t.test('warm links idle for idleTimeout are replaced by fresh ones', async (t) =
   t.equal(pool.stats().idle + pool.stats().connecting, 2, 'stays at minIdle');
 });
 
-t.test('a link taken before its idle timer fires is not evicted', async (t) => {
+void t.test('a link taken before its idle timer fires is not evicted', async (t) => {
   const { pool } = makePool({ minIdle: 1, idleTimeout: 30 });
   t.teardown(() => pool.destroy());
   pool.start();
@@ -36,19 +36,22 @@ t.test('a link taken before its idle timer fires is not evicted', async (t) => {
   t.equal(link.state, 'active', 'the idle timer was cleared on lease');
 });
 
-t.test('idle links older than maxLifetime close, with jitter, and are replaced', async (t) => {
+void t.test('idle links older than maxLifetime close, with jitter, and are replaced', async (t) => {
   const { pool, dialer } = makePool({ minIdle: 3, maxSize: 6, maxLifetime: 60 });
   t.teardown(() => pool.destroy());
   pool.start();
   await until(() => pool.isWarm);
   const first = dialer.sockets.slice(0, 3);
   await sleep(40);
-  t.ok(first.every((s) => !s.destroyed), 'not before ~90% of maxLifetime');
+  t.ok(
+    first.every((s) => !s.destroyed),
+    'not before ~90% of maxLifetime',
+  );
   await until(() => first.every((s) => s.destroyed), 1000, 'lifetime eviction');
   await until(() => pool.stats().idle === 3);
 });
 
-t.test('an active link past maxLifetime is closed on release instead of reused', async (t) => {
+void t.test('an active link past maxLifetime is closed on release instead of reused', async (t) => {
   const { pool } = makePool({ minIdle: 0, maxLifetime: 20 });
   t.teardown(() => pool.destroy());
   const link = await pool.acquire();
@@ -59,7 +62,7 @@ t.test('an active link past maxLifetime is closed on release instead of reused',
   t.equal(pool.stats().idle, 0);
 });
 
-t.test('a reusable link goes back to idle and is handed out again', async (t) => {
+void t.test('a reusable link goes back to idle and is handed out again', async (t) => {
   const { pool, dialer } = makePool({ minIdle: 0 });
   t.teardown(() => pool.destroy());
   const link = await pool.acquire();
@@ -71,25 +74,32 @@ t.test('a reusable link goes back to idle and is handed out again', async (t) =>
   t.equal(dialer.dials, 1);
 });
 
-t.test('an idle link closed by the upstream leaves at once and is never handed out', async (t) => {
-  const { pool, dialer, lines } = makePool({ minIdle: 2 });
-  t.teardown(() => pool.destroy());
-  pool.start();
-  await until(() => pool.isWarm);
-  const [a, b] = dialer.sockets;
-  a?.finish();
-  b?.destroy(Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' }));
-  await until(() => a?.destroyed === true && b?.destroyed === true);
-  t.equal(pool.stats().idle, 0, 'both left the pool at once');
-  await until(() => pool.stats().idle === 2, 2000, 'replaced (after a backoff: they were lost young)');
-  const link = pool.tryAcquire() as Link;
-  t.not(link.socket, a);
-  t.not(link.socket, b);
-  const lost = lines.filter((l) => l.msg === 'link lost right after its dial');
-  t.same(lost.map((l) => l.reason).sort(), ['error', 'remote_closed']);
-});
+void t.test(
+  'an idle link closed by the upstream leaves at once and is never handed out',
+  async (t) => {
+    const { pool, dialer, lines } = makePool({ minIdle: 2 });
+    t.teardown(() => pool.destroy());
+    pool.start();
+    await until(() => pool.isWarm);
+    const [a, b] = dialer.sockets;
+    a?.finish();
+    b?.destroy(Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' }));
+    await until(() => a?.destroyed === true && b?.destroyed === true);
+    t.equal(pool.stats().idle, 0, 'both left the pool at once');
+    await until(
+      () => pool.stats().idle === 2,
+      2000,
+      'replaced (after a backoff: they were lost young)',
+    );
+    const link = pool.tryAcquire() as Link;
+    t.not(link.socket, a);
+    t.not(link.socket, b);
+    const lost = lines.filter((l) => l.msg === 'link lost right after its dial');
+    t.same(lost.map((l) => l.reason).sort(), ['error', 'remote_closed']);
+  },
+);
 
-t.test('bytes an upstream sends on an idle link reach whoever takes it (tcp)', async (t) => {
+void t.test('bytes an upstream sends on an idle link reach whoever takes it (tcp)', async (t) => {
   const { pool, dialer } = makePool({ minIdle: 1 });
   t.teardown(() => pool.destroy());
   pool.start();
@@ -97,12 +107,14 @@ t.test('bytes an upstream sends on an idle link reach whoever takes it (tcp)', a
   dialer.sockets[0]?.send('220 greeting\r\n');
   await sleep(5);
   const link = pool.tryAcquire() as Link;
-  const first = new Promise<string>((resolve) => link.socket.once('data', (c: Buffer) => resolve(c.toString())));
+  const first = new Promise<string>((resolve) =>
+    link.socket.once('data', (c: Buffer) => resolve(c.toString())),
+  );
   link.socket.resume(); // the holder starts reading, as a splice does
   t.equal(await first, '220 greeting\r\n');
 });
 
-t.test('bytes on an idle link break it when the mode cannot keep them (http)', async (t) => {
+void t.test('bytes on an idle link break it when the mode cannot keep them (http)', async (t) => {
   const { pool, dialer } = makePool({ minIdle: 1 }, { keepIdleBytes: false });
   t.teardown(() => pool.destroy());
   pool.start();
@@ -112,7 +124,7 @@ t.test('bytes on an idle link break it when the mode cannot keep them (http)', a
   t.equal(pool.tryAcquire()?.socket === dialer.sockets[0], false);
 });
 
-t.test('an upstream flooding an idle link is cut off', async (t) => {
+void t.test('an upstream flooding an idle link is cut off', async (t) => {
   const { pool, dialer } = makePool({ minIdle: 1 });
   t.teardown(() => pool.destroy());
   pool.start();

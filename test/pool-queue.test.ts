@@ -3,7 +3,7 @@ import type { Link } from '../src/pool/link.js';
 import { makePool } from './helpers/pool.js';
 import { until } from './helpers/util.js';
 
-t.test('waiters are served first-in first-out', async (t) => {
+void t.test('waiters are served first-in first-out', async (t) => {
   const { pool, dialer } = makePool({ minIdle: 0, maxSize: 1 });
   t.teardown(() => pool.destroy());
   dialer.manual = true;
@@ -30,7 +30,7 @@ t.test('waiters are served first-in first-out', async (t) => {
   t.same(order, [1, 2, 3]);
 });
 
-t.test('a waiter past acquireTimeout fails with SIDEPOOL_ACQUIRE_TIMEOUT', async (t) => {
+void t.test('a waiter past acquireTimeout fails with SIDEPOOL_ACQUIRE_TIMEOUT', async (t) => {
   const { pool, dialer } = makePool({ maxSize: 1, acquireTimeout: 50 });
   t.teardown(() => pool.destroy());
   dialer.manual = true;
@@ -40,7 +40,7 @@ t.test('a waiter past acquireTimeout fails with SIDEPOOL_ACQUIRE_TIMEOUT', async
   t.equal(pool.stats().waiters, 0, 'the waiter left the queue');
 });
 
-t.test('a full queue refuses at once with SIDEPOOL_POOL_OVERFLOW', async (t) => {
+void t.test('a full queue refuses at once with SIDEPOOL_POOL_OVERFLOW', async (t) => {
   const { pool, dialer } = makePool({ maxSize: 1, maxWaiters: 2 });
   t.teardown(() => pool.destroy());
   dialer.manual = true;
@@ -51,7 +51,7 @@ t.test('a full queue refuses at once with SIDEPOOL_POOL_OVERFLOW', async (t) => 
   await Promise.all(queued);
 });
 
-t.test('a waiter that leaves is out of the queue and never called', async (t) => {
+void t.test('a waiter that leaves is out of the queue and never called', async (t) => {
   const { pool, dialer } = makePool({ maxSize: 1 });
   t.teardown(() => pool.destroy());
   dialer.manual = true;
@@ -68,7 +68,7 @@ t.test('a waiter that leaves is out of the queue and never called', async (t) =>
   t.equal(leftCalled, false);
 });
 
-t.test('an AbortSignal takes a waiter out of the queue', async (t) => {
+void t.test('an AbortSignal takes a waiter out of the queue', async (t) => {
   const { pool, dialer } = makePool({ maxSize: 1 });
   t.teardown(() => pool.destroy());
   dialer.manual = true;
@@ -79,7 +79,7 @@ t.test('an AbortSignal takes a waiter out of the queue', async (t) => {
   t.equal(pool.stats().waiters, 0);
 });
 
-t.test('tryAcquire does not jump the queue', async (t) => {
+void t.test('tryAcquire does not jump the queue', async (t) => {
   const { pool, dialer } = makePool({ maxSize: 2 });
   t.teardown(() => pool.destroy());
   dialer.manual = true;
@@ -90,7 +90,7 @@ t.test('tryAcquire does not jump the queue', async (t) => {
   t.equal(link.state, 'active');
 });
 
-t.test('close() fails waiters, closes idle links, waits for active ones', async (t) => {
+void t.test('close() fails waiters, closes idle links, waits for active ones', async (t) => {
   const { pool, dialer } = makePool({ minIdle: 2, maxSize: 3 });
   pool.start();
   await until(() => pool.isWarm);
@@ -113,7 +113,7 @@ t.test('close() fails waiters, closes idle links, waits for active ones', async 
   t.equal(pool.close(), pool.close(), 'close is idempotent');
 });
 
-t.test('destroy() closes active links too', async (t) => {
+void t.test('destroy() closes active links too', async (t) => {
   const { pool, dialer } = makePool({ minIdle: 1 });
   pool.start();
   await until(() => pool.isWarm);

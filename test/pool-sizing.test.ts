@@ -3,7 +3,7 @@ import type { Link } from '../src/pool/link.js';
 import { makePool } from './helpers/pool.js';
 import { until } from './helpers/util.js';
 
-t.test('warm-up dials minIdle links and says when the pool is warm', async (t) => {
+void t.test('warm-up dials minIdle links and says when the pool is warm', async (t) => {
   const { pool, dialer, lines } = makePool({ minIdle: 3, maxSize: 10 });
   t.teardown(() => pool.destroy());
   t.equal(pool.isWarm, false);
@@ -12,10 +12,13 @@ t.test('warm-up dials minIdle links and says when the pool is warm', async (t) =
   await until(() => pool.isWarm);
   t.equal(dialer.dials, 3);
   t.match(pool.stats(), { idle: 3, active: 0, connecting: 0, waiters: 0 });
-  t.ok(lines.some((l) => l.msg === 'pool warm' && l.links === 3), 'logged "pool warm"');
+  t.ok(
+    lines.some((l) => l.msg === 'pool warm' && l.links === 3),
+    'logged "pool warm"',
+  );
 });
 
-t.test('an idle link is taken at once and topped up in the background', async (t) => {
+void t.test('an idle link is taken at once and topped up in the background', async (t) => {
   const { pool, dialer } = makePool({ minIdle: 2, maxSize: 10 });
   t.teardown(() => pool.destroy());
   pool.start();
@@ -28,7 +31,7 @@ t.test('an idle link is taken at once and topped up in the background', async (t
   t.equal(pool.stats().active, 1);
 });
 
-t.test('dials on demand up to maxSize and never above it', async (t) => {
+void t.test('dials on demand up to maxSize and never above it', async (t) => {
   const { pool, dialer } = makePool({ minIdle: 0, maxSize: 3, maxWaiters: 10 });
   t.teardown(() => pool.destroy());
   pool.start();
@@ -45,7 +48,7 @@ t.test('dials on demand up to maxSize and never above it', async (t) => {
   t.match(pool.stats(), { active: 3, waiters: 1 });
 });
 
-t.test('never more than maxSize links in any state', async (t) => {
+void t.test('never more than maxSize links in any state', async (t) => {
   const { pool, dialer } = makePool({ minIdle: 2, maxSize: 2, maxWaiters: 100, acquireTimeout: 0 });
   t.teardown(() => pool.destroy());
   pool.start();
@@ -65,7 +68,7 @@ t.test('never more than maxSize links in any state', async (t) => {
   t.ok(dialer.dials >= 20, 'a fresh link for every session (tcp links are one-shot)');
 });
 
-t.test('configure() resizes a running pool', async (t) => {
+void t.test('configure() resizes a running pool', async (t) => {
   const { pool } = makePool({ minIdle: 4, maxSize: 8 });
   t.teardown(() => pool.destroy());
   pool.start();

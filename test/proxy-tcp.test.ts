@@ -1,9 +1,16 @@
 import net from 'node:net';
 import t from 'tap';
 import { startProxy } from './helpers/app.js';
-import { connectAndWaitClose, roundTrip, sleep, startEcho, startServer, until } from './helpers/util.js';
+import {
+  connectAndWaitClose,
+  roundTrip,
+  sleep,
+  startEcho,
+  startServer,
+  until,
+} from './helpers/util.js';
 
-t.test('warm links exist before the first client connects', async (t) => {
+void t.test('warm links exist before the first client connects', async (t) => {
   const upstream = await startEcho();
   t.teardown(() => upstream.close());
   const proxy = await startProxy(upstream.address, { minIdle: 3 });
@@ -19,7 +26,7 @@ t.test('warm links exist before the first client connects', async (t) => {
   t.ok(proxy.lines.some((l) => l.msg === 'pool warm'));
 });
 
-t.test('a link is never reused in tcp mode', async (t) => {
+void t.test('a link is never reused in tcp mode', async (t) => {
   // Each upstream connection announces its number, so the client sees which one it got.
   const upstream = await startServer((socket, index) => {
     socket.once('data', () => socket.end(`conn-${index}`));
@@ -33,7 +40,7 @@ t.test('a link is never reused in tcp mode', async (t) => {
   t.equal(seen.size, 10, `ten sessions used ten distinct links: ${[...seen].join(' ')}`);
 });
 
-t.test('many concurrent sessions, each echoed exactly', async (t) => {
+void t.test('many concurrent sessions, each echoed exactly', async (t) => {
   const upstream = await startEcho();
   t.teardown(() => upstream.close());
   const proxy = await startProxy(upstream.address, { minIdle: 4, maxSize: 16, maxWaiters: 500 });
@@ -42,13 +49,14 @@ t.test('many concurrent sessions, each echoed exactly', async (t) => {
     Array.from({ length: 200 }, (_, i) => roundTrip(proxy.port, `message ${i} `.repeat(100))),
   );
   replies.forEach((reply, i) => {
-    if (reply.toString() !== `message ${i} `.repeat(100)) t.fail(`session ${i} got the wrong bytes`);
+    if (reply.toString() !== `message ${i} `.repeat(100))
+      t.fail(`session ${i} got the wrong bytes`);
   });
   t.pass('200 sessions through a pool of at most 16 links');
   t.ok(upstream.accepted <= 200 + 4, 'no more upstream connections than sessions plus minIdle');
 });
 
-t.test('the upstream closing idle links: no client is handed a dead link', async (t) => {
+void t.test('the upstream closing idle links: no client is handed a dead link', async (t) => {
   const upstream = await startEcho();
   t.teardown(() => upstream.close());
   const proxy = await startProxy(upstream.address, { minIdle: 4 });
@@ -56,30 +64,53 @@ t.test('the upstream closing idle links: no client is handed a dead link', async
   await until(() => proxy.pool.isWarm);
   for (const c of upstream.connections) c.destroy();
   // No wait: clients arrive while the pool is noticing and redialing.
-  const replies = await Promise.all(Array.from({ length: 8 }, (_, i) => roundTrip(proxy.port, `x${i}`)));
-  t.same(replies.map(String), Array.from({ length: 8 }, (_, i) => `x${i}`));
+  const replies = await Promise.all(
+    Array.from({ length: 8 }, (_, i) => roundTrip(proxy.port, `x${i}`)),
+  );
+  t.same(
+    replies.map(String),
+    Array.from({ length: 8 }, (_, i) => `x${i}`),
+  );
   t.ok(proxy.lines.some((l) => /link lost/.test(String(l.msg))));
 });
 
-t.test('an unreachable upstream: the client is closed at acquireTimeout and it is logged', async (t) => {
-  const dead = await startEcho();
-  const port = dead.port;
-  await dead.close();
-  const proxy = await startProxy(`127.0.0.1:${port}`, { minIdle: 1, acquireTimeout: 200 });
-  t.teardown(() => proxy.app.stop(100));
-  const result = await connectAndWaitClose(proxy.port);
-  t.ok(result.ms >= 180, `closed after the acquire timeout (${result.ms}ms)`);
-  t.ok(result.ms < 2000);
-  t.ok(proxy.lines.some((l) => l.msg === 'dial failed' && l.code === 'SIDEPOOL_CONNECT_FAILED' && l.cause === 'ECONNREFUSED'));
-  t.ok(
-    proxy.lines.some((l) => l.msg === 'downstream closed without a link' && l.code === 'SIDEPOOL_ACQUIRE_TIMEOUT'),
-  );
-});
+void t.test(
+  'an unreachable upstream: the client is closed at acquireTimeout and it is logged',
+  async (t) => {
+    const dead = await startEcho();
+    const port = dead.port;
+    await dead.close();
+    const proxy = await startProxy(`127.0.0.1:${port}`, { minIdle: 1, acquireTimeout: 200 });
+    t.teardown(() => proxy.app.stop(100));
+    const result = await connectAndWaitClose(proxy.port);
+    t.ok(result.ms >= 180, `closed after the acquire timeout (${result.ms}ms)`);
+    t.ok(result.ms < 2000);
+    t.ok(
+      proxy.lines.some(
+        (l) =>
+          l.msg === 'dial failed' &&
+          l.code === 'SIDEPOOL_CONNECT_FAILED' &&
+          l.cause === 'ECONNREFUSED',
+      ),
+    );
+    t.ok(
+      proxy.lines.some(
+        (l) =>
+          l.msg === 'downstream closed without a link' && l.code === 'SIDEPOOL_ACQUIRE_TIMEOUT',
+      ),
+    );
+  },
+);
 
-t.test('a full queue closes new downstreams at once', async (t) => {
+void t.test('a full queue closes new downstreams at once', async (t) => {
   const upstream = await startServer(() => {}); // holds every connection open
   t.teardown(() => upstream.close());
-  const proxy = await startProxy(upstream.address, { minIdle: 0, maxSize: 1, maxWaiters: 1, acquireTimeout: 5000 });
+  const proxy = await startProxy(upstream.address, {
+    minIdle: 0,
+    maxSize: 1,
+    maxWaiters: 1,
+    acquireTimeout: 5000,
+  });
   t.teardown(() => proxy.app.stop(100));
   const holder = net.connect(proxy.port, '127.0.0.1');
   holder.on('error', () => {});
@@ -96,22 +127,25 @@ t.test('a full queue closes new downstreams at once', async (t) => {
   holder.destroy();
 });
 
-t.test('a queued downstream that half-closes gets its request through when a link comes', async (t) => {
-  const upstream = await startEcho();
-  t.teardown(() => upstream.close());
-  const proxy = await startProxy(upstream.address, { minIdle: 0, maxSize: 1 });
-  t.teardown(() => proxy.app.stop(100));
-  const holder = net.connect(proxy.port, '127.0.0.1');
-  await until(() => proxy.pool.stats().active === 1);
-  const queued = roundTrip(proxy.port, 'early bytes');
-  await until(() => proxy.pool.stats().waiters === 1);
-  await sleep(20);
-  holder.end();
-  holder.resume();
-  t.equal((await queued).toString(), 'early bytes');
-});
+void t.test(
+  'a queued downstream that half-closes gets its request through when a link comes',
+  async (t) => {
+    const upstream = await startEcho();
+    t.teardown(() => upstream.close());
+    const proxy = await startProxy(upstream.address, { minIdle: 0, maxSize: 1 });
+    t.teardown(() => proxy.app.stop(100));
+    const holder = net.connect(proxy.port, '127.0.0.1');
+    await until(() => proxy.pool.stats().active === 1);
+    const queued = roundTrip(proxy.port, 'early bytes');
+    await until(() => proxy.pool.stats().waiters === 1);
+    await sleep(20);
+    holder.end();
+    holder.resume();
+    t.equal((await queued).toString(), 'early bytes');
+  },
+);
 
-t.test('bytes the upstream sends first (a greeting) reach the client', async (t) => {
+void t.test('bytes the upstream sends first (a greeting) reach the client', async (t) => {
   const upstream = await startServer((socket) => {
     socket.write('220 hello\r\n');
     socket.pipe(socket);
@@ -124,7 +158,7 @@ t.test('bytes the upstream sends first (a greeting) reach the client', async (t)
   t.equal((await roundTrip(proxy.port, 'QUIT\r\n')).toString(), '220 hello\r\nQUIT\r\n');
 });
 
-t.test('garbage, resets and vanishing peers never take the process down', async (t) => {
+void t.test('garbage, resets and vanishing peers never take the process down', async (t) => {
   let n = 0;
   const upstream = await startServer((socket) => {
     const kind = n++ % 3;
@@ -141,18 +175,20 @@ t.test('garbage, resets and vanishing peers never take the process down', async 
     { halfCloseTimeout: '300ms' },
   );
   t.teardown(() => proxy.app.stop(100));
-  const clients = Array.from({ length: 100 }, (_, i) =>
-    new Promise<void>((resolve) => {
-      const socket = net.connect(proxy.port, '127.0.0.1', () => {
-        socket.write(Buffer.from([i, 0, 0xff, 0xfe]));
-        if (i % 4 === 0) socket.resetAndDestroy();
-        else if (i % 4 === 1) socket.destroy();
-      });
-      socket.on('error', () => {});
-      socket.on('data', () => socket.end());
-      socket.on('close', () => resolve());
-      setTimeout(() => socket.destroy(), 1000);
-    }),
+  const clients = Array.from(
+    { length: 100 },
+    (_, i) =>
+      new Promise<void>((resolve) => {
+        const socket = net.connect(proxy.port, '127.0.0.1', () => {
+          socket.write(Buffer.from([i, 0, 0xff, 0xfe]));
+          if (i % 4 === 0) socket.resetAndDestroy();
+          else if (i % 4 === 1) socket.destroy();
+        });
+        socket.on('error', () => {});
+        socket.on('data', () => socket.end());
+        socket.on('close', () => resolve());
+        setTimeout(() => socket.destroy(), 1000);
+      }),
   );
   await Promise.all(clients);
   await until(() => proxy.route.activeSessions === 0, 3000, 'every session ended');
@@ -160,7 +196,7 @@ t.test('garbage, resets and vanishing peers never take the process down', async 
   t.equal(proxy.pool.stats().active, 0, 'no link leaked');
 });
 
-t.test('stop() lets active sessions finish, then closes', async (t) => {
+void t.test('stop() lets active sessions finish, then closes', async (t) => {
   const upstream = await startEcho();
   t.teardown(() => upstream.close());
   const proxy = await startProxy(upstream.address, { minIdle: 1 });
@@ -173,7 +209,9 @@ t.test('stop() lets active sessions finish, then closes', async (t) => {
   t.equal(stopped, false, 'waits for the active session');
   const refused = await connectAndWaitClose(proxy.port);
   t.equal(refused.error, 'ECONNREFUSED', 'no new connections once draining');
-  const echoed = new Promise<string>((resolve) => client.once('data', (c: Buffer) => resolve(c.toString())));
+  const echoed = new Promise<string>((resolve) =>
+    client.once('data', (c: Buffer) => resolve(c.toString())),
+  );
   client.write('still here');
   t.equal(await echoed, 'still here', 'the active session still works');
   client.end();
@@ -181,7 +219,7 @@ t.test('stop() lets active sessions finish, then closes', async (t) => {
   t.equal(stopped, true);
 });
 
-t.test('stop() ends sessions that outlive the drain timeout', async (t) => {
+void t.test('stop() ends sessions that outlive the drain timeout', async (t) => {
   const upstream = await startEcho();
   t.teardown(() => upstream.close());
   const proxy = await startProxy(upstream.address, { minIdle: 1 });
@@ -196,12 +234,15 @@ t.test('stop() ends sessions that outlive the drain timeout', async (t) => {
   client.destroy();
 });
 
-t.test('an upstream that closes every link at once is not redialed in a hot loop', async (t) => {
-  const upstream = await startServer((socket) => socket.destroy());
-  t.teardown(() => upstream.close());
-  const proxy = await startProxy(upstream.address, { minIdle: 4 });
-  t.teardown(() => proxy.app.stop(100));
-  await sleep(400);
-  t.ok(upstream.accepted < 20, `backed off: ${upstream.accepted} connections in 400ms`);
-  t.ok(proxy.lines.some((l) => l.msg === 'link lost right after its dial'));
-});
+void t.test(
+  'an upstream that closes every link at once is not redialed in a hot loop',
+  async (t) => {
+    const upstream = await startServer((socket) => socket.destroy());
+    t.teardown(() => upstream.close());
+    const proxy = await startProxy(upstream.address, { minIdle: 4 });
+    t.teardown(() => proxy.app.stop(100));
+    await sleep(400);
+    t.ok(upstream.accepted < 20, `backed off: ${upstream.accepted} connections in 400ms`);
+    t.ok(proxy.lines.some((l) => l.msg === 'link lost right after its dial'));
+  },
+);

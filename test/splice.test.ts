@@ -30,7 +30,7 @@ function collect(socket: net.Socket): Promise<Buffer[]> {
   return new Promise((resolve) => socket.on('end', () => resolve(chunks)));
 }
 
-t.test('large payloads both ways arrive intact', async (t) => {
+void t.test('large payloads both ways arrive intact', async (t) => {
   const s = await spliced();
   const upPayload = randomBytes(16 * 1024 * 1024);
   const downPayload = randomBytes(16 * 1024 * 1024);
@@ -42,10 +42,15 @@ t.test('large payloads both ways arrive intact', async (t) => {
   t.equal(sha(gotUp), sha([upPayload]), 'app → server checksum');
   t.equal(sha(gotDown), sha([downPayload]), 'server → app checksum');
   await until(() => s.outcome() !== undefined);
-  t.match(s.outcome(), { bytesUp: upPayload.length, bytesDown: downPayload.length, brokenBy: undefined, error: undefined });
+  t.match(s.outcome(), {
+    bytesUp: upPayload.length,
+    bytesDown: downPayload.length,
+    brokenBy: undefined,
+    error: undefined,
+  });
 });
 
-t.test('a FIN is passed on as a half-close; the other direction keeps flowing', async (t) => {
+void t.test('a FIN is passed on as a half-close; the other direction keeps flowing', async (t) => {
   const s = await spliced();
   const serverEnded = new Promise<void>((resolve) => s.server.once('end', resolve));
   s.server.on('data', () => {});
@@ -62,7 +67,7 @@ t.test('a FIN is passed on as a half-close; the other direction keeps flowing', 
   t.ok(s.up.destroyed && s.down.destroyed, 'both proxy sockets released');
 });
 
-t.test('an upstream reset is passed on as a reset', async (t) => {
+void t.test('an upstream reset is passed on as a reset', async (t) => {
   const s = await spliced();
   s.app.write('hello');
   await new Promise((r) => s.server.once('data', r));
@@ -77,7 +82,7 @@ t.test('an upstream reset is passed on as a reset', async (t) => {
   t.equal((s.outcome()?.error as NodeJS.ErrnoException).code, 'ECONNRESET');
 });
 
-t.test('a downstream that vanishes mid-stream closes the upstream', async (t) => {
+void t.test('a downstream that vanishes mid-stream closes the upstream', async (t) => {
   const s = await spliced();
   s.server.on('data', () => {});
   s.app.write(randomBytes(64 * 1024));
@@ -88,7 +93,7 @@ t.test('a downstream that vanishes mid-stream closes the upstream', async (t) =>
   t.equal(s.outcome()?.brokenBy, 'downstream');
 });
 
-t.test('a slow reader pauses the writer: memory stays bounded', async (t) => {
+void t.test('a slow reader pauses the writer: memory stays bounded', async (t) => {
   const s = await spliced();
   s.app.pause(); // the app does not read
   const chunk = randomBytes(64 * 1024);
@@ -105,7 +110,10 @@ t.test('a slow reader pauses the writer: memory stays bounded', async (t) => {
     }
   }
   t.ok(sent < 200 * 1024 * 1024, `the server was stopped by backpressure after ${sent >> 20} MiB`);
-  t.ok(s.down.writableLength <= 1024 * 1024, `the proxy holds little toward the app (${s.down.writableLength} bytes)`);
+  t.ok(
+    s.down.writableLength <= 1024 * 1024,
+    `the proxy holds little toward the app (${s.down.writableLength} bytes)`,
+  );
   t.ok(s.up.isPaused(), 'the proxy stopped reading the upstream');
   // Now the app reads: everything arrives, in order.
   let received = 0;
@@ -118,7 +126,7 @@ t.test('a slow reader pauses the writer: memory stays bounded', async (t) => {
   await until(() => s.outcome() !== undefined);
 });
 
-t.test('idle sessions end after the route idle timeout', async (t) => {
+void t.test('idle sessions end after the route idle timeout', async (t) => {
   const s = await spliced(50);
   const appEnded = new Promise<void>((resolve) => s.app.once('end', resolve));
   const serverEnded = new Promise<void>((resolve) => s.server.once('end', resolve));
@@ -131,7 +139,7 @@ t.test('idle sessions end after the route idle timeout', async (t) => {
   s.server.destroy();
 });
 
-t.test('a half-closed session whose other side never finishes is ended', async (t) => {
+void t.test('a half-closed session whose other side never finishes is ended', async (t) => {
   const s = await spliced(0, 50);
   s.server.resume();
   const appEnded = new Promise<void>((resolve) => s.app.once('end', resolve));
@@ -143,7 +151,7 @@ t.test('a half-closed session whose other side never finishes is ended', async (
   s.server.destroy();
 });
 
-t.test('destroy() tears both sides down', async (t) => {
+void t.test('destroy() tears both sides down', async (t) => {
   const s = await spliced();
   s.app.resume();
   s.splice.destroy();

@@ -1,14 +1,15 @@
 /** Where a listener binds or a link connects: a TCP host and port, or a unix socket path. */
-export type Address =
-  | { kind: 'tcp'; host: string; port: number }
-  | { kind: 'unix'; path: string };
+export type Address = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
 
 /**
  * Parses `host:port`, `[v6]:port`, `:port` (all interfaces) or a unix socket path (one
  * that starts with `/`, `./` or `unix:`). Returns a message saying what is expected when
  * the text is not an address.
  */
-export function parseAddress(text: string, opts: { allowAnyHost?: boolean; allowPortZero?: boolean } = {}): Address | string {
+export function parseAddress(
+  text: string,
+  opts: { allowAnyHost?: boolean; allowPortZero?: boolean } = {},
+): Address | string {
   const value = text.trim();
   if (value.startsWith('unix:')) return unixAddress(value.slice('unix:'.length));
   if (value.startsWith('/') || value.startsWith('./')) return unixAddress(value);
@@ -18,14 +19,16 @@ export function parseAddress(text: string, opts: { allowAnyHost?: boolean; allow
   let host = value.slice(0, colon);
   const portText = value.slice(colon + 1);
   if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
-  else if (host.includes(':')) return `an IPv6 host must be in brackets, e.g. [::1]:6379, got "${text}"`;
+  else if (host.includes(':'))
+    return `an IPv6 host must be in brackets, e.g. [::1]:6379, got "${text}"`;
   if (host === '') {
     if (!opts.allowAnyHost) return `expected host:port, the host is missing in "${text}"`;
     host = '0.0.0.0';
   }
   if (!/^\d+$/.test(portText)) return `expected a port number after ":", got "${text}"`;
   const port = Number(portText);
-  if (port < (opts.allowPortZero ? 0 : 1) || port > 65535) return `port must be ${opts.allowPortZero ? 0 : 1}-65535, got ${port} in "${text}"`;
+  if (port < (opts.allowPortZero ? 0 : 1) || port > 65535)
+    return `port must be ${opts.allowPortZero ? 0 : 1}-65535, got ${port} in "${text}"`;
   return { kind: 'tcp', host, port };
 }
 

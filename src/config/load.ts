@@ -48,7 +48,8 @@ export async function readConfigFile(path: string): Promise<unknown> {
 export function applyFlags(raw: unknown, flags: ConfigFlags): unknown {
   const input: Record<string, unknown> = isRecord(raw) ? { ...raw } : {};
   if (flags.admin !== undefined) {
-    input.admin = flags.admin === 'false' || flags.admin === 'off' ? false : { listen: flags.admin };
+    input.admin =
+      flags.admin === 'false' || flags.admin === 'off' ? false : { listen: flags.admin };
   }
   if (flags.logLevel !== undefined) {
     input.log = { ...(isRecord(input.log) ? input.log : {}), level: flags.logLevel };
@@ -99,7 +100,10 @@ export function parseConfig(raw: unknown): Config {
 }
 
 /** Reads the file (if any), applies the flags and validates. */
-export async function loadConfig(path: string | undefined, flags: ConfigFlags = {}): Promise<Config> {
+export async function loadConfig(
+  path: string | undefined,
+  flags: ConfigFlags = {},
+): Promise<Config> {
   const raw = path === undefined ? {} : await readConfigFile(path);
   if (path === undefined && flags.listen === undefined && flags.upstream === undefined) {
     throw new ConfigError([
@@ -144,7 +148,10 @@ function crossFieldIssues(config: Config): ConfigIssue[] {
       });
     } else names.set(route.name, i);
 
-    const listen = parseAddress(route.listen, { allowAnyHost: true, allowPortZero: true }) as Address;
+    const listen = parseAddress(route.listen, {
+      allowAnyHost: true,
+      allowPortZero: true,
+    }) as Address;
     const listenKey = formatAddress(listen);
     const listenAt = listens.get(listenKey);
     if (listenAt !== undefined && !(listen.kind === 'tcp' && listen.port === 0)) {

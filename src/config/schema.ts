@@ -24,36 +24,46 @@ const duration = z
   });
 
 function address(kind: 'listen' | 'upstream') {
-  return z.string({ error: 'expected an address string such as 127.0.0.1:6380' }).superRefine(
-    (value, ctx) => {
+  return z
+    .string({ error: 'expected an address string such as 127.0.0.1:6380' })
+    .superRefine((value, ctx) => {
       const parsed = parseAddress(value, {
         allowAnyHost: kind === 'listen',
         allowPortZero: kind === 'listen',
       });
       if (typeof parsed === 'string') ctx.addIssue({ code: 'custom', message: parsed });
-    },
-  );
+    });
 }
 
 const count = (min: number) =>
-  z.number({ error: 'expected a whole number' }).int('expected a whole number').min(min);
+  z
+    .number({
+      error: (issue) => (issue.code === 'invalid_type' ? 'expected a whole number' : undefined),
+    })
+    .int('expected a whole number')
+    .min(min, `must be at least ${min}`);
 
-export const poolSchema = z.strictObject({
-  /** Warm links kept ready. */
-  minIdle: count(0).default(4),
-  /** Links per destination: idle + active + connecting. */
-  maxSize: count(1).default(64),
-  /** Downstreams that may queue while the pool is at maxSize. */
-  maxWaiters: count(0).default(1024),
-  /** A downstream queued longer than this is closed. */
-  acquireTimeout: duration.default(5000),
-  /** A dial (TCP connect, and TLS handshake) longer than this fails. */
-  connectTimeout: duration.default(3000),
-  /** Idle links above minIdle close after this; warm ones are replaced by fresh ones. */
-  idleTimeout: duration.default(300_000),
-  /** Idle links older than this close (±10% jitter). 0 = no limit. */
-  maxLifetime: duration.default(3_600_000),
-});
+export const poolSchema = z
+  .strictObject({
+    /** Warm links kept ready; default 4, or maxSize when that is smaller. */
+    minIdle: count(0).optional(),
+    /** Links per destination: idle + active + connecting. */
+    maxSize: count(1).default(64),
+    /** Downstreams that may queue while the pool is at maxSize. */
+    maxWaiters: count(0).default(1024),
+    /** A downstream queued longer than this is closed. */
+    acquireTimeout: duration.default(5000),
+    /** A dial (TCP connect, and TLS handshake) longer than this fails. */
+    connectTimeout: duration.default(3000),
+    /** Idle links above minIdle close after this; warm ones are replaced by fresh ones. */
+    idleTimeout: duration.default(300_000),
+    /** Idle links older than this close (±10% jitter). 0 = no limit. */
+    maxLifetime: duration.default(3_600_000),
+  })
+  .transform(({ minIdle, ...pool }) => ({
+    minIdle: minIdle ?? Math.min(4, pool.maxSize),
+    ...pool,
+  }));
 
 const upstreamObject = z
   .strictObject({
@@ -97,7 +107,10 @@ export const routeSchema = z.strictObject({
 export const configSchema = z
   .strictObject({
     admin: z
-      .union([z.literal(false), z.strictObject({ listen: address('listen').default('127.0.0.1:9901') })])
+      .union([
+        z.literal(false),
+        z.strictObject({ listen: address('listen').default('127.0.0.1:9901') }),
+      ])
       .default({ listen: '127.0.0.1:9901' }),
     log: z
       .strictObject({

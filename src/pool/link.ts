@@ -165,7 +165,10 @@ export class Link {
     }
     this.idleBytes += chunk.length;
     if (this.idleBytes > MAX_IDLE_BYTES) {
-      this.close('error', new LinkClosedError(`the upstream sent over ${MAX_IDLE_BYTES} bytes on an idle link`));
+      this.close(
+        'error',
+        new LinkClosedError(`the upstream sent over ${MAX_IDLE_BYTES} bytes on an idle link`),
+      );
       return;
     }
     (this.idleChunks ??= []).push(chunk);
@@ -194,7 +197,13 @@ export class Link {
     // The socket closed under us: an idle link was closed by the upstream; an active one
     // ended with its session (the holder closed it) or broke.
     const reason: CloseReason =
-      this.state === 'idle' ? (this.lastError ? 'error' : 'remote_closed') : this.lastError ? 'error' : 'released';
+      this.state === 'idle'
+        ? this.lastError
+          ? 'error'
+          : 'remote_closed'
+        : this.lastError
+          ? 'error'
+          : 'released';
     this.close(reason);
   };
 }

@@ -210,7 +210,11 @@ export class Pool extends EventEmitter implements LinkOwner {
       return waiter;
     }
     if (this.waiters.size >= this.settings.maxWaiters) {
-      this.settleLater(waiter, new PoolOverflowError(this.name, this.settings.maxWaiters), 'overflow');
+      this.settleLater(
+        waiter,
+        new PoolOverflowError(this.name, this.settings.maxWaiters),
+        'overflow',
+      );
       return waiter;
     }
     this.waiters.push(waiter);
@@ -313,7 +317,13 @@ export class Pool extends EventEmitter implements LinkOwner {
         const young = link.uses === 0 && Date.now() - link.createdAt < YOUNG_LINK_MS;
         const retryInMs = young ? this.failDial() : undefined;
         this.log.info(
-          { link: link.id, endpoint: link.endpoint, reason, err: error && describe(error), retryInMs },
+          {
+            link: link.id,
+            endpoint: link.endpoint,
+            reason,
+            err: error && describe(error),
+            retryInMs,
+          },
           young ? 'link lost right after its dial' : 'idle link lost',
         );
       }
@@ -335,9 +345,8 @@ export class Pool extends EventEmitter implements LinkOwner {
    */
   private pulse(): void {
     if (this.state !== 'open') return;
-    let waiter: Waiter | undefined;
     while (this.waiters.size > 0 && this.idle.length > 0) {
-      waiter = this.waiters.shift() as Waiter;
+      const waiter = this.waiters.shift() as Waiter;
       const link = this.idle.pop() as Link;
       if (this.backoff.failures > 0) this.backoff.succeed();
       link.lease();
@@ -345,7 +354,8 @@ export class Pool extends EventEmitter implements LinkOwner {
       this.settle(waiter, null, link, link.uses === 1 ? 'dialed' : 'idle');
     }
 
-    const wanted = this.waiters.size + this.settings.minIdle - this.idle.length - this.connecting.size;
+    const wanted =
+      this.waiters.size + this.settings.minIdle - this.idle.length - this.connecting.size;
     let dials = Math.min(wanted, this.settings.maxSize - this.total);
     if (dials <= 0) return;
     if (this.backoff.failures > 0) {
@@ -384,7 +394,12 @@ export class Pool extends EventEmitter implements LinkOwner {
         // A connect alone does not end a backoff: an upstream that accepts and closes
         // at once must still be retried slowly. A link that serves (lease) does.
         this.connecting.delete(link);
-        link.connected(socket, endpoint, this.settings.idleTimeout, jitter(this.settings.maxLifetime));
+        link.connected(
+          socket,
+          endpoint,
+          this.settings.idleTimeout,
+          jitter(this.settings.maxLifetime),
+        );
         this.idle.push(link);
         this.pulse();
         this.checkWarm();
@@ -452,7 +467,12 @@ export class Pool extends EventEmitter implements LinkOwner {
   private timeOut(waiter: Waiter): void {
     if (waiter.settled) return;
     this.waiters.remove(waiter);
-    this.settle(waiter, new AcquireTimeoutError(this.name, this.settings.acquireTimeout), undefined, 'timeout');
+    this.settle(
+      waiter,
+      new AcquireTimeoutError(this.name, this.settings.acquireTimeout),
+      undefined,
+      'timeout',
+    );
   }
 
   private failWaiters(err: Error): void {
@@ -461,7 +481,12 @@ export class Pool extends EventEmitter implements LinkOwner {
     }
   }
 
-  private settle(waiter: Waiter, err: Error | null, link: Link | undefined, result: AcquireResult): void {
+  private settle(
+    waiter: Waiter,
+    err: Error | null,
+    link: Link | undefined,
+    result: AcquireResult,
+  ): void {
     waiter.settled = true;
     if (waiter.timer !== undefined) clearTimeout(waiter.timer);
     this.observer.acquired(result, (performance.now() - waiter.enqueuedAt) / 1000);

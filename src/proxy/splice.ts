@@ -1,5 +1,6 @@
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { codeOf } from '../errors.js';
 
 /** How a splice ended, for the session's log line and metrics. */
 export interface SpliceOutcome {
@@ -202,8 +203,8 @@ function closedCleanly(socket: Duplex): boolean {
 /** Passes a break on: a reset where the break was a reset, otherwise a plain close. */
 function abort(socket: Duplex, err: Error | undefined): void {
   if (socket.destroyed) return;
-  const code = (err as NodeJS.ErrnoException | undefined)?.code;
   const net = socket as Socket;
-  if (code === 'ECONNRESET' && typeof net.resetAndDestroy === 'function') net.resetAndDestroy();
+  if (codeOf(err) === 'ECONNRESET' && typeof net.resetAndDestroy === 'function')
+    net.resetAndDestroy();
   else socket.destroy();
 }

@@ -104,7 +104,12 @@ export class TcpSession {
     const log = this.route.log;
     if (outcome.brokenBy === 'upstream' && outcome.error !== undefined) {
       log.info(
-        { session: this.id, link: link.id, code: codeOf(outcome.error), err: describe(outcome.error) },
+        {
+          session: this.id,
+          link: link.id,
+          code: codeOf(outcome.error),
+          err: describe(outcome.error),
+        },
         'upstream broke the session',
       );
     }
@@ -129,7 +134,12 @@ export class TcpSession {
     const code = codeOf(err);
     this.route.observer.refused(code);
     this.route.log.warn(
-      { session: this.id, code, err: err.message, waitedMs: Math.round(performance.now() - this.startedAt) },
+      {
+        session: this.id,
+        code,
+        err: err.message,
+        waitedMs: Math.round(performance.now() - this.startedAt),
+      },
       'downstream closed without a link',
     );
     this.socket.destroy();

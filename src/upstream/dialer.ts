@@ -23,7 +23,10 @@ export class Dialer implements Connector {
 
   constructor(options: DialerOptions) {
     if (options.endpoints.length === 0) throw new RangeError('a dialer needs an endpoint');
-    this.endpoints = options.endpoints.map((address) => ({ address, name: formatAddress(address) }));
+    this.endpoints = options.endpoints.map((address) => ({
+      address,
+      name: formatAddress(address),
+    }));
     this.connectTimeout = options.connectTimeout;
     this.keepAliveDelay = options.keepAliveDelay ?? 30_000;
   }

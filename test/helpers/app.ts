@@ -3,7 +3,11 @@ import { parseConfig } from '../../src/config/load.js';
 import { captureLogger } from './util.js';
 
 /** Runs sidepool in-process with one route to `upstream`; listens on a free port. */
-export async function startProxy(upstream: string | { addresses: string[] }, pool: Record<string, unknown> = {}, route: Record<string, unknown> = {}) {
+export async function startProxy(
+  upstream: string | { addresses: string[] },
+  pool: Record<string, unknown> = {},
+  route: Record<string, unknown> = {},
+) {
   const config = parseConfig({
     admin: false,
     routes: [{ name: 'test', listen: '127.0.0.1:0', upstream, pool, ...route }],

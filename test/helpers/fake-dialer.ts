@@ -53,7 +53,8 @@ export class FakeDialer implements Connector {
         return;
       }
       setImmediate(() => {
-        if (this.failing) reject(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }));
+        if (this.failing)
+          reject(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }));
         else resolve(this.make());
       });
     });

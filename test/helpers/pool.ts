@@ -13,7 +13,10 @@ export const SETTINGS: PoolSettings = {
 };
 
 /** A pool over a counting fake dialer, with its log lines readable. */
-export function makePool(settings: Partial<PoolSettings> = {}, opts: { keepIdleBytes?: boolean; backoff?: Backoff } = {}) {
+export function makePool(
+  settings: Partial<PoolSettings> = {},
+  opts: { keepIdleBytes?: boolean; backoff?: Backoff } = {},
+) {
   const dialer = new FakeDialer();
   const { logger, lines } = captureLogger();
   const pool = new Pool({

@@ -20,7 +20,11 @@ export function captureLogger(level: 'trace' | 'debug' | 'info' | 'warn' = 'debu
 }
 
 /** Resolves once `check()` is true, polling; rejects after `timeoutMs`. */
-export async function until(check: () => boolean, timeoutMs = 5000, what = 'condition'): Promise<void> {
+export async function until(
+  check: () => boolean,
+  timeoutMs = 5000,
+  what = 'condition',
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!check()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
@@ -42,7 +46,9 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-export async function startServer(handler: (socket: net.Socket, index: number) => void): Promise<TestServer> {
+export async function startServer(
+  handler: (socket: net.Socket, index: number) => void,
+): Promise<TestServer> {
   const connections: net.Socket[] = [];
   const state = { accepted: 0 };
   const server = net.createServer({ allowHalfOpen: true }, (socket) => {
