@@ -1,0 +1,559 @@
+#!/usr/bin/env node
+// sidepool benchmark harness: `npm run bench -- [options]`. See bench/README.md.
+//
+// Loads every bench/workloads/<id>-<name>.mjs (each exports { id, name, title, run(ctx) }),
+// runs the chosen ones, and writes a markdown table to stdout and bench/results/<out>.md,
+// with the raw numbers in bench/results/<out>.json. Progress goes to stderr.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import {
+  BENCH_DIR,
+  ROOT_DIR,
+  establishedTo,
+  fdLimit,
+  installCleanup,
+  liveChildren,
+  performance,
+  runCommand,
+  say,
+  which,
+} from './lib.mjs';
+
+const HELP = `usage: npm run bench -- [options]
+
+  --only LIST        workloads to run, by number or name: e.g. 1,3 or bulk,latency
+                     (1 bulk, 2 redis, 3 connect, 4 latency, 5 rss, 5s soak; "5" runs 5 and 5s)
+  --runs N           runs per figure, figures are medians (default 3; 1 with --quick)
+  --quick            a fast smoke run: short loads, 1 run, soak 10,000; writes results/quick.*
+  --soak N           sessions in the churn soak (default 1,000,000)
+  --soak-max-seconds S   time bound of the soak (default 600)
+  --conns N          concurrent connections for the RSS workload (default 10,000)
+  --build            run \`npm run build\` first (done anyway when dist/cli.js is missing)
+  --out NAME         results file name (default latest, or quick with --quick)
+  --without LIST     pretend tools are absent, e.g. haproxy,redis-benchmark (to test skips)
+  --keep-tmp         keep the temp dir with configs and process logs
+  -h, --help         this text
+`;
+
+const SOAK_DEFAULT = 1_000_000;
+
+function parseCli() {
+  const { values } = parseArgs({
+    options: {
+      only: { type: 'string' },
+      runs: { type: 'string' },
+      quick: { type: 'boolean', default: false },
+      soak: { type: 'string' },
+      'soak-max-seconds': { type: 'string' },
+      conns: { type: 'string' },
+      build: { type: 'boolean', default: false },
+      out: { type: 'string' },
+      without: { type: 'string' },
+      'keep-tmp': { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  const int = (name, fallback, min = 1) => {
+    if (values[name] === undefined) return fallback;
+    const n = Number(String(values[name]).replace(/[_,]/g, ''));
+    if (!Number.isInteger(n) || n < min) {
+      say(`bench: --${name} expects a whole number ≥ ${min}, got ${values[name]}`);
+      process.exit(2);
+    }
+    return n;
+  };
+  return {
+    help: values.help,
+    quick: values.quick,
+    runs: int('runs', values.quick ? 1 : 3),
+    soak: int('soak', values.quick ? 10_000 : SOAK_DEFAULT),
+    soakMaxSeconds: int('soak-max-seconds', values.quick ? 60 : 600),
+    conns: int('conns', 10_000),
+    only: values.only
+      ? values.only
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean)
+      : undefined,
+    build: values.build,
+    out: values.out ?? (values.quick ? 'quick' : 'latest'),
+    without: new Set(
+      (values.without ?? '')
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean),
+    ),
+    keepTmp: values['keep-tmp'],
+  };
+}
+
+// ── environment ─────────────────────────────────────────────────────────────
+
+const TOOLS = {
+  'redis-server': 'apt-get install redis-server',
+  'redis-benchmark': 'apt-get install redis-tools',
+  haproxy: 'apt-get install haproxy',
+  wrk: 'apt-get install wrk',
+  nginx: 'apt-get install nginx-light',
+};
+
+async function detectTools(without) {
+  const tools = {};
+  const missing = [];
+  for (const [name, install] of Object.entries(TOOLS)) {
+    const found =
+      without.has(name) || (name.startsWith('redis') && without.has('redis')) ? null : which(name);
+    tools[name] = found;
+    if (!found) missing.push({ name, install });
+  }
+  const versions = {};
+  if (tools.haproxy) {
+    const v = await runCommand('haproxy', tools.haproxy, ['-v'], { timeoutMs: 10_000 });
+    versions.haproxy = v.stdout.split('\n')[0]?.trim() || 'unknown';
+  }
+  if (tools['redis-server']) {
+    const v = await runCommand('redis-server', tools['redis-server'], ['--version'], {
+      timeoutMs: 10_000,
+    });
+    versions.redis = v.stdout.trim();
+  }
+  return { tools, missing, versions };
+}
+
+async function gitInfo() {
+  const head = await runCommand('git', 'git', ['rev-parse', '--short', 'HEAD'], {
+    timeoutMs: 10_000,
+  });
+  const dirty = await runCommand('git', 'git', ['status', '--porcelain', '--', 'src'], {
+    timeoutMs: 10_000,
+  });
+  return {
+    commit: head.code === 0 ? head.stdout.trim() : 'unknown',
+    srcDirty: dirty.code === 0 && dirty.stdout.trim() !== '',
+  };
+}
+
+function newestMtime(dir) {
+  let newest = 0;
+  for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+    const file = path.join(dir, entry.name);
+    if (entry.isDirectory()) newest = Math.max(newest, newestMtime(file));
+    else newest = Math.max(newest, fs.statSync(file).mtimeMs);
+  }
+  return newest;
+}
+
+/** Builds dist/ when missing (or asked); warns when src/ changed after the last build. */
+async function ensureBuilt(force, notes) {
+  const cli = path.join(ROOT_DIR, 'dist', 'cli.js');
+  if (force || !fs.existsSync(cli)) {
+    say(
+      force
+        ? 'bench: building (npm run build)'
+        : 'bench: dist/cli.js is missing: building it (npm run build)',
+    );
+    const res = await runCommand('npm', 'npm', ['run', 'build'], { timeoutMs: 300_000 });
+    if (res.code !== 0 || !fs.existsSync(cli)) {
+      say(
+        `bench: npm run build failed (exit ${res.code ?? res.signal}); cannot benchmark without dist/.`,
+      );
+      say((res.stdout + res.stderr).trim().split('\n').slice(-30).join('\n'));
+      process.exit(1);
+    }
+    return { builtNow: true, at: new Date().toISOString() };
+  }
+  const built = fs.statSync(cli).mtimeMs;
+  const srcDir = path.join(ROOT_DIR, 'src');
+  if (fs.existsSync(srcDir) && newestMtime(srcDir) > built) {
+    const line =
+      'dist/ is older than src/: the bench measures the last build; pass --build (or run npm run build) to measure the current source';
+    say(`bench: warning: ${line}`);
+    notes.push(line);
+  }
+  return { builtNow: false, at: new Date(built).toISOString() };
+}
+
+// ── workloads ───────────────────────────────────────────────────────────────
+
+async function loadWorkloads() {
+  const dir = path.join(BENCH_DIR, 'workloads');
+  const files = fs.readdirSync(dir).filter((f) => /^\d+[a-z]*-[\w-]+\.mjs$/.test(f));
+  const mods = [];
+  for (const file of files) {
+    const mod = (await import(path.join(dir, file))).default;
+    if (!mod || typeof mod.run !== 'function' || !mod.id) {
+      say(`bench: ${file} does not export { id, name, run }: ignored`);
+      continue;
+    }
+    mods.push(mod);
+  }
+  const key = (id) => [parseInt(id, 10), id.replace(/^\d+/, '')];
+  return mods.sort((a, b) => {
+    const [na, sa] = key(a.id);
+    const [nb, sb] = key(b.id);
+    return na - nb || sa.localeCompare(sb);
+  });
+}
+
+function selected(mod, only) {
+  if (!only) return true;
+  return only.some(
+    (tok) =>
+      tok === mod.id ||
+      tok === mod.name ||
+      (/^\d+$/.test(tok) && mod.id.replace(/[a-z]+$/, '') === tok),
+  );
+}
+
+// ── the run ─────────────────────────────────────────────────────────────────
+
+async function main() {
+  const opts = parseCli();
+  if (opts.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  const startedAt = new Date();
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sidepool-bench-'));
+  installCleanup();
+  process.on('exit', () => {
+    if (!opts.keepTmp) fs.rmSync(tmp, { recursive: true, force: true });
+  });
+
+  const notes = [];
+  const build = await ensureBuilt(opts.build, notes);
+  const { tools, missing, versions } = await detectTools(opts.without);
+  for (const { name, install } of missing) {
+    const line =
+      name === 'haproxy'
+        ? 'haproxy not found: the HAProxy comparison is skipped in every workload (apt-get install haproxy)'
+        : name.startsWith('redis')
+          ? `${name} not found: the redis workloads (2, 3) are skipped, and 4 and the soak use the Node echo server instead (${install})`
+          : `${name} not found (${install}); no current workload needs it`;
+    say(`bench: ${line}`);
+    notes.push(line);
+  }
+
+  const pkg = JSON.parse(fs.readFileSync(path.join(ROOT_DIR, 'package.json'), 'utf8'));
+  const git = await gitInfo();
+  const cpus = os.cpus();
+  const env = {
+    date: startedAt.toISOString(),
+    sidepool: pkg.version,
+    git,
+    distBuiltAt: build.at,
+    node: process.version,
+    cpus: cpus.length,
+    cpuModel: cpus[0]?.model ?? 'unknown',
+    kernel: `${os.type()} ${os.release()}`,
+    haproxy: versions.haproxy ?? null,
+    redis: versions.redis ?? null,
+    fdLimit: fdLimit(),
+    tcpTwReuse: readSys('/proc/sys/net/ipv4/tcp_tw_reuse'),
+    ephemeralPorts: readSys('/proc/sys/net/ipv4/ip_local_port_range'),
+  };
+
+  const sidepoolLog = new Map();
+  const sidepoolHealth = [];
+  let current = '';
+  const ctx = {
+    quick: opts.quick,
+    runs: opts.runs,
+    soak: opts.soak,
+    soakMaxSeconds: opts.soakMaxSeconds,
+    conns: opts.conns,
+    tools,
+    tmp,
+    cpus: cpus.length,
+    fdLimit: env.fdLimit,
+    settings: {},
+    note: (line) => notes.push(line),
+    collectSidepoolLog(target, stopped) {
+      let text = '';
+      try {
+        text = fs.readFileSync(target.logFile, 'utf8');
+      } catch {
+        // No log.
+      }
+      for (const line of text.split('\n')) {
+        if (!line.trim()) continue;
+        let level;
+        let msg;
+        try {
+          const entry = JSON.parse(line);
+          if (typeof entry.level !== 'number' || entry.level < 40) continue;
+          level = entry.level >= 50 ? 'error' : 'warn';
+          msg = entry.msg;
+        } catch {
+          level = 'output';
+          msg = line.slice(0, 200);
+        }
+        const key = `${current}\u0000${level}\u0000${msg}`;
+        const seen = sidepoolLog.get(key);
+        if (seen) seen.count++;
+        else
+          sidepoolLog.set(key, {
+            workload: current,
+            instance: target.label,
+            level,
+            msg,
+            count: 1,
+            sample: line.slice(0, 500),
+          });
+      }
+      if (!stopped.wasAlive) {
+        notes.push(
+          `${current}: sidepool (${target.label}) had exited before the harness stopped it (${describeExit(stopped)})`,
+        );
+      } else if (stopped.forced) {
+        notes.push(
+          `${current}: sidepool (${target.label}) did not exit within 5 s of SIGTERM and was killed`,
+        );
+      } else if (stopped.code !== 0) {
+        notes.push(
+          `${current}: sidepool (${target.label}) exited with ${describeExit(stopped)} after SIGTERM`,
+        );
+      }
+    },
+    checkSidepoolSettled(target, before, label) {
+      const after = target.stats();
+      const links = establishedTo(target.pid, target.upstreamPort);
+      sidepoolHealth.push({
+        workload: label,
+        fdsBefore: before?.fds,
+        fdsAfter: after?.fds,
+        rssBeforeKiB: before?.rssKiB,
+        rssAfterKiB: after?.rssKiB,
+        linksAfter: links,
+        minIdle: target.pool.minIdle,
+      });
+      if (before && after && after.fds - before.fds > 8) {
+        notes.push(
+          `${label}: sidepool held ${after.fds} fds after the load settled, ${before.fds} before it (+${after.fds - before.fds}): sessions or links left open`,
+        );
+      }
+    },
+  };
+
+  const workloads = (await loadWorkloads()).filter((w) => selected(w, opts.only));
+  if (workloads.length === 0) {
+    say(`bench: no workload matches --only ${opts.only?.join(',')}`);
+    return 2;
+  }
+  say(
+    `bench: ${workloads.map((w) => `${w.id} ${w.name}`).join(', ')}; runs ${opts.runs}${opts.quick ? ' (quick)' : ''}; node ${process.version}, ${cpus.length} CPUs`,
+  );
+
+  const results = [];
+  for (const workload of workloads) {
+    current = `workload ${workload.id} (${workload.name})`;
+    say(`\n== ${workload.id}. ${workload.title}`);
+    const t0 = performance.now();
+    let result;
+    try {
+      result = await workload.run(ctx);
+    } catch (err) {
+      say(`  FAILED: ${err?.stack ?? err}`);
+      notes.push(`${current} failed: ${String(err?.message ?? err).split('\n')[0]}`);
+      result = {
+        sections: [
+          {
+            title: `${workload.id}. ${workload.title}: FAILED`,
+            text: '```\n' + String(err?.message ?? err).slice(0, 2000) + '\n```',
+            notes: [],
+          },
+        ],
+        failed: true,
+      };
+    }
+    // Whatever a workload left running is ended here.
+    for (const child of liveChildren()) {
+      notes.push(`${current} left ${child.name} (pid ${child.pid}) running: stopped`);
+      await child.stop(2000);
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    say(`  (${seconds.toFixed(0)} s)`);
+    results.push({
+      id: workload.id,
+      name: workload.name,
+      title: workload.title,
+      seconds,
+      ...result,
+    });
+  }
+
+  const totalSeconds = (Date.now() - startedAt.getTime()) / 1000;
+  const markdown = render({
+    opts,
+    env,
+    results,
+    notes,
+    settings: ctx.settings,
+    sidepoolLog: [...sidepoolLog.values()],
+    sidepoolHealth,
+    totalSeconds,
+    missing,
+  });
+  const outDir = path.join(BENCH_DIR, 'results');
+  fs.mkdirSync(outDir, { recursive: true });
+  fs.writeFileSync(path.join(outDir, `${opts.out}.md`), markdown);
+  fs.writeFileSync(
+    path.join(outDir, `${opts.out}.json`),
+    `${JSON.stringify(
+      {
+        env,
+        options: { ...opts, without: [...opts.without] },
+        totalSeconds,
+        settings: ctx.settings,
+        notes,
+        sidepoolLog: [...sidepoolLog.values()],
+        sidepoolHealth,
+        workloads: results.map(({ sections, ...rest }) => ({
+          ...rest,
+          tables: sections?.map((s) => s.title),
+        })),
+      },
+      null,
+      2,
+    )}\n`,
+  );
+  process.stdout.write(markdown);
+  say(
+    `\nbench: wrote bench/results/${opts.out}.md and .json (${(totalSeconds / 60).toFixed(1)} min)`,
+  );
+  if (opts.keepTmp) say(`bench: process logs and configs kept in ${tmp}`);
+  return results.some((r) => r.failed) ? 1 : 0;
+}
+
+function readSys(file) {
+  try {
+    return fs.readFileSync(file, 'utf8').trim().replace(/\s+/g, ' ');
+  } catch {
+    return null;
+  }
+}
+
+function describeExit(info) {
+  if (info.error) return info.error.message;
+  return info.signal ? `signal ${info.signal}` : `exit code ${info.code}`;
+}
+
+function render({
+  opts,
+  env,
+  results,
+  notes,
+  settings,
+  sidepoolLog,
+  sidepoolHealth,
+  totalSeconds,
+  missing,
+}) {
+  const out = [];
+  const args = process.argv.slice(2).join(' ');
+  out.push('# sidepool benchmark results', '');
+  out.push(
+    `Generated by \`npm run bench${args ? ` -- ${args}` : ''}\` on ${env.date}, in ${(totalSeconds / 60).toFixed(1)} min.`,
+  );
+  if (opts.quick)
+    out.push(
+      '',
+      '**Quick smoke run: short loads and one run per figure. Not a measurement; use the full run.**',
+    );
+  out.push('');
+  out.push('| | |', '| --- | --- |');
+  out.push(
+    `| sidepool | ${env.sidepool}, git ${env.git.commit}${env.git.srcDirty ? ' (src/ had uncommitted changes)' : ''}, dist built ${env.distBuiltAt} |`,
+  );
+  out.push(`| node | ${env.node} |`);
+  out.push(`| CPUs | ${env.cpus} × ${env.cpuModel} |`);
+  out.push(
+    `| kernel | ${env.kernel}; tcp_tw_reuse ${env.tcpTwReuse}; ephemeral ports ${env.ephemeralPorts} |`,
+  );
+  out.push(
+    `| haproxy | ${env.haproxy ?? 'not installed: comparison skipped (apt-get install haproxy)'}${env.haproxy ? `; mode tcp, nbthread left at its default (${env.cpus} threads here)` : ''} |`,
+  );
+  out.push(
+    `| redis | ${env.redis ?? 'not installed (apt-get install redis-server redis-tools)'} |`,
+  );
+  out.push(`| open files | soft ${env.fdLimit.soft}, hard ${env.fdLimit.hard} |`);
+  out.push(
+    `| runs | ${opts.runs}: each figure is the median over runs; each ratio (×direct, sidepool ÷ haproxy) is the median of per-run ratios, both sides measured in the same run, targets in rotating order |`,
+  );
+  out.push('');
+  out.push(
+    'Targets: **direct** (client → server), **sidepool** (dist/cli.js, tcp mode), **haproxy** (mode tcp), **naive relay** (bench/naive-relay.mjs, `net` + `pipe`). All traffic is on 127.0.0.1.',
+    '',
+  );
+
+  for (const result of results) {
+    for (const section of result.sections ?? []) {
+      out.push(`## ${section.title}`, '');
+      out.push(section.text, '');
+      for (const note of section.notes ?? []) out.push(`- ${note}`);
+      if ((section.notes ?? []).length) out.push('');
+    }
+  }
+  if (results.some((r) => r.skipped)) {
+    out.push(
+      `Skipped workloads: ${results
+        .filter((r) => r.skipped)
+        .map((r) => `${r.id} (${r.name})`)
+        .join(', ')}.`,
+      '',
+    );
+  }
+
+  out.push('## Settings', '');
+  for (const [kind, byLabel] of Object.entries(settings)) {
+    for (const [label, value] of Object.entries(byLabel)) {
+      out.push(
+        `- ${kind} \`${label}\`: ${Object.entries(value)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(', ')}`,
+      );
+    }
+  }
+  out.push(
+    `- soak: ${opts.soak.toLocaleString('en-US')} sessions requested (\`--soak\`), bounded at ${opts.soakMaxSeconds} s`,
+  );
+  out.push('');
+
+  out.push('## sidepool log lines at warn/error', '');
+  if (sidepoolLog.length === 0) out.push('None.');
+  else {
+    for (const e of sidepoolLog)
+      out.push(
+        `- ${e.workload}, ${e.level} ×${e.count}: ${e.msg} — \`${e.sample.replace(/`/g, "'")}\``,
+      );
+  }
+  out.push('');
+  if (sidepoolHealth.length) {
+    out.push('## sidepool after each load (settled)', '');
+    out.push(
+      '| load | fds before | fds after | upstream links after (minIdle) | RSS before → after MiB |',
+      '| --- | --- | --- | --- | --- |',
+    );
+    for (const h of sidepoolHealth) {
+      out.push(
+        `| ${h.workload} | ${h.fdsBefore} | ${h.fdsAfter} | ${h.linksAfter} (${h.minIdle}) | ${(h.rssBeforeKiB / 1024).toFixed(0)} → ${(h.rssAfterKiB / 1024).toFixed(0)} |`,
+      );
+    }
+    out.push('');
+  }
+  out.push('## Notes', '');
+  if (notes.length === 0 && missing.length === 0) out.push('None.');
+  for (const note of notes) out.push(`- ${note}`);
+  out.push('');
+  return out.join('\n');
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err) => {
+    say(`bench: ${err?.stack ?? err}`);
+    process.exit(1);
+  },
+);
