@@ -1,58 +1,84 @@
 import { lookup } from 'node:dns/promises';
 import net from 'node:net';
+import { isDeepStrictEqual } from 'node:util';
 import type { Logger } from 'pino';
+import { AdminServer } from './admin/server.js';
+import { Metrics } from './admin/metrics.js';
 import { parseAddress, type Address } from './config/address.js';
 import { destinationKey } from './config/load.js';
 import type { Config, RouteConfig } from './config/schema.js';
-import { ResolveError } from './errors.js';
+import { ConfigError, ResolveError, codeOf, describe } from './errors.js';
 import { Pool } from './pool/pool.js';
 import { Route } from './proxy/route.js';
 import { Dialer } from './upstream/dialer.js';
 
 type AppState = 'new' | 'running' | 'draining' | 'stopped';
 
+export interface AppOptions {
+  /** Re-reads the configuration, for SIGHUP and `POST /reload`. */
+  loadConfig?: () => Promise<Config>;
+  /** Told when a drain that the admin endpoint started has finished. */
+  onStopped?: () => void;
+  metrics?: Metrics;
+}
+
 /**
- * Wires config → pools → routes, and owns them. The shutdown order is written here and
- * nowhere else: stop accepting, let sessions finish up to the drain timeout, end the
- * rest, then close the pools.
+ * Wires config → pools → routes → admin, and owns them all. The shutdown order is
+ * written here and nowhere else:
+ *
+ *   1. readiness turns 503 (draining);
+ *   2. listeners keep accepting for `drain.delay`, then close;
+ *   3. sessions get `drain.timeout` to end; the rest are ended;
+ *   4. pools close;
+ *   5. the admin server closes last, so metrics stay scrapeable throughout.
  */
 export class App {
-  readonly config: Config;
+  config: Config;
   readonly log: Logger;
+  readonly metrics: Metrics;
+  admin: AdminServer | undefined;
+  /** Pools by destination key. */
   readonly pools = new Map<string, Pool>();
-  readonly routes: Route[] = [];
+  /** Routes by name. */
+  readonly routes = new Map<string, Route>();
+  /** Routes removed by a reload, finishing their sessions. */
+  private readonly retiring = new Set<Route>();
+  private readonly options: AppOptions;
   private state: AppState = 'new';
   private stopping: Promise<void> | undefined;
+  private reloading: Promise<unknown> = Promise.resolve();
 
-  constructor(config: Config, logger: Logger) {
+  constructor(config: Config, logger: Logger, options: AppOptions = {}) {
     this.config = config;
     this.log = logger;
+    this.options = options;
+    this.metrics = options.metrics ?? new Metrics();
+    this.metrics.attach({
+      pools: () => this.pools.values(),
+      routes: () => [...this.routes.values(), ...this.retiring],
+      isDraining: () => this.state === 'draining' || this.state === 'stopped',
+    });
   }
 
   /** Resolves upstreams, builds pools and routes, binds every listener, starts warming. */
   async start(): Promise<void> {
     await checkResolvable(this.config.routes);
-    for (const routeConfig of this.config.routes) {
-      const pool = this.poolFor(routeConfig);
-      this.routes.push(
-        new Route({
-          name: routeConfig.name,
-          listen: parseAddress(routeConfig.listen, {
-            allowAnyHost: true,
-            allowPortZero: true,
-          }) as Address,
-          pool,
-          timeouts: {
-            idleTimeoutMs: routeConfig.idleTimeout,
-            halfCloseTimeoutMs: routeConfig.halfCloseTimeout,
-          },
-          logger: this.log.child({ route: routeConfig.name, pool: pool.name }),
-        }),
-      );
-    }
+    const routes = this.config.routes.map((routeConfig) => this.makeRoute(routeConfig));
     try {
-      for (const route of this.routes) await route.listen();
+      for (const route of routes) {
+        await route.listen();
+        this.routes.set(route.name, route);
+      }
+      if (this.config.admin !== false) {
+        this.admin = new AdminServer(
+          listenAddress(this.config.admin.listen),
+          this.adminHandlers(),
+          this.log,
+        );
+        await this.admin.listen();
+      }
     } catch (err) {
+      for (const route of routes) void route.close();
       await this.stop(0);
       throw err;
     }
@@ -60,41 +86,225 @@ export class App {
     this.state = 'running';
   }
 
-  get isRunning(): boolean {
-    return this.state === 'running';
+  /** The first route's bound port, for tests and the demo. */
+  get firstRoute(): Route {
+    const route = this.routes.values().next().value;
+    if (route === undefined) throw new Error('no routes');
+    return route;
+  }
+
+  get isDraining(): boolean {
+    return this.state === 'draining';
+  }
+
+  readiness(): { ready: boolean; reasons: string[] } {
+    const reasons: string[] = [];
+    if (this.state === 'draining' || this.state === 'stopped') reasons.push('draining');
+    else if (this.state !== 'running') reasons.push('starting');
+    for (const route of this.routes.values()) {
+      if (!route.isListening) reasons.push(`route ${route.name} is not listening`);
+    }
+    return { ready: reasons.length === 0, reasons };
+  }
+
+  /** A JSON-ready picture of every pool, for `/pools`. */
+  poolsView(): unknown {
+    return [...this.pools.entries()].map(([key, pool]) => ({
+      pool: pool.name,
+      destination: key.split(','),
+      routes: [...this.routes.values()].filter((r) => r.pool === pool).map((r) => r.name),
+      warm: pool.isWarm,
+      ...pool.stats(),
+      totals: { ...pool.totals },
+    }));
   }
 
   /**
-   * Drains and stops: listeners close after `delayMs`, sessions get `timeoutMs` to end,
-   * the rest are ended, pools close. Idempotent.
+   * Drains and stops (see the class comment). Idempotent: a second call returns the
+   * same promise.
    */
   stop(timeoutMs = this.config.drain.timeout, delayMs = 0): Promise<void> {
     this.stopping ??= this.drain(timeoutMs, delayMs);
     return this.stopping;
   }
 
+  /**
+   * Re-reads the configuration and applies it: new routes start, removed routes drain,
+   * changed pool settings apply to the running pools. An invalid configuration changes
+   * nothing. Reloads run one at a time.
+   */
+  reload(): Promise<{ ok: boolean; problems?: string[] }> {
+    const next = this.reloading.then(() => this.reloadNow());
+    this.reloading = next.catch(() => undefined);
+    return next;
+  }
+
+  private async reloadNow(): Promise<{ ok: boolean; problems?: string[] }> {
+    if (this.options.loadConfig === undefined || this.state !== 'running') {
+      const problem = this.state !== 'running' ? 'not running' : 'no config file to reload from';
+      this.log.warn({ problem }, 'reload refused');
+      return { ok: false, problems: [problem] };
+    }
+    try {
+      const next = await this.options.loadConfig();
+      await this.apply(next);
+      this.metrics.configReloads.inc({ result: 'success' });
+      this.log.info({ routes: [...this.routes.keys()] }, 'config reloaded');
+      return { ok: true };
+    } catch (err) {
+      this.metrics.configReloads.inc({ result: 'failure' });
+      const problems =
+        err instanceof ConfigError
+          ? err.issues.map((i) => (i.path ? `${i.path}: ${i.message}` : i.message))
+          : [describe(err)];
+      for (const problem of problems) {
+        this.log.error(
+          { code: codeOf(err), problem },
+          'reload rejected: the running config is kept',
+        );
+      }
+      return { ok: false, problems };
+    }
+  }
+
+  private async apply(next: Config): Promise<void> {
+    await checkResolvable(next.routes);
+    const kept = new Map<string, RouteConfig>();
+    const added: RouteConfig[] = [];
+    const removed: Route[] = [];
+    for (const routeConfig of next.routes) {
+      const current = this.routes.get(routeConfig.name);
+      const before = this.config.routes.find((r) => r.name === routeConfig.name);
+      if (current !== undefined && before !== undefined && sameShape(before, routeConfig)) {
+        kept.set(routeConfig.name, routeConfig);
+      } else {
+        added.push(routeConfig);
+        if (current !== undefined) removed.push(current);
+      }
+    }
+    for (const route of this.routes.values()) {
+      if (!next.routes.some((r) => r.name === route.name)) removed.push(route);
+    }
+
+    // A route that moves or changes upstream may reuse its old address: the old listener
+    // goes first. Its sessions go on draining.
+    for (const route of removed) this.retire(route);
+    const started: Route[] = [];
+    try {
+      for (const routeConfig of added) {
+        const route = this.makeRoute(routeConfig);
+        started.push(route);
+        await route.listen();
+      }
+    } catch (err) {
+      for (const route of started) void route.close();
+      this.closeUnusedPools();
+      throw err;
+    }
+    for (const route of started) {
+      this.routes.set(route.name, route);
+      route.pool.start();
+    }
+    for (const [name, routeConfig] of kept) {
+      const route = this.routes.get(name) as Route;
+      route.timeouts = {
+        idleTimeoutMs: routeConfig.idleTimeout,
+        halfCloseTimeoutMs: routeConfig.halfCloseTimeout,
+      };
+      if (!isDeepStrictEqual(route.pool.options, pickPool(routeConfig))) {
+        route.pool.configure(routeConfig.pool);
+        this.log.info({ pool: route.pool.name, ...routeConfig.pool }, 'pool settings changed');
+      }
+    }
+    if (next.log.level !== this.config.log.level) this.log.level = next.log.level;
+    if (!isDeepStrictEqual(next.admin, this.config.admin)) {
+      this.log.warn('admin settings change on restart only; the admin server keeps its address');
+    }
+    this.config = next;
+    this.closeUnusedPools();
+  }
+
+  private retire(route: Route): void {
+    this.routes.delete(route.name);
+    this.retiring.add(route);
+    this.log.info(
+      { route: route.name, activeSessions: route.activeSessions },
+      'route removed: draining',
+    );
+    void route.close().then(() => {
+      this.retiring.delete(route);
+      this.closeUnusedPools();
+    });
+  }
+
+  /** Pools that no route (live or draining) uses any more close gracefully. */
+  private closeUnusedPools(): void {
+    const used = new Set<Pool>();
+    for (const route of [...this.routes.values(), ...this.retiring]) used.add(route.pool);
+    for (const [key, pool] of this.pools) {
+      if (!used.has(pool)) {
+        this.pools.delete(key);
+        void pool.close();
+        this.log.info({ pool: pool.name }, 'pool closed: no route uses it');
+      }
+    }
+  }
+
   private async drain(timeoutMs: number, delayMs: number): Promise<void> {
     this.state = 'draining';
-    if (delayMs > 0) {
-      this.log.info({ delayMs }, 'draining: listeners keep accepting for the drain delay');
-      await sleep(delayMs);
-    }
-    const active = this.routes.reduce((n, r) => n + r.activeSessions, 0);
+    this.log.info({ delayMs, timeoutMs }, 'draining: not ready any more');
+    if (delayMs > 0) await sleep(delayMs);
+    const routes = [...this.routes.values(), ...this.retiring];
+    const active = routes.reduce((n, r) => n + r.activeSessions, 0);
+    const closed = Promise.all(routes.map((route) => route.close()));
     this.log.info({ activeSessions: active, timeoutMs }, 'draining: listeners closed');
-    const closed = Promise.all(this.routes.map((route) => route.close()));
     const timedOut = await Promise.race([
       closed.then(() => false),
       sleep(timeoutMs).then(() => true),
     ]);
     if (timedOut) {
-      const left = this.routes.reduce((n, r) => n + r.activeSessions, 0);
+      const left = routes.reduce((n, r) => n + r.activeSessions, 0);
       this.log.warn({ sessions: left }, 'drain timeout: ending the remaining sessions');
-      for (const route of this.routes) route.destroySessions();
+      for (const route of routes) route.destroySessions();
       await closed;
     }
     await Promise.all([...this.pools.values()].map((pool) => pool.destroy()));
+    await this.admin?.close();
     this.state = 'stopped';
     this.log.info('stopped');
+  }
+
+  private adminHandlers() {
+    return {
+      metrics: async () => ({
+        contentType: this.metrics.contentType,
+        body: await this.metrics.render(),
+      }),
+      readiness: () => this.readiness(),
+      pools: () => this.poolsView(),
+      config: () => redact(this.config),
+      reload: () => this.reload(),
+      drain: () => {
+        void this.stop(this.config.drain.timeout, this.config.drain.delay).then(() =>
+          this.options.onStopped?.(),
+        );
+      },
+    };
+  }
+
+  private makeRoute(routeConfig: RouteConfig): Route {
+    const pool = this.poolFor(routeConfig);
+    return new Route({
+      name: routeConfig.name,
+      listen: listenAddress(routeConfig.listen),
+      pool,
+      timeouts: {
+        idleTimeoutMs: routeConfig.idleTimeout,
+        halfCloseTimeoutMs: routeConfig.halfCloseTimeout,
+      },
+      logger: this.log.child({ route: routeConfig.name, pool: pool.name }),
+      observer: this.metrics.routeObserver(routeConfig.name),
+    });
   }
 
   private poolFor(route: RouteConfig): Pool {
@@ -107,6 +317,7 @@ export class App {
         ...route.pool,
         connector: new Dialer({ endpoints, connectTimeout: route.pool.connectTimeout }),
         logger: this.log.child({ pool: key }),
+        observer: this.metrics.poolObserver(key),
       });
       this.pools.set(key, pool);
     }
@@ -114,7 +325,34 @@ export class App {
   }
 }
 
-/** An upstream host that does not resolve at start is a config mistake: say so and stop. */
+/** Routes keep running across a reload when what they listen on and dial is unchanged. */
+function sameShape(a: RouteConfig, b: RouteConfig): boolean {
+  return a.listen === b.listen && a.mode === b.mode && destinationKey(a) === destinationKey(b);
+}
+
+function pickPool(route: RouteConfig) {
+  const { connectTimeout: _connectTimeout, ...settings } = route.pool;
+  return settings;
+}
+
+function listenAddress(text: string): Address {
+  return parseAddress(text, { allowAnyHost: true, allowPortZero: true }) as Address;
+}
+
+const SECRET_KEYS = new Set(['passphrase', 'password', 'secret', 'token']);
+
+/** The config for display: secret values replaced. */
+function redact(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(redact);
+  if (typeof value === 'object' && value !== null) {
+    return Object.fromEntries(
+      Object.entries(value).map(([k, v]) => [k, SECRET_KEYS.has(k) ? '[redacted]' : redact(v)]),
+    );
+  }
+  return value;
+}
+
+/** An upstream host that does not resolve is a config mistake: say so and stop. */
 async function checkResolvable(routes: readonly RouteConfig[]): Promise<void> {
   const hosts = new Set<string>();
   for (const route of routes) {

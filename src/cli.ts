@@ -92,15 +92,11 @@ async function run(args: RunArgs): Promise<number> {
   const config = await load(args);
   if (typeof config === 'number') return config;
   const log = createLogger(config.log.level);
-  const app = new App(config, log);
-  try {
-    await app.start();
-  } catch (err) {
-    log.error({ code: (err as SidepoolError).code, err: describe(err) }, 'cannot start');
-    process.stderr.write(`sidepool: ${describe(err)}\n`);
-    return EXIT_RUNTIME;
-  }
   return new Promise<number>((resolve) => {
+    const app = new App(config, log, {
+      loadConfig: () => loadConfig(args.config, flagsOf(args)),
+      onStopped: () => resolve(0),
+    });
     let signals = 0;
     const onSignal = (signal: NodeJS.Signals): void => {
       signals++;
@@ -110,7 +106,7 @@ async function run(args: RunArgs): Promise<number> {
         return;
       }
       log.info({ signal }, 'shutting down');
-      app.stop(config.drain.timeout, config.drain.delay).then(
+      app.stop(app.config.drain.timeout, app.config.drain.delay).then(
         () => resolve(0),
         (err: unknown) => {
           log.error({ err: describe(err) }, 'shutdown failed');
@@ -118,8 +114,22 @@ async function run(args: RunArgs): Promise<number> {
         },
       );
     };
-    process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
+    const onHangup = (): void => {
+      log.info('SIGHUP: reloading the config');
+      void app.reload();
+    };
+    app.start().then(
+      () => {
+        process.on('SIGTERM', onSignal);
+        process.on('SIGINT', onSignal);
+        process.on('SIGHUP', onHangup);
+      },
+      (err: unknown) => {
+        log.error({ code: (err as SidepoolError).code, err: describe(err) }, 'cannot start');
+        process.stderr.write(`sidepool: ${describe(err)}\n`);
+        resolve(EXIT_RUNTIME);
+      },
+    );
   });
 }
 

@@ -125,6 +125,8 @@ export class Pool extends EventEmitter implements LinkOwner {
   private readonly keepIdleBytes: boolean;
   private readonly backoff: Backoff;
 
+  /** Running totals since the pool was made, for `/pools`. */
+  readonly totals = { dials: 0, dialFailures: 0, acquired: 0, refused: 0, evictions: 0 };
   private readonly idle: Link[] = [];
   private readonly active = new Set<Link>();
   private readonly connecting = new Set<Link>();
@@ -194,6 +196,7 @@ export class Pool extends EventEmitter implements LinkOwner {
     if (this.backoff.failures > 0) this.backoff.succeed();
     link.lease();
     this.active.add(link);
+    this.totals.acquired++;
     this.observer.acquired('idle', 0);
     this.schedulePulse();
     return link;
@@ -309,6 +312,7 @@ export class Pool extends EventEmitter implements LinkOwner {
     else if (from === 'active') this.active.delete(link);
     else this.connecting.delete(link);
     if (EVICTIONS.has(reason)) {
+      this.totals.evictions++;
       this.observer.evicted(reason as EvictionReason);
       if (from === 'idle' && (reason === 'remote_closed' || reason === 'error')) {
         // An upstream that accepts and at once closes (full, restarting, refusing us) would
@@ -386,6 +390,7 @@ export class Pool extends EventEmitter implements LinkOwner {
     const started = performance.now();
     this.connector.dial().then(
       ({ socket, endpoint }) => {
+        this.totals.dials++;
         this.observer.dialed('success', endpoint, (performance.now() - started) / 1000);
         if (link.isClosed) {
           socket.destroy();
@@ -414,6 +419,7 @@ export class Pool extends EventEmitter implements LinkOwner {
               ? 'tls_error'
               : 'error';
         const endpoint = error instanceof DialError ? error.endpoint : this.name;
+        this.totals.dialFailures++;
         this.observer.dialed(result, endpoint, (performance.now() - started) / 1000);
         if (link.isClosed) return;
         const delay = this.failDial();
@@ -489,6 +495,8 @@ export class Pool extends EventEmitter implements LinkOwner {
   ): void {
     waiter.settled = true;
     if (waiter.timer !== undefined) clearTimeout(waiter.timer);
+    if (link !== undefined) this.totals.acquired++;
+    else this.totals.refused++;
     this.observer.acquired(result, (performance.now() - waiter.enqueuedAt) / 1000);
     waiter.callback(err, link);
   }
@@ -496,6 +504,7 @@ export class Pool extends EventEmitter implements LinkOwner {
   /** Errors found before queueing still reach the caller asynchronously, as promised. */
   private settleLater(waiter: Waiter, err: Error, result: AcquireResult): void {
     waiter.settled = true;
+    this.totals.refused++;
     process.nextTick(() => {
       this.observer.acquired(result, 0);
       waiter.callback(err);

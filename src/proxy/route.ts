@@ -40,12 +40,15 @@ export class Route {
   readonly pool: Pool;
   readonly log: Logger;
   readonly observer: RouteObserver;
-  readonly timeouts: SpliceTimeouts;
+  /** Applied to sessions that start from now on (a reload may change them). */
+  timeouts: SpliceTimeouts;
   private readonly listenAddress: Address;
   private readonly server: net.Server;
   private readonly sessions = new Set<TcpSession>();
   private state: RouteState = 'new';
   private nextSessionId = 1;
+  private endedBytesUp = 0;
+  private endedBytesDown = 0;
   private drained: (() => void) | undefined;
   private closing: Promise<void> | undefined;
 
@@ -132,8 +135,21 @@ export class Route {
     for (const session of [...this.sessions]) session.destroy();
   }
 
+  /** Bytes relayed so far, live sessions included: `up` toward the upstream, `down` toward the app. */
+  bytesSoFar(): { up: number; down: number } {
+    let up = this.endedBytesUp;
+    let down = this.endedBytesDown;
+    for (const session of this.sessions) {
+      up += session.bytesUp;
+      down += session.bytesDown;
+    }
+    return { up, down };
+  }
+
   /** Called by a session when it has ended. */
   sessionEnded(session: TcpSession): void {
+    this.endedBytesUp += session.bytesUp;
+    this.endedBytesDown += session.bytesDown;
     this.sessions.delete(session);
     if (this.sessions.size === 0) this.drained?.();
   }

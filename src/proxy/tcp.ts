@@ -52,6 +52,14 @@ export class TcpSession {
     this.waiter = this.route.pool.wait(this.onLink);
   }
 
+  get bytesUp(): number {
+    return this.splice?.bytesUp ?? 0;
+  }
+
+  get bytesDown(): number {
+    return this.splice?.bytesDown ?? 0;
+  }
+
   /** Ends the session now, whatever its state. */
   destroy(): void {
     if (this.splice !== undefined) this.splice.destroy();

@@ -1,4 +1,4 @@
-import { App } from '../../src/app.js';
+import { App, type AppOptions } from '../../src/app.js';
 import { parseConfig } from '../../src/config/load.js';
 import { captureLogger } from './util.js';
 
@@ -7,16 +7,16 @@ export async function startProxy(
   upstream: string | { addresses: string[] },
   pool: Record<string, unknown> = {},
   route: Record<string, unknown> = {},
+  top: Record<string, unknown> = { admin: false },
+  options: AppOptions = {},
 ) {
   const config = parseConfig({
-    admin: false,
+    ...top,
     routes: [{ name: 'test', listen: '127.0.0.1:0', upstream, pool, ...route }],
   });
   const { logger, lines } = captureLogger('debug');
-  const app = new App(config, logger);
+  const app = new App(config, logger, options);
   await app.start();
-  const route0 = app.routes[0];
-  if (route0 === undefined) throw new Error('no route');
-  const pool0 = route0.pool;
-  return { app, route: route0, pool: pool0, port: route0.port, lines };
+  const route0 = app.firstRoute;
+  return { app, route: route0, pool: route0.pool, port: route0.port, lines };
 }

@@ -1,0 +1,292 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Pool, PoolObserver } from '../pool/pool.js';
+import type { Route, RouteObserver } from '../proxy/route.js';
+
+/** What the metrics read at scrape time: the live pools and routes, and the drain state. */
+export interface MetricsSource {
+  pools(): Iterable<Pool>;
+  routes(): Iterable<Route>;
+  isDraining(): boolean;
+  /** Certificate expiry times (seconds since the epoch) by owner (route or pool) and role. */
+  certificateExpiries?(): Iterable<{
+    owner: string;
+    role: 'server' | 'client' | 'ca';
+    expiresAt: number;
+  }>;
+}
+
+const ACQUIRE_BUCKETS = [0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+const CONNECT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+const SESSION_BUCKETS = [0.001, 0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600];
+
+/**
+ * sidepool's Prometheus metrics. Events on the data path go through observers whose
+ * label children are bound when the pool or route is made; states (connections by
+ * state, waiters, active downstreams, bytes of live sessions) are read at scrape time,
+ * so they cost the data path nothing.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+  private source: MetricsSource | undefined;
+  private readonly bytesReported = new Map<string, { up: number; down: number }>();
+
+  private readonly poolConnections = new Gauge({
+    name: 'sidepool_pool_connections',
+    help: 'Upstream links by state.',
+    labelNames: ['pool', 'state'] as const,
+    registers: [this.registry],
+    collect: () => {
+      this.poolConnections.reset();
+      for (const pool of this.pools()) {
+        const s = pool.stats();
+        this.poolConnections.set({ pool: pool.name, state: 'idle' }, s.idle);
+        this.poolConnections.set({ pool: pool.name, state: 'active' }, s.active);
+        this.poolConnections.set({ pool: pool.name, state: 'connecting' }, s.connecting);
+      }
+    },
+  });
+
+  private readonly poolMax = new Gauge({
+    name: 'sidepool_pool_max_connections',
+    help: 'The pool maxSize.',
+    labelNames: ['pool'] as const,
+    registers: [this.registry],
+    collect: () => {
+      this.poolMax.reset();
+      for (const pool of this.pools()) this.poolMax.set({ pool: pool.name }, pool.options.maxSize);
+    },
+  });
+
+  private readonly poolWaiters = new Gauge({
+    name: 'sidepool_pool_waiters',
+    help: 'Downstreams queued for a link.',
+    labelNames: ['pool'] as const,
+    registers: [this.registry],
+    collect: () => {
+      this.poolWaiters.reset();
+      for (const pool of this.pools())
+        this.poolWaiters.set({ pool: pool.name }, pool.stats().waiters);
+    },
+  });
+
+  private readonly acquireSeconds = new Histogram({
+    name: 'sidepool_pool_acquire_seconds',
+    help: 'Time a downstream waited for a link.',
+    labelNames: ['pool'] as const,
+    buckets: ACQUIRE_BUCKETS,
+    registers: [this.registry],
+  });
+
+  private readonly acquires = new Counter({
+    name: 'sidepool_pool_acquires_total',
+    help: 'Link acquisitions by result: idle (at once), dialed (waited for a dial), timeout, overflow (queue full), aborted (the downstream left), failed (pool closed or failing fast).',
+    labelNames: ['pool', 'result'] as const,
+    registers: [this.registry],
+  });
+
+  private readonly upstreamConnects = new Counter({
+    name: 'sidepool_upstream_connects_total',
+    help: 'Upstream dials by endpoint and result.',
+    labelNames: ['pool', 'endpoint', 'result'] as const,
+    registers: [this.registry],
+  });
+
+  private readonly connectSeconds = new Histogram({
+    name: 'sidepool_upstream_connect_seconds',
+    help: 'Time to dial an upstream link (TCP connect plus TLS handshake).',
+    labelNames: ['pool'] as const,
+    buckets: CONNECT_BUCKETS,
+    registers: [this.registry],
+  });
+
+  private readonly evictions = new Counter({
+    name: 'sidepool_pool_evictions_total',
+    help: 'Links closed by the pool or lost, by reason.',
+    labelNames: ['pool', 'reason'] as const,
+    registers: [this.registry],
+  });
+
+  private readonly downstreamConnections = new Counter({
+    name: 'sidepool_downstream_connections_total',
+    help: 'Downstream connections accepted.',
+    labelNames: ['route'] as const,
+    registers: [this.registry],
+  });
+
+  private readonly downstreamActive = new Gauge({
+    name: 'sidepool_downstream_active',
+    help: 'Downstream connections open now (queued or spliced).',
+    labelNames: ['route'] as const,
+    registers: [this.registry],
+    collect: () => {
+      this.downstreamActive.reset();
+      for (const route of this.routes())
+        this.downstreamActive.set({ route: route.name }, route.activeSessions);
+    },
+  });
+
+  private readonly bytes = new Counter({
+    name: 'sidepool_bytes_total',
+    help: 'Bytes relayed, by the direction they were sent: upstream (toward the upstream) or downstream (toward the app).',
+    labelNames: ['route', 'direction'] as const,
+    registers: [this.registry],
+    collect: () => this.flushBytes(),
+  });
+
+  private readonly sessionSeconds = new Histogram({
+    name: 'sidepool_session_duration_seconds',
+    help: 'Downstream session duration, from accept to close.',
+    labelNames: ['route'] as const,
+    buckets: SESSION_BUCKETS,
+    registers: [this.registry],
+  });
+
+  /** Set by the health layer; declared here so that the names are stable from day one. */
+  readonly endpointUp = new Gauge({
+    name: 'sidepool_endpoint_up',
+    help: '1 when the endpoint is healthy, 0 when it is not.',
+    labelNames: ['pool', 'endpoint'] as const,
+    registers: [this.registry],
+  });
+
+  readonly healthProbes = new Counter({
+    name: 'sidepool_health_probes_total',
+    help: 'Active health probes by result.',
+    labelNames: ['pool', 'endpoint', 'result'] as const,
+    registers: [this.registry],
+  });
+
+  readonly ejections = new Counter({
+    name: 'sidepool_endpoint_ejections_total',
+    help: 'Endpoints ejected by outlier detection.',
+    labelNames: ['pool', 'endpoint'] as const,
+    registers: [this.registry],
+  });
+
+  private readonly certificateExpiry = new Gauge({
+    name: 'sidepool_tls_certificate_expiry_timestamp_seconds',
+    help: 'When a loaded certificate expires (seconds since the epoch).',
+    labelNames: ['owner', 'role'] as const,
+    registers: [this.registry],
+    collect: () => {
+      this.certificateExpiry.reset();
+      for (const cert of this.source?.certificateExpiries?.() ?? []) {
+        this.certificateExpiry.set({ owner: cert.owner, role: cert.role }, cert.expiresAt);
+      }
+    },
+  });
+
+  readonly configReloads = new Counter({
+    name: 'sidepool_config_reloads_total',
+    help: 'Configuration reloads by result.',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
+  private readonly draining = new Gauge({
+    name: 'sidepool_draining',
+    help: '1 while sidepool drains before it stops.',
+    registers: [this.registry],
+    collect: () => {
+      this.draining.set(this.source?.isDraining() ? 1 : 0);
+    },
+  });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry });
+    this.configReloads.inc({ result: 'success' }, 0);
+    this.configReloads.inc({ result: 'failure' }, 0);
+  }
+
+  attach(source: MetricsSource): void {
+    this.source = source;
+  }
+
+  /** The Prometheus text exposition. */
+  async render(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  /** An observer for one pool, with its label children bound now. */
+  poolObserver(pool: string): PoolObserver {
+    const acquired = {
+      idle: this.acquires.labels(pool, 'idle'),
+      dialed: this.acquires.labels(pool, 'dialed'),
+      timeout: this.acquires.labels(pool, 'timeout'),
+      overflow: this.acquires.labels(pool, 'overflow'),
+      aborted: this.acquires.labels(pool, 'aborted'),
+      failed: this.acquires.labels(pool, 'failed'),
+    };
+    for (const child of Object.values(acquired)) child.inc(0);
+    const acquireSeconds = this.acquireSeconds.labels(pool);
+    const connectSeconds = this.connectSeconds.labels(pool);
+    const evicted = {
+      idle: this.evictions.labels(pool, 'idle'),
+      lifetime: this.evictions.labels(pool, 'lifetime'),
+      remote_closed: this.evictions.labels(pool, 'remote_closed'),
+      error: this.evictions.labels(pool, 'error'),
+      unhealthy: this.evictions.labels(pool, 'unhealthy'),
+      endpoint_removed: this.evictions.labels(pool, 'endpoint_removed'),
+    };
+    for (const child of Object.values(evicted)) child.inc(0);
+    const connects = this.upstreamConnects;
+    return {
+      acquired(result, waitedSeconds) {
+        acquired[result].inc();
+        acquireSeconds.observe(waitedSeconds);
+      },
+      dialed(result, endpoint, seconds) {
+        connects.inc({ pool, endpoint, result });
+        if (result === 'success') connectSeconds.observe(seconds);
+      },
+      evicted(reason) {
+        evicted[reason].inc();
+      },
+    };
+  }
+
+  /** An observer for one route, with its label children bound now. */
+  routeObserver(route: string): RouteObserver {
+    const accepted = this.downstreamConnections.labels(route);
+    accepted.inc(0);
+    this.bytes.inc({ route, direction: 'upstream' }, 0);
+    this.bytes.inc({ route, direction: 'downstream' }, 0);
+    const duration = this.sessionSeconds.labels(route);
+    return {
+      opened() {
+        accepted.inc();
+      },
+      closed(_outcome, seconds) {
+        duration.observe(seconds);
+      },
+      refused() {},
+    };
+  }
+
+  /** Bytes of ended and live sessions, added to the counter as deltas since the last scrape. */
+  private flushBytes(): void {
+    for (const route of this.routes()) {
+      const now = route.bytesSoFar();
+      const last = this.bytesReported.get(route.name) ?? { up: 0, down: 0 };
+      // A route replaced on reload starts again from zero under the same name.
+      if (now.up < last.up || now.down < last.down) last.up = last.down = 0;
+      if (now.up > last.up)
+        this.bytes.inc({ route: route.name, direction: 'upstream' }, now.up - last.up);
+      if (now.down > last.down)
+        this.bytes.inc({ route: route.name, direction: 'downstream' }, now.down - last.down);
+      this.bytesReported.set(route.name, now);
+    }
+  }
+
+  private pools(): Iterable<Pool> {
+    return this.source?.pools() ?? [];
+  }
+
+  private routes(): Iterable<Route> {
+    return this.source?.routes() ?? [];
+  }
+}
