@@ -8,6 +8,22 @@ import type { Pool } from '../pool/pool.js';
 import type { SpliceOutcome, SpliceTimeouts } from './splice.js';
 import { TcpSession } from './tcp.js';
 
+/** One downstream connection handled by a route's mode. */
+export interface Session {
+  readonly id: number;
+  /** Bytes relayed so far toward the upstream and toward the app. */
+  readonly bytesUp: number;
+  readonly bytesDown: number;
+  start(): void;
+  /** Ends the session now; it then calls `route.sessionEnded(this)`. */
+  destroy(): void;
+}
+
+/** Makes the session for a new downstream socket: what a mode is, to a route. */
+export type SessionFactory = (route: Route, id: number, socket: net.Socket) => Session;
+
+const tcpSession: SessionFactory = (route, id, socket) => new TcpSession(route, id, socket);
+
 /** Told of downstream sessions, for metrics. Called on the hot path: must be cheap. */
 export interface RouteObserver {
   opened(): void;
@@ -27,6 +43,8 @@ export interface RouteOptions {
   /** Session idle and half-close timeouts. */
   timeouts: SpliceTimeouts;
   observer?: RouteObserver;
+  /** The route's mode; tcp when not given. */
+  createSession?: SessionFactory;
 }
 
 type RouteState = 'new' | 'listening' | 'closing' | 'closed';
@@ -44,7 +62,8 @@ export class Route {
   timeouts: SpliceTimeouts;
   private readonly listenAddress: Address;
   private readonly server: net.Server;
-  private readonly sessions = new Set<TcpSession>();
+  private readonly sessions = new Set<Session>();
+  private readonly createSession: SessionFactory;
   private state: RouteState = 'new';
   private nextSessionId = 1;
   private endedBytesUp = 0;
@@ -58,6 +77,7 @@ export class Route {
     this.log = options.logger;
     this.observer = options.observer ?? NO_OBSERVER;
     this.timeouts = options.timeouts;
+    this.createSession = options.createSession ?? tcpSession;
     this.listenAddress = options.listen;
     this.server = net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: false });
     this.server.on('connection', this.onConnection);
@@ -147,7 +167,7 @@ export class Route {
   }
 
   /** Called by a session when it has ended. */
-  sessionEnded(session: TcpSession): void {
+  sessionEnded(session: Session): void {
     this.endedBytesUp += session.bytesUp;
     this.endedBytesDown += session.bytesDown;
     this.sessions.delete(session);
@@ -159,7 +179,7 @@ export class Route {
       socket.destroy();
       return;
     }
-    const session = new TcpSession(this, this.nextSessionId++, socket);
+    const session = this.createSession(this, this.nextSessionId++, socket);
     this.sessions.add(session);
     this.observer.opened();
     session.start();

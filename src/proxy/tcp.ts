@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import { codeOf, describe } from '../errors.js';
 import type { Link } from '../pool/link.js';
 import type { Waiter } from '../pool/pool.js';
-import type { Route } from './route.js';
+import type { Route, Session } from './route.js';
 import { Splice, type SpliceOutcome } from './splice.js';
 
 type SessionState = 'waiting' | 'spliced' | 'ended';
@@ -21,7 +21,7 @@ const MAX_EARLY_BYTES = 64 * 1024;
  * tcp mode: one downstream socket spliced onto one link for the rest of its life. The
  * link's bytes belong to this session, so the link is closed afterwards, never reused.
  */
-export class TcpSession {
+export class TcpSession implements Session {
   private state: SessionState = 'waiting';
   private link: Link | undefined;
   private waiter: Waiter | undefined;
