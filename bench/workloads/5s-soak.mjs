@@ -120,7 +120,7 @@ export default {
     const end = pick('end (3 s after)');
     const peak = samples.reduce((m, s) => (s.rssKiB > (m?.rssKiB ?? 0) ? s : m), undefined);
     const peakFds = Math.max(...samples.map((s) => s.fds ?? 0));
-    const shown = samples.filter((s) => s.label !== 'periodic');
+    const shown = samples;
     const table = mdTable(
       ['sample', 'sessions done', 'at s', 'RSS MiB', 'fds'],
       shown.map((s) => [
@@ -132,6 +132,18 @@ export default {
       ]),
     );
     const growth = (a, b, key) => (a && b ? b[key] - a[key] : null);
+    const lateGrowth = growth(middle, end, 'rssKiB');
+    if (start && lateGrowth !== null && lateGrowth > 0.2 * start.rssKiB) {
+      const perSession = (lateGrowth * 1024) / Math.max(1, end.done - middle.done);
+      problems.push(
+        `RSS kept growing in the second half: +${fmt(lateGrowth / MiB)} MiB over ${(end.done - middle.done).toLocaleString('en-US')} sessions (~${fmt(perSession)} bytes per session): a leak per session, or a heap that has not settled yet`,
+      );
+    }
+    if (start && end && end.fds - start.fds > 8) {
+      problems.push(
+        `fds grew from ${start.fds} to ${end.fds} after the load settled: sockets left open`,
+      );
+    }
     const rateRatio = soak && direct ? soak.perSec / direct.perSec : null;
     return {
       sections: [
