@@ -92,15 +92,49 @@ export class ConnectError extends DialError {
 }
 
 export class TlsHandshakeError extends DialError {
+  /**
+   * Why, as a stable code for logs and metrics: the Node/OpenSSL code of the cause
+   * (`ERR_TLS_CERT_ALTNAME_INVALID`, `CERT_HAS_EXPIRED`, `UNABLE_TO_VERIFY_LEAF_SIGNATURE`,
+   * `ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED`, …) or ours (`SIDEPOOL_CONNECT_TIMEOUT`).
+   */
+  readonly reason: string;
+
   constructor(endpoint: string, cause: unknown) {
+    const reason = codeOf(cause);
+    const detail = cause instanceof Error ? cause.message : String(cause);
     super(
       'SIDEPOOL_TLS_HANDSHAKE_FAILED',
       endpoint,
-      `TLS to ${endpoint} failed: ${describe(cause)}`,
+      `TLS to ${endpoint} failed (${reason}): ${detail}`,
       {
         cause,
       },
     );
+    this.reason = reason;
+  }
+}
+
+/** The peer closed a TLS connection during or right after the handshake, without an alert. */
+export class TlsPeerClosedError extends SidepoolError {
+  constructor(when: 'during' | 'after') {
+    super('SIDEPOOL_TLS_PEER_CLOSED', `the peer closed the connection ${when} the TLS handshake`);
+  }
+}
+
+/** A certificate, key or CA file that cannot be used; `field` names the config key. */
+export class TlsMaterialError extends SidepoolError {
+  readonly field: 'cert' | 'key' | 'ca';
+  readonly path: string;
+
+  constructor(
+    field: 'cert' | 'key' | 'ca',
+    path: string,
+    problem: string,
+    options?: { cause?: unknown },
+  ) {
+    super('SIDEPOOL_TLS_MATERIAL_INVALID', `tls.${field} ${path}: ${problem}`, options);
+    this.field = field;
+    this.path = path;
   }
 }
 
