@@ -6,6 +6,7 @@ import { formatAddress } from '../config/address.js';
 import { ListenError, codeOf, describe } from '../errors.js';
 import type { Pool } from '../pool/pool.js';
 import type { SpliceOutcome, SpliceTimeouts } from './splice.js';
+import type { TlsTermination } from './tls-listener.js';
 import { TcpSession } from './tcp.js';
 
 /** One downstream connection handled by a route's mode. */
@@ -45,6 +46,8 @@ export interface RouteOptions {
   observer?: RouteObserver;
   /** The route's mode; tcp when not given. */
   createSession?: SessionFactory;
+  /** TLS termination: downstreams speak TLS to the listener. The route owns it. */
+  tls?: TlsTermination;
 }
 
 type RouteState = 'new' | 'listening' | 'closing' | 'closed';
@@ -62,6 +65,7 @@ export class Route {
   timeouts: SpliceTimeouts;
   private readonly listenAddress: Address;
   private readonly server: net.Server;
+  private readonly tls: TlsTermination | undefined;
   private readonly sessions = new Set<Session>();
   private readonly createSession: SessionFactory;
   private state: RouteState = 'new';
@@ -79,8 +83,14 @@ export class Route {
     this.timeouts = options.timeouts;
     this.createSession = options.createSession ?? tcpSession;
     this.listenAddress = options.listen;
-    this.server = net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: false });
-    this.server.on('connection', this.onConnection);
+    this.tls = options.tls;
+    const serverOptions = { allowHalfOpen: true, noDelay: true, pauseOnConnect: false };
+    if (this.tls === undefined) {
+      this.server = net.createServer(serverOptions);
+      this.server.on('connection', this.onConnection);
+    } else {
+      this.server = this.tls.createServer(serverOptions, this.onConnection);
+    }
     this.server.on('error', (err) => {
       // After listening, an accept error (EMFILE, …) must not take the process down.
       this.log.error({ code: codeOf(err), err: describe(err) }, 'listener error');
@@ -105,7 +115,8 @@ export class Route {
       else this.server.listen({ host: address.host, port: address.port, backlog: 4096 }, listening);
     });
     this.state = 'listening';
-    this.log.info({ listen: this.address }, 'route listening');
+    this.tls?.watch();
+    this.log.info({ listen: this.address, tls: this.tls !== undefined }, 'route listening');
   }
 
   get isListening(): boolean {
@@ -135,6 +146,7 @@ export class Route {
     if (this.closing === undefined) {
       const wasListening = this.state === 'listening';
       this.state = 'closing';
+      this.tls?.close();
       const stopped = wasListening
         ? new Promise<void>((resolve) => this.server.close(() => resolve()))
         : Promise.resolve();
