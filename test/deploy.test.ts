@@ -28,6 +28,8 @@ import type { IPodSpec } from 'kubernetes-models/v1/PodSpec';
 import type { IProbe } from 'kubernetes-models/v1/Probe';
 import { parseDuration } from '../src/config/duration.js';
 import { poolSchema, routeSchema } from '../src/config/schema.js';
+import { request } from './helpers/http.js';
+import { freePort } from './helpers/redis.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CHART = path.join(ROOT, 'helm', 'sidepool');
@@ -836,38 +838,21 @@ void t.test("the chart's values schema follows sidepool's config schema", async 
   const schema = JSON.parse(await readFile(path.join(CHART, 'values.schema.json'), 'utf8')) as {
     definitions: { pool: { properties: Json }; route: { properties: Json } };
   };
-  const chartPool = Object.keys(schema.definitions.pool.properties).sort();
-  const sidepoolPool = keysOf(poolSchema).sort();
-  t.same(
-    chartPool.filter((k) => !sidepoolPool.includes(k)),
-    [],
-    'every pool key the chart offers is one sidepool knows',
-  );
-  const missingPool = sidepoolPool.filter((k) => !chartPool.includes(k));
-  t.same(missingPool, [], 'the chart offers every pool key', {
-    todo:
-      missingPool.length > 0
-        ? `add ${missingPool.join(', ')} to helm/sidepool/values.schema.json`
-        : false,
-  });
-
   // The chart's `port` becomes sidepool's `listen`.
-  const chartRoute = Object.keys(schema.definitions.route.properties)
-    .map((k) => (k === 'port' ? 'listen' : k))
-    .sort();
-  const sidepoolRoute = keysOf(routeSchema).sort();
-  t.same(
-    chartRoute.filter((k) => !sidepoolRoute.includes(k)),
-    [],
-    'every route key the chart offers is one sidepool knows',
-  );
-  const missingRoute = sidepoolRoute.filter((k) => !chartRoute.includes(k));
-  t.same(missingRoute, [], 'the chart offers every route key', {
-    todo:
-      missingRoute.length > 0
-        ? `add ${missingRoute.join(', ')} to helm/sidepool/values.schema.json`
-        : false,
-  });
+  const pairs = [
+    { what: 'pool', chart: schema.definitions.pool.properties, sidepool: poolSchema },
+    { what: 'route', chart: schema.definitions.route.properties, sidepool: routeSchema },
+  ];
+  for (const { what, chart, sidepool } of pairs) {
+    const chartKeys = Object.keys(chart).map((k) => (k === 'port' ? 'listen' : k));
+    const sidepoolKeys = keysOf(sidepool);
+    const unknown = chartKeys.filter((k) => !sidepoolKeys.includes(k));
+    t.same(unknown, [], `every ${what} key the chart offers is one sidepool knows`);
+    const missing = sidepoolKeys.filter((k) => !chartKeys.includes(k));
+    t.same(missing, [], `the chart offers every ${what} key`, {
+      todo: missing.length > 0 && `add ${missing.join(', ')} to helm/sidepool/values.schema.json`,
+    });
+  }
 });
 
 /** The keys of a zod object schema, through transforms, defaults and the like. */
@@ -1067,14 +1052,10 @@ void t.test(
     t.teardown(() => void child.kill('SIGKILL'));
 
     const get = (p: string): Promise<number> =>
-      new Promise((resolve) => {
-        http
-          .get(`http://127.0.0.1:${adminPort}${p}`, (res) => {
-            res.resume();
-            resolve(res.statusCode ?? 0);
-          })
-          .on('error', () => resolve(0));
-      });
+      request(adminPort, p).then(
+        (res) => res.status,
+        () => 0,
+      );
     let ready = 0;
     for (const end = Date.now() + 10_000; Date.now() < end && ready !== 200;) {
       if (child.exitCode !== null) break;
@@ -1092,14 +1073,3 @@ void t.test(
     t.ok(Date.now() - stopping < 5000, 'with no sessions open, at once');
   },
 );
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
