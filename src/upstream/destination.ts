@@ -1,0 +1,149 @@
+import type { Logger } from 'pino';
+import { parseAddress, type Address } from '../config/address.js';
+import type { RouteConfig } from '../config/schema.js';
+import { Prober, type ProbeObserver } from '../health/prober.js';
+import type { Pool } from '../pool/pool.js';
+import { Dialer } from './dialer.js';
+import { DnsDiscovery } from './discovery.js';
+import { EndpointSet, type Endpoint } from './endpoints.js';
+import { TlsOrigination } from './tls.js';
+import { NO_TLS_OBSERVER, type TlsObserver } from '../tls/observer.js';
+
+/** Told of endpoint events, for metrics. */
+export interface DestinationObserver {
+  probed: ProbeObserver;
+  ejected(endpoint: Endpoint): void;
+}
+
+/**
+ * Where a pool's links go: the endpoints (static, or discovered by DNS), their health
+ * (active probes, passive outlier detection) and the dialer that picks among them. When
+ * an endpoint goes down its idle links leave the pool; when one comes back the pool
+ * reconciles at once.
+ */
+export class Destination {
+  readonly name: string;
+  readonly endpoints: EndpointSet;
+  readonly dialer: Dialer;
+  /** TLS origination, when the upstream is TLS: its material, session cache, refusals. */
+  readonly tls: TlsOrigination | undefined;
+  private readonly discovery: DnsDiscovery | undefined;
+  private readonly prober: Prober | undefined;
+  private pool: Pool | undefined;
+
+  constructor(
+    name: string,
+    route: RouteConfig,
+    private readonly log: Logger,
+    observer: DestinationObserver = { probed() {}, ejected() {} },
+    tlsObserver: TlsObserver = NO_TLS_OBSERVER,
+  ) {
+    this.name = name;
+    const { upstream } = route;
+    const addresses = upstream.addresses.map((text) => parseAddress(text) as Address);
+    this.endpoints = new EndpointSet(addresses, upstream.balance, route.outlier, {
+      down: (endpoint, reason) => {
+        this.log.warn({ endpoint: endpoint.name, reason }, 'endpoint takes no new dials');
+        this.pool?.evictIdle(
+          endpoint.name,
+          reason === 'removed' ? 'endpoint_removed' : 'unhealthy',
+        );
+      },
+      up: (endpoint) => {
+        this.log.info({ endpoint: endpoint.name }, 'endpoint takes dials');
+        this.pool?.poke();
+      },
+      ejected: (endpoint, forMs) => {
+        this.log.warn(
+          { endpoint: endpoint.name, forMs, times: endpoint.ejections },
+          'endpoint ejected',
+        );
+        observer.ejected(endpoint);
+      },
+    });
+    this.tls =
+      upstream.tls === undefined
+        ? undefined
+        : new TlsOrigination({
+            pool: name,
+            settings: upstream.tls,
+            // Endpoints found by DNS are addresses; the certificate names the DNS name.
+            defaultServername:
+              upstream.dns === undefined
+                ? undefined
+                : (parseAddress(upstream.dns) as Address & { kind: 'tcp' }).host,
+            logger: log,
+            observer: tlsObserver,
+          });
+    this.dialer = new Dialer({
+      name,
+      endpoints: this.endpoints,
+      connectTimeout: route.pool.connectTimeout,
+      tls: this.tls,
+    });
+    if (upstream.dns !== undefined) {
+      const dns = parseAddress(upstream.dns) as Address & { kind: 'tcp' };
+      this.discovery = new DnsDiscovery(
+        dns.host,
+        dns.port,
+        upstream.dnsRefresh,
+        (found) => this.endpoints.update(found),
+        log,
+        upstream.resolvers,
+      );
+    }
+    if (route.health !== undefined) {
+      this.prober = new Prober(
+        this.endpoints,
+        (address, timeoutMs) => this.dialer.connect(address, timeoutMs),
+        route.health,
+        log,
+        observer.probed,
+      );
+    }
+  }
+
+  /** The pool whose idle links this destination evicts when an endpoint goes down. */
+  attach(pool: Pool): void {
+    this.pool = pool;
+  }
+
+  /** Resolves DNS (rejecting with ResolveError when it fails), then starts probing. */
+  async resolve(): Promise<void> {
+    if (this.discovery !== undefined) this.endpoints.update(await this.discovery.start());
+  }
+
+  /** Starts probing, and watching the TLS certificate files for changes. */
+  startProbes(): void {
+    this.prober?.start();
+    this.tls?.material.watch();
+  }
+
+  get hasProbes(): boolean {
+    return this.prober !== undefined;
+  }
+
+  isDown(): boolean {
+    return this.endpoints.allDown;
+  }
+
+  /** A JSON-ready picture of the endpoints, for `/pools`. */
+  view(): unknown[] {
+    const now = Date.now();
+    return this.endpoints.all.map((e) => ({
+      endpoint: e.name,
+      up: e.isAvailable(now),
+      health: e.health,
+      ejected: e.isEjected(now),
+      ejections: e.ejections,
+      links: e.links,
+    }));
+  }
+
+  close(): void {
+    this.tls?.close();
+    this.discovery?.close();
+    this.prober?.close();
+    this.endpoints.close();
+  }
+}
