@@ -65,7 +65,8 @@ export class Route {
   timeouts: SpliceTimeouts;
   private readonly listenAddress: Address;
   private readonly server: net.Server;
-  private readonly tls: TlsTermination | undefined;
+  /** TLS termination, when the listener speaks TLS; owned by the route. */
+  readonly tls: TlsTermination | undefined;
   private readonly sessions = new Set<Session>();
   private readonly createSession: SessionFactory;
   private state: RouteState = 'new';

@@ -408,3 +408,31 @@ function samePem(a: Pem, b: Pem): boolean {
     return x === undefined || y === undefined ? x === y : x.equals(y);
   });
 }
+
+/** One owner's certificates: a route (`route/<name>`) or a pool (`pool/<name>`). */
+export interface CertificateOwner {
+  owner: string;
+  certificates: readonly CertificateInfo[];
+}
+
+/**
+ * For expiry metrics: the earliest `notAfter` per owner and role, in seconds since the
+ * epoch. The earliest because a chain or a CA bundle is as good as its first certificate
+ * to expire, and one series per owner and role keeps the labels bounded.
+ */
+export function earliestExpiries(
+  owners: Iterable<CertificateOwner>,
+): Array<{ owner: string; role: CertificateRole; expiresAt: number }> {
+  const earliest = new Map<string, { owner: string; role: CertificateRole; expiresAt: number }>();
+  for (const { owner, certificates } of owners) {
+    for (const cert of certificates) {
+      const key = `${owner}\n${cert.role}`;
+      const expiresAt = Math.floor(cert.notAfter.getTime() / 1000);
+      const seen = earliest.get(key);
+      if (seen === undefined || expiresAt < seen.expiresAt) {
+        earliest.set(key, { owner, role: cert.role, expiresAt });
+      }
+    }
+  }
+  return [...earliest.values()];
+}
