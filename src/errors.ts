@@ -138,6 +138,25 @@ export class TlsMaterialError extends SidepoolError {
   }
 }
 
+/** Every endpoint of a destination is down (unhealthy, ejected, or failing its dials). */
+export class UpstreamDownError extends SidepoolError {
+  constructor(pool: string) {
+    super('SIDEPOOL_UPSTREAM_DOWN', `every endpoint of ${pool} is down; failing fast`);
+  }
+}
+
+export class NoHealthyEndpointError extends DialError {
+  constructor(pool: string) {
+    super('SIDEPOOL_NO_HEALTHY_ENDPOINT', pool, `no endpoint of ${pool} may take a dial now`);
+  }
+}
+
+export class ProbeError extends SidepoolError {
+  constructor(endpoint: string, message: string, options?: { cause?: unknown }) {
+    super('SIDEPOOL_PROBE_FAILED', `probe of ${endpoint}: ${message}`, options);
+  }
+}
+
 export class LinkClosedError extends SidepoolError {
   constructor(reason: string) {
     super('SIDEPOOL_LINK_CLOSED', `link closed: ${reason}`);

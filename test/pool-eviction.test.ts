@@ -1,5 +1,6 @@
 import t from 'tap';
 import type { Link } from '../src/pool/link.js';
+import { lifetimeWithJitter } from '../src/pool/pool.js';
 import { makePool } from './helpers/pool.js';
 import { sleep, until } from './helpers/util.js';
 
@@ -131,4 +132,19 @@ void t.test('an upstream flooding an idle link is cut off', async (t) => {
   await until(() => pool.isWarm);
   dialer.sockets[0]?.send('x'.repeat(70 * 1024));
   await until(() => dialer.sockets[0]?.destroyed === true, 1000, 'flooding link closed');
+});
+
+void t.test('lifetimes are jittered ±10% in whole seconds, so timer lists stay few', (t) => {
+  const seen = new Set<number>();
+  for (let i = 0; i < 5000; i++) {
+    const ms = lifetimeWithJitter(3_600_000);
+    if (ms < 3_240_000 || ms > 3_960_000) t.fail(`out of range: ${ms}`);
+    seen.add(ms);
+  }
+  t.ok([...seen].every((ms) => ms % 1000 === 0), 'whole seconds');
+  t.ok(seen.size <= 721, `at most 721 distinct durations (${seen.size})`);
+  t.equal(lifetimeWithJitter(0), 0, '0 means no lifetime');
+  t.equal(lifetimeWithJitter(1000, () => 0.5), 1000, 'short lifetimes keep millisecond precision');
+  t.equal(lifetimeWithJitter(1000, () => 0), 900);
+  t.end();
 });

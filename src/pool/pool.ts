@@ -7,6 +7,7 @@ import {
   DialError,
   PoolClosedError,
   PoolOverflowError,
+  UpstreamDownError,
   codeOf,
   describe,
 } from '../errors.js';
@@ -23,6 +24,10 @@ export interface Dialed {
 /** What the pool needs from the upstream layer: a way to make one connection. */
 export interface Connector {
   dial(): Promise<Dialed>;
+  /** True when no dial can be expected to succeed now: waiters then fail fast. */
+  isDown?(): boolean;
+  /** A link to this endpoint broke in use (a reset): for outlier detection. */
+  linkBroke?(endpoint: string): void;
 }
 
 export type AcquireResult = 'idle' | 'dialed' | 'timeout' | 'overflow' | 'aborted' | 'failed';
@@ -73,6 +78,13 @@ export interface PoolOptions extends PoolSettings {
   observer?: PoolObserver;
   /** Keep bytes that arrive on idle links (tcp), or treat them as a broken link (http). */
   keepIdleBytes?: boolean;
+  /**
+   * Take the most recently idle link (LIFO) rather than the oldest (FIFO). LIFO suits
+   * reusable links (http): a busy core stays warm and the excess idles out. FIFO suits
+   * one-shot links (tcp): every warm link is used in turn, spread over the endpoints
+   * they were dialed to, and none sits idle until a NAT forgets it.
+   */
+  newestIdleFirst?: boolean;
   backoff?: Backoff;
 }
 
@@ -109,8 +121,8 @@ export class Waiter implements QueueEntry<Waiter> {
 type PoolState = 'open' | 'closing' | 'closed';
 
 /**
- * The links of one destination: idle (a stack, so the least recently used ones idle
- * out), active and connecting, plus a FIFO of waiters. Every change goes through
+ * The links of one destination: idle (taken oldest-first, or newest-first for reusable
+ * links), active and connecting, plus a FIFO of waiters. Every change goes through
  * `pulse()`, which serves waiters, dials up to maxSize and tops up to minIdle.
  *
  * The pool knows nothing of modes: a caller takes a link, uses `link.socket`, and hands it
@@ -123,6 +135,7 @@ export class Pool extends EventEmitter implements LinkOwner {
   private readonly log: Logger;
   private readonly observer: PoolObserver;
   private readonly keepIdleBytes: boolean;
+  private readonly newestIdleFirst: boolean;
   private readonly backoff: Backoff;
 
   /** Running totals since the pool was made, for `/pools`. */
@@ -148,6 +161,7 @@ export class Pool extends EventEmitter implements LinkOwner {
     this.log = options.logger;
     this.observer = options.observer ?? NO_OBSERVER;
     this.keepIdleBytes = options.keepIdleBytes ?? true;
+    this.newestIdleFirst = options.newestIdleFirst ?? false;
     this.backoff = options.backoff ?? new Backoff();
   }
 
@@ -191,7 +205,7 @@ export class Pool extends EventEmitter implements LinkOwner {
    */
   tryAcquire(): Link | undefined {
     if (this.state !== 'open' || this.waiters.size > 0) return undefined;
-    const link = this.idle.pop();
+    const link = this.takeIdle();
     if (link === undefined) return undefined;
     if (this.backoff.failures > 0) this.backoff.succeed();
     link.lease();
@@ -210,6 +224,10 @@ export class Pool extends EventEmitter implements LinkOwner {
     const waiter = new Waiter(this, callback);
     if (this.state !== 'open') {
       this.settleLater(waiter, new PoolClosedError(this.name), 'failed');
+      return waiter;
+    }
+    if (this.idle.length === 0 && this.connector.isDown?.() === true) {
+      this.settleLater(waiter, new UpstreamDownError(this.name), 'failed');
       return waiter;
     }
     if (this.waiters.size >= this.settings.maxWaiters) {
@@ -295,6 +313,25 @@ export class Pool extends EventEmitter implements LinkOwner {
     return closed;
   }
 
+  /** Closes the idle links to one endpoint (it went unhealthy, was ejected or removed). */
+  evictIdle(endpoint: string, reason: 'unhealthy' | 'endpoint_removed'): void {
+    for (const link of this.idle.filter((l) => l.endpoint === endpoint)) link.close(reason);
+  }
+
+  /** A link broke in use: tell the upstream layer, for outlier detection. */
+  linkBroke(link: Link): void {
+    this.connector.linkBroke?.(link.endpoint);
+  }
+
+  /** Something outside changed (an endpoint came back): reconcile now. */
+  poke(): void {
+    this.schedulePulse();
+  }
+
+  private takeIdle(): Link | undefined {
+    return this.newestIdleFirst ? this.idle.pop() : this.idle.shift();
+  }
+
   // ── LinkOwner ────────────────────────────────────────────────────────────
 
   linkIdleExpired(link: Link): void {
@@ -351,7 +388,7 @@ export class Pool extends EventEmitter implements LinkOwner {
     if (this.state !== 'open') return;
     while (this.waiters.size > 0 && this.idle.length > 0) {
       const waiter = this.waiters.shift() as Waiter;
-      const link = this.idle.pop() as Link;
+      const link = this.takeIdle() as Link;
       if (this.backoff.failures > 0) this.backoff.succeed();
       link.lease();
       this.active.add(link);
@@ -403,7 +440,7 @@ export class Pool extends EventEmitter implements LinkOwner {
           socket,
           endpoint,
           this.settings.idleTimeout,
-          jitter(this.settings.maxLifetime),
+          lifetimeWithJitter(this.settings.maxLifetime),
         );
         this.idle.push(link);
         this.pulse();
@@ -434,6 +471,13 @@ export class Pool extends EventEmitter implements LinkOwner {
           'dial failed',
         );
         link.close('dial_failed', error);
+        if (this.waiters.size > 0 && this.connector.isDown?.() === true) {
+          this.log.warn(
+            { waiters: this.waiters.size },
+            'every endpoint is down: failing queued downstreams',
+          );
+          this.failWaiters(new UpstreamDownError(this.name));
+        }
       },
     );
   }
@@ -530,9 +574,16 @@ function pickSettings(s: PoolSettings): PoolSettings {
   };
 }
 
-/** ±10%, so that links dialed together don't all reconnect together. */
-function jitter(ms: number): number {
-  return ms > 0 ? Math.round(ms * (0.9 + Math.random() * 0.2)) : 0;
+/**
+ * ±10%, so that links dialed together don't all reconnect together. Long lifetimes are
+ * whole seconds: Node keeps one timer list per distinct duration, and an unref()ed list
+ * outlives its cleared timers until the duration passes, so a duration per link in
+ * milliseconds leaked a list per link for an hour (seen in the churn soak).
+ */
+export function lifetimeWithJitter(ms: number, random: () => number = Math.random): number {
+  if (ms <= 0) return 0;
+  const jittered = ms * (0.9 + random() * 0.2);
+  return ms >= 10_000 ? Math.round(jittered / 1000) * 1000 : Math.round(jittered);
 }
 
 function removeFrom(list: Link[], link: Link): void {
