@@ -1,5 +1,5 @@
+import { createRequire } from 'node:module';
 import pino, { type Logger } from 'pino';
-import pretty from 'pino-pretty';
 
 export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error';
 
@@ -11,6 +11,8 @@ export function createLogger(level: LogLevel, destination?: NodeJS.WritableStrea
   const options = { level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime };
   if (destination !== undefined) return pino(options, destination);
   if (process.stdout.isTTY) {
+    // Loaded only for a terminal: a sidecar writes JSON and need not carry it.
+    const pretty = createRequire(import.meta.url)('pino-pretty') as typeof import('pino-pretty');
     return pino(options, pretty({ sync: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid' }));
   }
   return pino(options, pino.destination({ dest: 1, sync: true }));

@@ -77,10 +77,12 @@ export class Link {
     this.expect('connecting');
     this.socketRef = socket;
     this.endpoint = endpoint;
-    socket.on('error', this.onError);
-    socket.on('close', this.onClose);
+    // Shared listener functions that find the link on the socket: no closures per link.
+    (socket as Linked)[kLink] = this;
+    socket.on('error', onError);
+    socket.on('close', onClose);
     if (lifetimeMs > 0) {
-      this.lifetimeTimer = setTimeout(this.onLifetime, lifetimeMs);
+      this.lifetimeTimer = setTimeout(onLifetime, lifetimeMs, this);
       this.lifetimeTimer.unref();
     }
     this.enterIdle(idleTimeoutMs);
@@ -93,8 +95,8 @@ export class Link {
     this.uses++;
     this.clearIdleTimer();
     const socket = this.socket;
-    socket.off('data', this.onIdleData);
-    socket.off('end', this.onIdleEnd);
+    socket.off('data', onIdleData);
+    socket.off('end', onIdleEnd);
     socket.pause();
     if (this.idleChunks !== undefined) {
       const chunks = this.idleChunks;
@@ -121,7 +123,7 @@ export class Link {
     this.idleChunks = undefined;
     const socket = this.socketRef;
     if (socket !== undefined) {
-      socket.off('close', this.onClose);
+      socket.off('close', onClose);
       socket.destroy();
     }
     this.owner.linkClosed(this, from, reason, error ?? this.lastError);
@@ -136,10 +138,10 @@ export class Link {
     this.idleSince = Date.now();
     const socket = this.socket;
     // An idle link must notice the upstream's FIN or stray bytes at once, so it reads.
-    socket.on('data', this.onIdleData);
-    socket.on('end', this.onIdleEnd);
+    socket.on('data', onIdleData);
+    socket.on('end', onIdleEnd);
     if (idleTimeoutMs > 0) {
-      this.idleTimer = setTimeout(this.onIdleTimeout, idleTimeoutMs);
+      this.idleTimer = setTimeout(onIdleTimeout, idleTimeoutMs, this);
       this.idleTimer.unref();
     }
   }
@@ -158,7 +160,8 @@ export class Link {
     }
   }
 
-  private readonly onIdleData = (chunk: Buffer): void => {
+  /** Bytes arrived while idle: kept for the next holder (tcp), or the link is broken (http). */
+  idleData(chunk: Buffer): void {
     if (!this.keepIdleBytes) {
       this.close('error', new LinkClosedError('the upstream sent bytes on an idle link'));
       return;
@@ -172,30 +175,28 @@ export class Link {
       return;
     }
     (this.idleChunks ??= []).push(chunk);
-  };
+  }
 
-  private readonly onIdleEnd = (): void => {
-    this.close('remote_closed');
-  };
-
-  private readonly onIdleTimeout = (): void => {
+  idleExpired(): void {
     this.idleTimer = undefined;
     if (this.state === 'idle') this.owner.linkIdleExpired(this);
-  };
+  }
 
-  private readonly onLifetime = (): void => {
+  lifetimeExpired(): void {
     this.lifetimeTimer = undefined;
     if (this.state === 'idle') this.owner.linkLifetimeExpired(this);
     else this.expired = true;
-  };
+  }
 
-  private readonly onError = (err: Error): void => {
+  noteError(err: Error): void {
     this.lastError = err;
-  };
+  }
 
-  private readonly onClose = (): void => {
-    // The socket closed under us: an idle link was closed by the upstream; an active one
-    // ended with its session (the holder closed it) or broke.
+  /**
+   * The socket closed under us: an idle link was closed by the upstream; an active one
+   * ended with its session (the holder closed it) or broke.
+   */
+  socketClosed(): void {
     const reason: CloseReason =
       this.state === 'idle'
         ? this.lastError
@@ -205,5 +206,30 @@ export class Link {
           ? 'error'
           : 'released';
     this.close(reason);
-  };
+  }
+}
+
+const kLink = Symbol('sidepool.link');
+type Linked = Duplex & { [kLink]?: Link };
+
+function linkOf(socket: Linked): Link {
+  return socket[kLink] as Link;
+}
+function onIdleData(this: Linked, chunk: Buffer): void {
+  linkOf(this).idleData(chunk);
+}
+function onIdleEnd(this: Linked): void {
+  linkOf(this).close('remote_closed');
+}
+function onError(this: Linked, err: Error): void {
+  linkOf(this).noteError(err);
+}
+function onClose(this: Linked): void {
+  linkOf(this).socketClosed();
+}
+function onIdleTimeout(link: Link): void {
+  link.idleExpired();
+}
+function onLifetime(link: Link): void {
+  link.lifetimeExpired();
 }

@@ -45,11 +45,12 @@ export class TcpSession implements Session {
     // downstream is seen at once and takes it out of the queue. A FIN is a half-close, not
     // a departure: the bytes and the FIN go upstream once a link comes.
     this.early = { chunks: [], bytes: 0, ended: false };
-    this.socket.on('data', this.onWaitingData);
-    this.socket.on('end', this.onWaitingEnd);
-    this.socket.on('error', this.onWaitingError);
-    this.socket.on('close', this.onWaitingClose);
-    this.waiter = this.route.pool.wait(this.onLink);
+    (this.socket as Waiting)[kSession] = this;
+    this.socket.on('data', onWaitingData);
+    this.socket.on('end', onWaitingEnd);
+    this.socket.on('error', onWaitingError);
+    this.socket.on('close', onWaitingClose);
+    this.waiter = this.route.pool.wait((err, link) => this.onLink(err, link));
   }
 
   get bytesUp(): number {
@@ -70,11 +71,11 @@ export class TcpSession implements Session {
     }
   }
 
-  private readonly onLink = (err: Error | null, link?: Link): void => {
+  private onLink(err: Error | null, link?: Link): void {
     this.waiter = undefined;
-    this.socket.off('close', this.onWaitingClose);
-    this.socket.off('data', this.onWaitingData);
-    this.socket.off('end', this.onWaitingEnd);
+    this.socket.off('close', onWaitingClose);
+    this.socket.off('data', onWaitingData);
+    this.socket.off('end', onWaitingEnd);
     this.socket.pause();
     if (err !== null || link === undefined) {
       this.refuse(err ?? new Error('no link'));
@@ -87,7 +88,7 @@ export class TcpSession implements Session {
       return;
     }
     this.attach(link, true);
-  };
+  }
 
   private attach(link: Link, waited: boolean): void {
     this.state = 'spliced';
@@ -99,18 +100,19 @@ export class TcpSession implements Session {
         'session open',
       );
     }
-    this.splice = new Splice(this.socket, link.socket, this.onSpliceDone);
+    this.splice = new Splice(this.socket, link.socket, (outcome) => this.spliceDone(outcome));
     this.splice.start(this.route.timeouts, this.early);
     this.early = undefined;
   }
 
-  private readonly onSpliceDone = (outcome: SpliceOutcome): void => {
+  private spliceDone(outcome: SpliceOutcome): void {
     const link = this.link as Link;
     this.route.pool.release(link, false);
     const seconds = (performance.now() - this.startedAt) / 1000;
     this.route.observer.closed(outcome, seconds);
     const log = this.route.log;
     if (outcome.brokenBy === 'upstream' && outcome.error !== undefined) {
+      this.route.pool.linkBroke(link);
       log.info(
         {
           session: this.id,
@@ -136,7 +138,7 @@ export class TcpSession implements Session {
       );
     }
     this.end();
-  };
+  }
 
   private refuse(err: Error): void {
     const code = codeOf(err);
@@ -154,30 +156,43 @@ export class TcpSession implements Session {
     this.end();
   }
 
-  private readonly onWaitingData = (chunk: Buffer): void => {
+  waitingData(chunk: Buffer): void {
     const early = this.early as EarlyBytes;
     early.chunks.push(chunk);
     early.bytes += chunk.length;
     if (early.bytes >= MAX_EARLY_BYTES) this.socket.pause();
-  };
+  }
 
-  private readonly onWaitingEnd = (): void => {
+  waitingEnd(): void {
     (this.early as EarlyBytes).ended = true;
-  };
+  }
 
-  private readonly onWaitingError = (): void => {
-    // The close that follows is what counts.
-  };
-
-  private readonly onWaitingClose = (): void => {
+  /** The downstream left while queued: it leaves the queue. */
+  waitingClosed(): void {
     this.waiter?.cancel();
     this.waiter = undefined;
     this.end();
-  };
+  }
 
   private end(): void {
     if (this.state === 'ended') return;
     this.state = 'ended';
     this.route.sessionEnded(this);
   }
+}
+
+const kSession = Symbol('sidepool.tcp-session');
+type Waiting = Socket & { [kSession]?: TcpSession };
+
+function onWaitingData(this: Waiting, chunk: Buffer): void {
+  this[kSession]?.waitingData(chunk);
+}
+function onWaitingEnd(this: Waiting): void {
+  this[kSession]?.waitingEnd();
+}
+function onWaitingError(): void {
+  // The close that follows is what counts.
+}
+function onWaitingClose(this: Waiting): void {
+  this[kSession]?.waitingClosed();
 }
