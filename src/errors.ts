@@ -186,6 +186,17 @@ export class ResolveError extends SidepoolError {
   }
 }
 
+/** An upstream HTTP response sidepool will not pass on; the link it came on is closed. */
+export class HttpResponseError extends SidepoolError {
+  /** What is wrong with it, e.g. "differing Content-Length values". */
+  readonly problem: string;
+
+  constructor(problem: string) {
+    super('SIDEPOOL_HTTP_BAD_RESPONSE', `malformed response from the upstream: ${problem}`);
+    this.problem = problem;
+  }
+}
+
 /** A short, single-line description of any thrown value, with its code when it has one. */
 export function describe(err: unknown): string {
   if (err instanceof SidepoolError) return err.message;
