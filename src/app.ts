@@ -9,6 +9,7 @@ import { destinationKey } from './config/load.js';
 import type { Config, RouteConfig } from './config/schema.js';
 import { ConfigError, ResolveError, codeOf, describe } from './errors.js';
 import { Pool } from './pool/pool.js';
+import { httpSessionFactory, httpSettings } from './proxy/http/mode.js';
 import { Route } from './proxy/route.js';
 import { Dialer } from './upstream/dialer.js';
 
@@ -304,6 +305,13 @@ export class App {
       },
       logger: this.log.child({ route: routeConfig.name, pool: pool.name }),
       observer: this.metrics.routeObserver(routeConfig.name),
+      createSession:
+        routeConfig.mode === 'http'
+          ? httpSessionFactory({
+              settings: httpSettings(routeConfig),
+              observer: this.metrics.httpObserver(routeConfig.name, pool.name),
+            })
+          : undefined,
     });
   }
 
@@ -318,6 +326,10 @@ export class App {
         connector: new Dialer({ endpoints, connectTimeout: route.pool.connectTimeout }),
         logger: this.log.child({ pool: key }),
         observer: this.metrics.poolObserver(key),
+        // Bytes on an idle http link are a broken upstream, not a greeting to replay; and
+        // reused links are taken newest first, so that the excess idles out.
+        keepIdleBytes: route.mode !== 'http',
+        newestIdleFirst: route.mode === 'http',
       });
       this.pools.set(key, pool);
     }
@@ -327,7 +339,12 @@ export class App {
 
 /** Routes keep running across a reload when what they listen on and dial is unchanged. */
 function sameShape(a: RouteConfig, b: RouteConfig): boolean {
-  return a.listen === b.listen && a.mode === b.mode && destinationKey(a) === destinationKey(b);
+  return (
+    a.listen === b.listen &&
+    a.mode === b.mode &&
+    destinationKey(a) === destinationKey(b) &&
+    (a.mode !== 'http' || isDeepStrictEqual(httpSettings(a), httpSettings(b)))
+  );
 }
 
 function pickPool(route: RouteConfig) {

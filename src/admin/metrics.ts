@@ -1,5 +1,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { CounterFamily, HistogramFamily } from './hot-metrics.js';
 import type { Pool, PoolObserver } from '../pool/pool.js';
+import { HTTP_FAILURES, type HttpObserver } from '../proxy/http/observer.js';
 import type { Route, RouteObserver } from '../proxy/route.js';
 
 /** What the metrics read at scrape time: the live pools and routes, and the drain state. */
@@ -18,6 +20,9 @@ export interface MetricsSource {
 const ACQUIRE_BUCKETS = [0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 const CONNECT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 const SESSION_BUCKETS = [0.001, 0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600];
+const REQUEST_BUCKETS = [
+  0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+];
 
 /**
  * sidepool's Prometheus metrics. Events on the data path go through observers whose
@@ -176,6 +181,37 @@ export class Metrics {
     },
   });
 
+  private readonly httpRequests = new CounterFamily(
+    'sidepool_http_requests_total',
+    'HTTP responses sent to apps (http mode), by status class: 1xx (upgrades), 2xx … 5xx.',
+    this.registry,
+  );
+
+  private readonly httpRequestSeconds = new HistogramFamily(
+    'sidepool_http_request_duration_seconds',
+    'From a request head read to its response sent (http mode).',
+    REQUEST_BUCKETS,
+    this.registry,
+  );
+
+  private readonly httpRetries = new CounterFamily(
+    'sidepool_http_retries_total',
+    'Requests sent again on a fresh link after a reused one closed before answering.',
+    this.registry,
+  );
+
+  private readonly httpErrors = new CounterFamily(
+    'sidepool_http_errors_total',
+    'Failed HTTP exchanges by reason: bad_request, headers_too_large, headers_timeout, body_timeout, acquire_timeout, pool_overflow, pool_closed (503), upstream_error, bad_response (502), response_timeout (504), downstream_closed.',
+    this.registry,
+  );
+
+  private readonly poolReuses = new CounterFamily(
+    'sidepool_pool_reuses_total',
+    'Requests sent on a link that had carried one before (http mode).',
+    this.registry,
+  );
+
   readonly configReloads = new Counter({
     name: 'sidepool_config_reloads_total',
     help: 'Configuration reloads by result.',
@@ -264,6 +300,34 @@ export class Metrics {
         duration.observe(seconds);
       },
       refused() {},
+    };
+  }
+
+  /** An observer for one http route and its pool, with its series made now. */
+  httpObserver(route: string, pool: string): HttpObserver {
+    const byClass = ['1xx', '2xx', '3xx', '4xx', '5xx'].map((code) =>
+      this.httpRequests.series({ route, code }),
+    );
+    const seconds = this.httpRequestSeconds.series({ route });
+    const retries = this.httpRetries.series({ route });
+    const reuses = this.poolReuses.series({ pool });
+    const failures = new Map(
+      HTTP_FAILURES.map((reason) => [reason, this.httpErrors.series({ route, reason })]),
+    );
+    return {
+      responded(status, elapsed) {
+        byClass[Math.min(Math.max(Math.floor(status / 100), 1), 5) - 1]?.inc();
+        seconds.observe(elapsed);
+      },
+      failed(reason) {
+        failures.get(reason)?.inc();
+      },
+      retried() {
+        retries.inc();
+      },
+      reused() {
+        reuses.inc();
+      },
     };
   }
 

@@ -119,7 +119,9 @@ export async function loadConfig(
 
 /** The key that decides which routes share a pool: the same upstream addresses. */
 export function destinationKey(route: RouteConfig): string {
-  return route.upstream.addresses.map(normaliseAddress).join(',');
+  // A pool serves one mode: http links are reused across requests, tcp links never are.
+  const mode = route.mode === 'tcp' ? '' : `+${route.mode}`;
+  return route.upstream.addresses.map(normaliseAddress).join(',') + mode;
 }
 
 function normaliseAddress(text: string): string {

@@ -65,8 +65,16 @@ export const poolSchema = z
     ...pool,
   }));
 
+/** A Host field value: host (name or IP literal) and an optional port. */
+const HOST_VALUE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]+)(?::\d{1,5})?$/;
+
 const upstreamObject = z
   .strictObject({
+    /** http mode: the Host sent upstream, in place of the app's. */
+    host: z
+      .string()
+      .regex(HOST_VALUE, 'expected a Host value such as api.example.com or 10.0.0.5:8080')
+      .optional(),
     address: address('upstream').optional(),
     addresses: z.array(address('upstream')).min(1, 'expected at least one address').optional(),
   })
@@ -78,7 +86,10 @@ const upstreamObject = z
       ctx.addIssue({ code: 'custom', message: 'give "address" or "addresses", not both' });
     }
   })
-  .transform((value) => ({ addresses: value.addresses ?? [value.address as string] }));
+  .transform((value) => ({
+    addresses: value.addresses ?? [value.address as string],
+    host: value.host,
+  }));
 
 /** `upstream: host:port` is shorthand for `upstream: { address: host:port }`. */
 export const upstreamSchema = z.preprocess(
@@ -86,7 +97,59 @@ export const upstreamSchema = z.preprocess(
   upstreamObject,
 );
 
-export const routeSchema = z.strictObject({
+/** Route keys that only http mode reads. */
+const HTTP_ONLY_KEYS = [
+  'upstreamKeepAlive',
+  'responseTimeout',
+  'headersTimeout',
+  'forwardedHeaders',
+] as const;
+
+interface HttpRouteKeys {
+  mode: string;
+  upstream: { host?: string | undefined };
+  upstreamKeepAlive?: number | undefined;
+  responseTimeout?: number | undefined;
+  headersTimeout?: number | undefined;
+  forwardedHeaders?: boolean | undefined;
+}
+
+function httpOnlyKeys(route: HttpRouteKeys, ctx: z.RefinementCtx): void {
+  if (route.mode === 'http') return;
+  const message = `only for mode: http (this route is mode: ${route.mode})`;
+  for (const key of HTTP_ONLY_KEYS) {
+    if (route[key] !== undefined) ctx.addIssue({ code: 'custom', path: [key], message });
+  }
+  if (route.upstream.host !== undefined) {
+    ctx.addIssue({ code: 'custom', path: ['upstream', 'host'], message });
+  }
+}
+
+/**
+ * The http defaults: links idle 4s at most (below the keep-alive timeouts of common
+ * upstreams: Node 5s, nginx 75s), 60s for a response, 10s for a request head. An http
+ * pool's idle links are closed (and warm ones replaced) at upstreamKeepAlive, so that a
+ * warm link is one the upstream still keeps.
+ */
+function withHttpDefaults<R extends HttpRouteKeys & { pool: { idleTimeout: number } }>(route: R) {
+  const upstreamKeepAlive = route.upstreamKeepAlive ?? 4000;
+  const idleTimeout =
+    route.mode !== 'http' || upstreamKeepAlive === 0
+      ? route.pool.idleTimeout
+      : route.pool.idleTimeout === 0
+        ? upstreamKeepAlive
+        : Math.min(route.pool.idleTimeout, upstreamKeepAlive);
+  return {
+    ...route,
+    upstreamKeepAlive,
+    responseTimeout: route.responseTimeout ?? 60_000,
+    headersTimeout: route.headersTimeout ?? 10_000,
+    forwardedHeaders: route.forwardedHeaders ?? false,
+    pool: idleTimeout === route.pool.idleTimeout ? route.pool : { ...route.pool, idleTimeout },
+  };
+}
+
+const routeObject = z.strictObject({
   /** A name for logs and metrics; defaults to the listen address. */
   name: z
     .string()
@@ -95,14 +158,27 @@ export const routeSchema = z.strictObject({
   /** host:port, or a unix socket path. */
   listen: address('listen'),
   /** What sidepool understands of the bytes. */
-  mode: z.enum(['tcp']).default('tcp'),
+  mode: z.enum(['tcp', 'http']).default('tcp'),
   upstream: upstreamSchema,
   /** Downstream session idle timeout; 0 = none. */
   idleTimeout: duration.default(0),
   /** After one side's FIN, the other side must finish within this; 0 = none. */
   halfCloseTimeout: duration.default(30_000),
+  /**
+   * http mode: an idle upstream link is not reused after this long (nor past the timeout
+   * the upstream announces); also caps pool.idleTimeout. 0 = no limit of ours. Default 4s.
+   */
+  upstreamKeepAlive: duration.optional(),
+  /** http mode: the upstream must answer, and keep a body flowing, within this (else 504). */
+  responseTimeout: duration.optional(),
+  /** http mode: the app must send a complete request head within this (else 408). */
+  headersTimeout: duration.optional(),
+  /** http mode: add X-Forwarded-For, X-Forwarded-Proto and Via. */
+  forwardedHeaders: z.boolean().optional(),
   pool: poolSchema.prefault({}),
 });
+
+export const routeSchema = routeObject.superRefine(httpOnlyKeys).transform(withHttpDefaults);
 
 export const configSchema = z
   .strictObject({

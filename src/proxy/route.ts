@@ -18,6 +18,11 @@ export interface Session {
   start(): void;
   /** Ends the session now; it then calls `route.sessionEnded(this)`. */
   destroy(): void;
+  /**
+   * The route stopped accepting: end once the work under way is done. Modes that hold a
+   * connection open between requests (http keep-alive) close it now when idle.
+   */
+  drain?(): void;
 }
 
 /** Makes the session for a new downstream socket: what a mode is, to a route. */
@@ -147,6 +152,7 @@ export class Route {
     if (this.closing === undefined) {
       const wasListening = this.state === 'listening';
       this.state = 'closing';
+      for (const session of this.sessions) session.drain?.();
       this.tls?.close();
       const stopped = wasListening
         ? new Promise<void>((resolve) => this.server.close(() => resolve()))

@@ -1,0 +1,664 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import { HttpResponseError, codeOf, describe } from '../../errors.js';
+import type { Link } from '../../pool/link.js';
+import type { Waiter } from '../../pool/pool.js';
+import type { Route } from '../route.js';
+import { requestHead, responseHeaders, trailerFields, trailerSection } from './headers.js';
+import type { RequestFraming } from './headers.js';
+import { fitForRequest, noteKeepAliveTimeout, takeIdleLink } from './links.js';
+import type { HttpFailure, HttpObserver } from './observer.js';
+import {
+  ResponseParser,
+  type BodyKind,
+  type ResponseHandler,
+  type ResponseHead,
+} from './response-parser.js';
+import {
+  FAILURE_STATUS,
+  acquireFailure,
+  dialCounts,
+  type DialCounts,
+  sendError,
+} from './responses.js';
+import type { HttpSettings } from './settings.js';
+
+/** What an exchange needs from its route, fixed when the route is made. */
+export interface HttpRouteContext {
+  readonly route: Route;
+  readonly settings: HttpSettings;
+  readonly observer: HttpObserver;
+}
+
+/** Told when an exchange is over: its response went out, or failed, or the app left. */
+export interface ExchangeOwner {
+  exchangeDone(exchange: Exchange): void;
+}
+
+/** A request as the session found it: how its body is framed. */
+export interface RequestShape {
+  framing: RequestFraming;
+  /** Content-Length, for 'length' framing. */
+  length: number;
+  /** The app sent `Expect: 100-continue` and waits for the upstream's 100 before its body. */
+  expectContinue: boolean;
+}
+
+/**
+ * The life of one exchange:
+ *
+ *   acquiring ──▶ forwarding ──▶ done
+ *        ▲            │
+ *        └─ (retry) ──┘
+ *
+ * acquiring: waiting for a link; forwarding: the request goes up and the response comes
+ * down; done: the response is complete (or failed) and the link is back in the pool or
+ * closed. A retry happens once, when a reused link dies before any response byte.
+ */
+type ExchangeState = 'acquiring' | 'forwarding' | 'done';
+
+/** Methods a retry cannot make happen twice (RFC 9110 §9.2.2). */
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+
+/** A request body up to this size is kept until the response starts, for a retry. */
+const RETRY_BODY_LIMIT = 64 * 1024;
+
+const CRLF = '\r\n';
+
+const kExchange = Symbol('sidepool.httpExchange');
+
+interface Tagged {
+  [kExchange]?: Exchange | undefined;
+}
+
+function ignoreError(): void {
+  // The app's connection broke mid-request; the response's 'close' ends the exchange.
+}
+
+/**
+ * One request from the app and its response from the upstream, over a link borrowed from
+ * the pool for just this exchange. Bodies stream both ways with backpressure; the link
+ * goes back to the pool when both sides allow keep-alive and both messages are complete.
+ * The `on…` methods are called by the shared listeners at the end of this file.
+ */
+export class Exchange implements ResponseHandler {
+  private state: ExchangeState = 'acquiring';
+  private link: Link | undefined;
+  private upstream: Socket | undefined;
+  private waiter: Waiter | undefined;
+  private dialsBeforeWait: DialCounts | undefined;
+  /** The link had been idle in the pool: the upstream may have closed it meanwhile. */
+  private linkWasIdle = false;
+  private attempts = 0;
+  private staleBefore = 0;
+  private head: string | undefined;
+  private headWritten = false;
+  private kept: Buffer[] | undefined;
+  private keptBytes = 0;
+  /** The first bytes of a chunked body, held until the read they came in is fully parsed. */
+  private held: Buffer[] | undefined;
+  private heldFlush: NodeJS.Immediate | undefined;
+  private listening = false;
+  private requestEnded = false;
+  private requestSent = false;
+  private parser: ResponseParser | undefined;
+  private responseStarted = false;
+  private upstreamKeepAlive = false;
+  /** The response body runs until the upstream closes: the link cannot serve again. */
+  private bodyUntilClose = false;
+  private bytesAfterResponse = false;
+  private upstreamPaused = false;
+  private upstreamError: Error | undefined;
+  /** A failure was handled; what follows (the response's close) is its consequence. */
+  private failed = false;
+  private readonly startedAt = performance.now();
+
+  constructor(
+    private readonly ctx: HttpRouteContext,
+    readonly req: IncomingMessage,
+    readonly res: ServerResponse,
+    private readonly shape: RequestShape,
+    private readonly owner: ExchangeOwner,
+  ) {
+    (req as Tagged)[kExchange] = this;
+    (res as Tagged)[kExchange] = this;
+    const method = req.method ?? '';
+    if (IDEMPOTENT.has(method) && shape.framing !== 'none') this.kept = [];
+  }
+
+  /** The request has been read to its end: a parse error after this belongs to a later one. */
+  get requestComplete(): boolean {
+    return this.req.complete;
+  }
+
+  start(): void {
+    this.res.on('finish', resFinish);
+    this.res.on('close', resClose);
+    if (
+      this.shape.framing === 'none' ||
+      (this.shape.framing === 'length' && this.shape.length === 0)
+    ) {
+      this.requestEnded = true;
+    }
+    this.acquire();
+  }
+
+  /** The app's request turned out malformed (a bad chunk): fail it with `status`. */
+  rejectRequest(status: number, reason: HttpFailure): void {
+    if (this.state === 'done') return;
+    // Nothing written upstream yet: the link is as good as it was.
+    this.fail(reason, status, true, !this.headWritten);
+  }
+
+  /** Ends the exchange now: the app's connection is going away. */
+  abort(): void {
+    this.onResClose();
+  }
+
+  // ── link ───────────────────────────────────────────────────────────────
+
+  private acquire(): void {
+    const pool = this.ctx.route.pool;
+    const link = takeIdleLink(pool, this.ctx.settings.upstreamKeepAliveMs, this.staleBefore);
+    if (link !== undefined) {
+      this.attach(link, true);
+      return;
+    }
+    this.dialsBeforeWait = dialCounts(pool);
+    this.waiter = pool.wait((err, link) => this.onLink(err, link));
+  }
+
+  private onLink(err: Error | null, link?: Link): void {
+    this.waiter = undefined;
+    if (err !== null || link === undefined) {
+      const reason = acquireFailure(
+        err ?? new Error('no link'),
+        this.ctx.route.pool,
+        this.dialsBeforeWait ?? dialCounts(this.ctx.route.pool),
+      );
+      this.fail(reason, FAILURE_STATUS[reason], false, false, err ?? undefined);
+      return;
+    }
+    if (this.state === 'done') {
+      this.ctx.route.pool.release(link, true);
+      return;
+    }
+    const now = Date.now();
+    if (!fitForRequest(link, this.ctx.settings.upstreamKeepAliveMs, this.staleBefore, now)) {
+      link.close('idle');
+      this.acquire();
+      return;
+    }
+    // Served from the queue: a fresh dial, or a link another exchange just gave back.
+    this.attach(link, link.uses > 1);
+  }
+
+  private attach(link: Link, wasIdle: boolean): void {
+    this.state = 'forwarding';
+    this.attempts++;
+    this.link = link;
+    this.linkWasIdle = wasIdle;
+    if (link.uses > 1) this.ctx.observer.reused();
+    const socket = link.socket as Socket;
+    this.upstream = socket;
+    (socket as Tagged)[kExchange] = this;
+    this.parser = new ResponseParser(this);
+    this.responseStarted = false;
+    this.upstreamError = undefined;
+    socket.on('data', upData);
+    socket.on('end', upEnd);
+    socket.on('error', upError);
+    socket.on('close', upClose);
+    socket.on('drain', upDrain);
+    socket.on('timeout', upTimeout);
+    if (this.ctx.settings.responseTimeoutMs > 0)
+      socket.setTimeout(this.ctx.settings.responseTimeoutMs);
+    socket.resume();
+
+    if (!this.holdsChunkedStart || this.keptBytes > 0) this.writeHead();
+    if (this.attempts > 1) {
+      for (const chunk of this.kept ?? []) this.writeBody(chunk);
+    }
+    if (this.requestEnded) this.endRequest();
+    else if (!this.listening) {
+      this.listening = true;
+      this.req.on('data', reqData);
+      this.req.on('end', reqEnd);
+      this.req.on('error', ignoreError);
+    } else this.req.resume();
+  }
+
+  /** Takes the link off this exchange; returns it for release. */
+  private detach(): Link | undefined {
+    const link = this.link;
+    const socket = this.upstream;
+    if (link === undefined || socket === undefined) return undefined;
+    this.link = undefined;
+    this.upstream = undefined;
+    (socket as Tagged)[kExchange] = undefined;
+    socket.off('data', upData);
+    socket.off('end', upEnd);
+    socket.off('error', upError);
+    socket.off('close', upClose);
+    socket.off('drain', upDrain);
+    socket.off('timeout', upTimeout);
+    if (this.ctx.settings.responseTimeoutMs > 0) socket.setTimeout(0);
+    if (this.upstreamPaused) {
+      this.upstreamPaused = false;
+      this.res.off('drain', resDrain);
+    }
+    return link;
+  }
+
+  /** Gives the link back: to idle when it can carry another request, closed otherwise. */
+  private releaseLink(reusable: boolean): void {
+    const link = this.detach();
+    if (link === undefined) return;
+    if (reusable) link.socket.resume();
+    this.ctx.route.pool.release(link, reusable);
+  }
+
+  // ── request: app → upstream ────────────────────────────────────────────
+
+  private writeHead(): void {
+    if (this.headWritten) return;
+    this.headWritten = true;
+    this.head ??= requestHead(this.req, this.shape.framing, this.ctx.settings);
+    (this.upstream as Socket).write(this.head, 'latin1');
+  }
+
+  private writeBody(chunk: Buffer): boolean {
+    const socket = this.upstream as Socket;
+    if (this.shape.framing !== 'chunked') return socket.write(chunk);
+    socket.cork();
+    socket.write(`${chunk.length.toString(16)}${CRLF}`, 'latin1');
+    socket.write(chunk);
+    const ok = socket.write(CRLF, 'latin1');
+    socket.uncork();
+    return ok;
+  }
+
+  /**
+   * A chunked body's framing is only known good once parsed, and llhttp hands us the first
+   * chunk before it has parsed what follows in the same read. So nothing of a chunked
+   * request goes upstream before the end of that read: a malformed chunk, trailer or
+   * terminator that came with it is refused with nothing sent.
+   */
+  private get holdsChunkedStart(): boolean {
+    return this.shape.framing === 'chunked' && !this.shape.expectContinue && !this.headWritten;
+  }
+
+  onReqData(chunk: Buffer): void {
+    if (this.kept !== undefined) {
+      this.keptBytes += chunk.length;
+      if (this.keptBytes > RETRY_BODY_LIMIT) this.kept = undefined;
+      else this.kept.push(chunk);
+    }
+    if (this.upstream === undefined) return;
+    if (this.holdsChunkedStart) {
+      (this.held ??= []).push(chunk);
+      this.heldFlush ??= setImmediate(flushHeld, this);
+      return;
+    }
+    this.writeHead();
+    if (chunk.length > 0 && !this.writeBody(chunk)) this.req.pause();
+  }
+
+  onReqEnd(): void {
+    this.requestEnded = true;
+    if (this.upstream === undefined) return;
+    if (this.holdsChunkedStart) this.heldFlush ??= setImmediate(flushHeld, this);
+    else this.endRequest();
+  }
+
+  flushHeld(): void {
+    this.heldFlush = undefined;
+    if (this.upstream === undefined || this.failed || this.state === 'done') return;
+    this.writeHead();
+    let ok = true;
+    for (const chunk of this.held ?? []) ok = this.writeBody(chunk);
+    this.held = undefined;
+    if (this.requestEnded) this.endRequest();
+    else if (!ok) this.req.pause();
+  }
+
+  private endRequest(): void {
+    this.writeHead();
+    if (this.shape.framing === 'chunked') {
+      const trailers = this.req.rawTrailers.length > 0 ? trailerSection(this.req.rawTrailers) : '';
+      (this.upstream as Socket).write(`0${CRLF}${trailers}${CRLF}`, 'latin1');
+    }
+    this.requestSent = true;
+    if (this.parser?.done === true) this.responseComplete();
+  }
+
+  onUpDrain(): void {
+    if (!this.requestEnded) this.req.resume();
+  }
+
+  // ── response: upstream → app ───────────────────────────────────────────
+
+  onUpData(chunk: Buffer): void {
+    this.responseStarted = true;
+    const error = (this.parser as ResponseParser).execute(chunk);
+    if (error !== undefined) this.badResponse(error);
+  }
+
+  onInterim(head: ResponseHead): void {
+    if (this.res.headersSent) return;
+    // Other 1xx codes have no ServerResponse method and are dropped.
+    if (head.statusCode === 100) this.res.writeContinue();
+    else if (head.statusCode === 102) this.res.writeProcessing();
+    else if (head.statusCode === 103) {
+      const hints = earlyHints(head.rawHeaders);
+      if (hints !== undefined) {
+        try {
+          this.res.writeEarlyHints(hints);
+        } catch {
+          // Hints Node will not send are only hints.
+        }
+      }
+    }
+  }
+
+  onHead(head: ResponseHead): BodyKind {
+    if (head.statusCode === 101)
+      throw new HttpResponseError('101 to a request that asked for no upgrade');
+    const link = this.link as Link;
+    this.upstreamKeepAlive = head.keepAlive;
+    if (head.keepAliveTimeout !== undefined) noteKeepAliveTimeout(link, head.keepAliveTimeout);
+    const headers = responseHeaders(
+      head.rawHeaders,
+      head.connectionTokens,
+      head.transferEncoding,
+      this.ctx.settings.forwardedHeaders ? `1.${head.minorVersion} sidepool` : undefined,
+    );
+    try {
+      if (head.statusMessage === '') this.res.writeHead(head.statusCode, headers);
+      else this.res.writeHead(head.statusCode, head.statusMessage, headers);
+    } catch (err) {
+      throw new HttpResponseError(`a head Node will not send: ${describe(err)}`);
+    }
+    const status = head.statusCode;
+    if (this.req.method === 'HEAD' || status === 204 || status === 304) return 'none';
+    this.bodyUntilClose = !head.chunked && head.contentLength < 0;
+    return 'message';
+  }
+
+  onBody(chunk: Buffer): void {
+    if (!this.res.write(chunk) && !this.upstreamPaused && this.upstream !== undefined) {
+      this.upstreamPaused = true;
+      this.upstream.pause();
+      this.res.once('drain', resDrain);
+    }
+  }
+
+  onTrailers(rawTrailers: string[]): void {
+    const fields = trailerFields(rawTrailers);
+    const pairs: [string, string][] = [];
+    for (let i = 0; i < fields.length; i += 2)
+      pairs.push([fields[i] as string, fields[i + 1] as string]);
+    if (pairs.length > 0) this.res.addTrailers(pairs);
+  }
+
+  onComplete(rest: Buffer | undefined): void {
+    if (rest !== undefined) this.bytesAfterResponse = true;
+    this.res.end();
+    if (this.requestSent) this.responseComplete();
+    else {
+      // The upstream answered before the whole request was sent (a 413, a 401, a final
+      // status instead of 100 Continue): the rest of the body is read and dropped, and
+      // the link, mid-request, is closed.
+      this.stopReadingRequest();
+      this.releaseLink(false);
+    }
+  }
+
+  private responseComplete(): void {
+    const reusable =
+      this.upstreamKeepAlive &&
+      !this.bytesAfterResponse &&
+      !this.bodyUntilClose &&
+      this.upstreamError === undefined &&
+      this.upstream?.readableEnded === false;
+    this.releaseLink(reusable);
+  }
+
+  onResDrain(): void {
+    if (!this.upstreamPaused) return;
+    this.upstreamPaused = false;
+    this.upstream?.resume();
+  }
+
+  // ── upstream trouble ───────────────────────────────────────────────────
+
+  onUpEnd(): void {
+    const parser = this.parser as ResponseParser;
+    if (parser.done) return;
+    const error = parser.finish();
+    if (error === undefined) {
+      // A close-delimited body ended; the link went with it.
+      this.releaseLink(false);
+      return;
+    }
+    this.upstreamLost();
+  }
+
+  onUpError(err: Error): void {
+    this.upstreamError ??= err;
+  }
+
+  onUpClose(): void {
+    if ((this.parser as ResponseParser).done) {
+      this.releaseLink(false);
+      return;
+    }
+    this.upstreamLost();
+  }
+
+  onUpTimeout(): void {
+    const socket = this.upstream as Socket;
+    // A stalled request body, with nothing of ours waiting to be sent, is the app's doing.
+    const appStalled = !this.requestEnded && socket.writableLength === 0 && !this.responseStarted;
+    const reason: HttpFailure = appStalled ? 'body_timeout' : 'response_timeout';
+    this.fail(reason, FAILURE_STATUS[reason], appStalled, false);
+  }
+
+  /** The link closed (or reset) before the response was complete. */
+  private upstreamLost(): void {
+    const link = this.link as Link;
+    if (!this.responseStarted && this.canRetry()) {
+      this.retry(link);
+      return;
+    }
+    // A reset or error in use counts against the endpoint (outlier detection); a plain
+    // close does not: it is how keep-alive connections end.
+    if (this.upstreamError !== undefined) this.ctx.route.pool.linkBroke(link);
+    this.fail('upstream_error', 502, false, false, this.upstreamError);
+  }
+
+  /**
+   * A stale keep-alive link: the upstream closed it as we sent. An idempotent request whose
+   * body we still have goes once more, on a link that idled less than this one did.
+   */
+  private canRetry(): boolean {
+    return (
+      this.attempts === 1 &&
+      this.linkWasIdle &&
+      IDEMPOTENT.has(this.req.method ?? '') &&
+      (this.shape.framing === 'none' || this.kept !== undefined) &&
+      !this.res.headersSent
+    );
+  }
+
+  private retry(link: Link): void {
+    this.staleBefore = link.idleSince;
+    this.releaseLink(false);
+    // What was held of a chunked body is in `kept`, which the next attempt sends.
+    if (this.heldFlush !== undefined) clearImmediate(this.heldFlush);
+    this.heldFlush = undefined;
+    this.held = undefined;
+    this.headWritten = false;
+    this.requestSent = false;
+    this.state = 'acquiring';
+    if (this.listening && !this.requestEnded) this.req.pause();
+    this.ctx.observer.retried();
+    const log = this.ctx.route.log;
+    if (log.isLevelEnabled('debug')) {
+      log.debug(
+        { link: link.id, code: codeOf(this.upstreamError), method: this.req.method },
+        'stale link: request sent again on another link',
+      );
+    }
+    this.acquire();
+  }
+
+  private badResponse(error: HttpResponseError): void {
+    this.ctx.route.log.warn(
+      { link: this.link?.id, endpoint: this.link?.endpoint, problem: error.problem },
+      'malformed response from the upstream',
+    );
+    this.fail('bad_response', 502, false, false);
+  }
+
+  // ── ending ─────────────────────────────────────────────────────────────
+
+  /**
+   * Fails the exchange: the app gets `status` when no response has started, and its
+   * connection is cut when one has (a cut-short body must not look complete).
+   */
+  private fail(
+    reason: HttpFailure,
+    status: number,
+    closeDownstream: boolean,
+    linkReusable: boolean,
+    cause?: Error,
+  ): void {
+    if (this.state === 'done' || this.failed) return;
+    this.failed = true;
+    this.ctx.observer.failed(reason);
+    const log = this.ctx.route.log;
+    if (log.isLevelEnabled('info')) {
+      log.info(
+        {
+          reason,
+          status: this.res.headersSent ? undefined : status,
+          method: this.req.method,
+          link: this.link?.id,
+          code: cause === undefined ? undefined : codeOf(cause),
+          err: cause === undefined ? undefined : describe(cause),
+          headersSent: this.res.headersSent || undefined,
+        },
+        'http exchange failed',
+      );
+    }
+    this.releaseLink(linkReusable);
+    if (this.waiter !== undefined) {
+      this.waiter.cancel();
+      this.waiter = undefined;
+    }
+    if (this.res.headersSent) {
+      this.res.destroy();
+      return;
+    }
+    const requestUnread = !this.requestEnded;
+    this.stopReadingRequest();
+    // A request whose body was not read to its end leaves the connection out of step.
+    sendError(this.res, status, reason, closeDownstream || requestUnread);
+  }
+
+  private stopReadingRequest(): void {
+    if (this.listening) {
+      this.listening = false;
+      this.req.off('data', reqData);
+      this.req.off('end', reqEnd);
+    }
+    this.kept = undefined;
+    if (!this.requestEnded) this.req.resume();
+  }
+
+  onResFinish(): void {
+    this.ctx.observer.responded(this.res.statusCode, (performance.now() - this.startedAt) / 1000);
+    this.finish();
+  }
+
+  onResClose(): void {
+    if (this.state === 'done') return;
+    if (this.res.headersSent) {
+      this.ctx.observer.responded(this.res.statusCode, (performance.now() - this.startedAt) / 1000);
+    }
+    if (!this.failed) this.ctx.observer.failed('downstream_closed');
+    this.finish();
+  }
+
+  private finish(): void {
+    if (this.state === 'done') return;
+    this.state = 'done';
+    if (this.heldFlush !== undefined) clearImmediate(this.heldFlush);
+    if (this.waiter !== undefined) {
+      this.waiter.cancel();
+      this.waiter = undefined;
+    }
+    // Still holding the link here means the exchange did not end cleanly.
+    this.releaseLink(false);
+    this.stopReadingRequest();
+    this.req.off('error', ignoreError);
+    this.res.off('finish', resFinish);
+    this.res.off('close', resClose);
+    this.owner.exchangeDone(this);
+  }
+}
+
+/** 103 Early Hints go on only with a Link field, as Node requires. */
+function earlyHints(rawHeaders: readonly string[]): Record<string, string | string[]> | undefined {
+  const hints: Record<string, string | string[]> = {};
+  let hasLink = false;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = (rawHeaders[i] as string).toLowerCase();
+    const value = rawHeaders[i + 1] as string;
+    if (name === 'link') hasLink = true;
+    const prev = hints[name];
+    hints[name] =
+      prev === undefined ? value : Array.isArray(prev) ? [...prev, value] : [prev, value];
+  }
+  return hasLink ? hints : undefined;
+}
+
+// Listeners shared by every exchange, so that a request costs no closures: each finds its
+// exchange on the emitter (the link's socket, the request or the response).
+function upData(this: Tagged, chunk: Buffer): void {
+  this[kExchange]?.onUpData(chunk);
+}
+function upEnd(this: Tagged): void {
+  this[kExchange]?.onUpEnd();
+}
+function upError(this: Tagged, err: Error): void {
+  this[kExchange]?.onUpError(err);
+}
+function upClose(this: Tagged): void {
+  this[kExchange]?.onUpClose();
+}
+function upDrain(this: Tagged): void {
+  this[kExchange]?.onUpDrain();
+}
+function upTimeout(this: Tagged): void {
+  this[kExchange]?.onUpTimeout();
+}
+function reqData(this: Tagged, chunk: Buffer): void {
+  this[kExchange]?.onReqData(chunk);
+}
+function reqEnd(this: Tagged): void {
+  this[kExchange]?.onReqEnd();
+}
+function resFinish(this: Tagged): void {
+  this[kExchange]?.onResFinish();
+}
+function resClose(this: Tagged): void {
+  this[kExchange]?.onResClose();
+}
+function resDrain(this: Tagged): void {
+  this[kExchange]?.onResDrain();
+}
+function flushHeld(exchange: Exchange): void {
+  exchange.flushHeld();
+}

@@ -1,0 +1,312 @@
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import { codeOf, describe } from '../../errors.js';
+import type { Route, Session } from '../route.js';
+import type { SpliceOutcome } from '../splice.js';
+import { Exchange, type ExchangeOwner, type HttpRouteContext } from './exchange.js';
+import type { HttpFailure } from './observer.js';
+import { inspectRequest, isRefusal } from './request-shape.js';
+import { sendError, sendRawErrorAndClose } from './responses.js';
+import { Tunnel } from './tunnel.js';
+
+/** Where the route's HTTP server finds the session of a socket it parses for. */
+const SESSION = Symbol('sidepool.httpSession');
+
+interface TaggedSocket extends Socket {
+  [SESSION]?: HttpSession;
+}
+
+export function sessionOf(socket: Socket): HttpSession | undefined {
+  return (socket as TaggedSocket)[SESSION];
+}
+
+/**
+ *   open ──▶ tunnel ──▶ ended
+ *     │                  ▲
+ *     └──────────────────┘
+ *
+ * open: requests are parsed (by the route's node:http server) and answered in order, one
+ * exchange at a time; tunnel: an upgrade or CONNECT took the connection over; ended: the
+ * socket closed and nothing of the session is left.
+ */
+type SessionState = 'open' | 'tunnel' | 'ended';
+
+/** An error found in the app's byte stream, answered once the earlier requests are. */
+interface PendingError {
+  status: number;
+  reason: HttpFailure;
+}
+
+/**
+ * http mode: one app connection. Each request borrows a link for its exchange only, so
+ * this connection holds no link between requests; pipelined requests are answered in
+ * order (Node queues the responses; we run the exchanges one after another).
+ */
+export class HttpSession implements Session, ExchangeOwner {
+  private state: SessionState = 'open';
+  private current: Exchange | undefined;
+  private readonly queue: Exchange[] = [];
+  private tunnel: Tunnel | undefined;
+  private tunnelDone = false;
+  private outcome: SpliceOutcome | undefined;
+  private headersTimer: NodeJS.Timeout | undefined;
+  private awaitingHead = false;
+  private bytesAtWait = 0;
+  private served = 0;
+  private pendingError: PendingError | undefined;
+  private clientErrored = false;
+  private draining = false;
+  private firstSocketError: Error | undefined;
+  private readonly startedAt = performance.now();
+
+  constructor(
+    private readonly ctx: HttpRouteContext,
+    /** The route's node:http server, which parses requests off the sockets it is given. */
+    private readonly parser: Server,
+    readonly id: number,
+    private readonly socket: Socket,
+  ) {}
+
+  private get route(): Route {
+    return this.ctx.route;
+  }
+
+  get bytesUp(): number {
+    return this.socket.bytesRead;
+  }
+
+  get bytesDown(): number {
+    return this.socket.bytesWritten;
+  }
+
+  start(): void {
+    const socket = this.socket;
+    (socket as TaggedSocket)[SESSION] = this;
+    // Ours stay on after an upgrade, when node:http takes its own listeners off.
+    socket.on('error', onSocketError);
+    socket.on('close', onSocketClose);
+    this.parser.emit('connection', socket);
+    this.waitForHead();
+  }
+
+  destroy(): void {
+    if (this.state === 'ended') return;
+    if (this.tunnel !== undefined && !this.tunnelDone) this.tunnel.destroy();
+    this.socket.destroy();
+  }
+
+  /** The route is closing: idle connections close now, busy ones after their response. */
+  drain(): void {
+    this.draining = true;
+    if (this.state !== 'open') return;
+    if (this.current === undefined) this.socket.destroySoon();
+    else {
+      for (const exchange of [this.current, ...this.queue]) {
+        if (!exchange.res.headersSent) exchange.res.shouldKeepAlive = false;
+      }
+    }
+  }
+
+  // ── from the route's HTTP server ───────────────────────────────────────
+
+  onRequest(req: IncomingMessage, res: ServerResponse, expectContinue: boolean): void {
+    this.awaitingHead = false;
+    if (this.draining) res.shouldKeepAlive = false;
+    const shape = inspectRequest(req, expectContinue);
+    if (isRefusal(shape)) {
+      // Node sends responses in request order, so this waits behind any exchange running.
+      this.refuse(req, res, shape.status, shape.problem);
+      return;
+    }
+    const exchange = new Exchange(this.ctx, req, res, shape, this);
+    if (this.current === undefined) {
+      this.current = exchange;
+      exchange.start();
+    } else this.queue.push(exchange);
+  }
+
+  onUpgrade(req: IncomingMessage, early: Buffer): void {
+    this.awaitingHead = false;
+    const shape = inspectRequest(req, false);
+    if (this.current !== undefined || isRefusal(shape) || shape.framing === 'chunked') {
+      // A tunnel pipelined behind requests, or one with a chunked body: not worth the
+      // complexity of making them work; the app gets a 400 and a closed connection.
+      this.ctx.observer.failed('bad_request');
+      this.ctx.observer.responded(400, 0);
+      if (this.current === undefined) sendRawErrorAndClose(this.socket, 400, 'bad_request');
+      else this.socket.destroy();
+      return;
+    }
+    this.state = 'tunnel';
+    this.tunnel = new Tunnel(
+      this.ctx,
+      req,
+      this.socket,
+      early,
+      req.method === 'CONNECT' ? undefined : upgradeValue(req.rawHeaders),
+      this.onTunnelDone,
+    );
+    this.tunnel.start();
+  }
+
+  /** llhttp refused the app's bytes (or the socket failed): answer, then close. */
+  onClientError(err: Error): void {
+    if (this.clientErrored) return;
+    this.clientErrored = true;
+    const code = codeOf(err);
+    if (!code.startsWith('HPE_')) {
+      this.socket.destroy();
+      return;
+    }
+    const status =
+      code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW' ? 413 : 400;
+    const reason: HttpFailure = status === 431 ? 'headers_too_large' : 'bad_request';
+    this.route.log.info(
+      { session: this.id, code, reason, err: describe(err) },
+      'malformed request from the app',
+    );
+    const current = this.current;
+    if (current !== undefined && !current.requestComplete) {
+      // The running request's own body is malformed.
+      current.rejectRequest(status, reason);
+    } else if (current !== undefined) {
+      this.pendingError = { status, reason };
+    } else {
+      this.ctx.observer.failed(reason);
+      this.ctx.observer.responded(status, 0);
+      sendRawErrorAndClose(this.socket, status, reason);
+    }
+  }
+
+  // ── exchanges ──────────────────────────────────────────────────────────
+
+  private refuse(req: IncomingMessage, res: ServerResponse, status: number, problem: string): void {
+    this.route.log.info(
+      { session: this.id, status, problem, method: req.method },
+      'request refused',
+    );
+    // The connection closes after this answer: a parse error that follows is part of it.
+    this.clientErrored = true;
+    this.ctx.observer.failed('bad_request');
+    const observer = this.ctx.observer;
+    const started = performance.now();
+    res.once('finish', () => observer.responded(status, (performance.now() - started) / 1000));
+    // The request's body, if any, is not read: the connection closes after the answer.
+    sendError(res, status, 'bad_request', true);
+  }
+
+  exchangeDone(exchange: Exchange): void {
+    if (exchange !== this.current) return;
+    this.current = undefined;
+    this.served++;
+    if (this.state !== 'open' || this.socket.destroyed) return;
+    const next = this.queue.shift();
+    if (next !== undefined) {
+      this.current = next;
+      next.start();
+      return;
+    }
+    if (this.pendingError !== undefined) {
+      const { status, reason } = this.pendingError;
+      this.ctx.observer.failed(reason);
+      this.ctx.observer.responded(status, 0);
+      sendRawErrorAndClose(this.socket, status, reason);
+      return;
+    }
+    if (this.draining) {
+      this.socket.destroySoon();
+      return;
+    }
+    this.waitForHead();
+  }
+
+  // ── the request-head timer ─────────────────────────────────────────────
+
+  /**
+   * Starts the wait for the next request head. A connection that sends part of a head and
+   * stalls gets a 408; an idle keep-alive connection that sends nothing closes quietly.
+   */
+  private waitForHead(): void {
+    const ms = this.ctx.settings.headersTimeoutMs;
+    if (ms === 0 || this.clientErrored) return;
+    this.awaitingHead = true;
+    this.bytesAtWait = this.socket.bytesRead;
+    if (this.headersTimer === undefined) {
+      this.headersTimer = setTimeout(onHeadersTimeout, ms, this);
+      this.headersTimer.unref();
+    } else this.headersTimer.refresh();
+  }
+
+  headersTimedOut(): void {
+    if (!this.awaitingHead || this.state !== 'open' || this.current !== undefined) return;
+    this.awaitingHead = false;
+    if (this.served > 0 && this.socket.bytesRead === this.bytesAtWait) {
+      this.socket.destroySoon();
+      return;
+    }
+    this.ctx.observer.failed('headers_timeout');
+    this.ctx.observer.responded(408, this.ctx.settings.headersTimeoutMs / 1000);
+    this.route.log.info({ session: this.id, served: this.served }, 'request head too slow');
+    sendRawErrorAndClose(this.socket, 408, 'headers_timeout');
+  }
+
+  // ── ending ─────────────────────────────────────────────────────────────
+
+  private readonly onTunnelDone = (outcome: SpliceOutcome | undefined): void => {
+    this.tunnelDone = true;
+    this.outcome = outcome;
+    if (outcome === undefined && !this.socket.destroyed) this.socket.destroySoon();
+    this.maybeEnd();
+  };
+
+  socketError(err: Error): void {
+    this.firstSocketError ??= err;
+  }
+
+  socketClosed(): void {
+    const current = this.current;
+    this.current = undefined;
+    current?.abort();
+    for (const exchange of this.queue.splice(0)) exchange.abort();
+    // A spliced tunnel notices the close itself and ends with its own outcome.
+    if (this.tunnel !== undefined && !this.tunnelDone && !this.tunnel.spliced) {
+      this.tunnel.destroy();
+    }
+    this.maybeEnd();
+  }
+
+  private maybeEnd(): void {
+    if (this.state === 'ended' || !this.socket.destroyed) return;
+    if (this.tunnel !== undefined && !this.tunnelDone) return;
+    this.state = 'ended';
+    if (this.headersTimer !== undefined) clearTimeout(this.headersTimer);
+    this.headersTimer = undefined;
+    const outcome: SpliceOutcome = this.outcome ?? {
+      bytesUp: this.socket.bytesRead,
+      bytesDown: this.socket.bytesWritten,
+      error: this.firstSocketError,
+      brokenBy: this.firstSocketError === undefined ? undefined : 'downstream',
+    };
+    this.route.observer.closed(outcome, (performance.now() - this.startedAt) / 1000);
+    this.route.sessionEnded(this);
+  }
+}
+
+function upgradeValue(rawHeaders: readonly string[]): string | undefined {
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] as string;
+    if (name.length === 7 && name.toLowerCase() === 'upgrade') return rawHeaders[i + 1];
+  }
+  return undefined;
+}
+
+// Listeners and timer callbacks shared by every session: no closures per connection.
+function onSocketError(this: TaggedSocket, err: Error): void {
+  this[SESSION]?.socketError(err);
+}
+function onSocketClose(this: TaggedSocket): void {
+  this[SESSION]?.socketClosed();
+}
+function onHeadersTimeout(session: HttpSession): void {
+  session.headersTimedOut();
+}

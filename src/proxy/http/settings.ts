@@ -1,0 +1,11 @@
+import type { RequestHeadSettings } from './headers.js';
+
+/** One http route's settings, from its config (see `httpSettings` in mode.ts). */
+export interface HttpSettings extends RequestHeadSettings {
+  /** An idle link is not reused after this long; 0 = no limit of our own. */
+  upstreamKeepAliveMs: number;
+  /** The upstream must answer (and keep a response body flowing) within this; 0 = no limit. */
+  responseTimeoutMs: number;
+  /** The app must send a complete request head within this; 0 = no limit. */
+  headersTimeoutMs: number;
+}

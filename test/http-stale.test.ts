@@ -1,0 +1,131 @@
+import t from 'tap';
+import { startProxy } from './helpers/app.js';
+import { metric, parseMetrics } from './helpers/http.js';
+import { fetchHttp, startHttpUpstream } from './helpers/http-upstream.js';
+import { startNginx } from './helpers/nginx.js';
+import { sleep, startServer } from './helpers/util.js';
+
+const HTTP = { mode: 'http' };
+
+type Proxy = Awaited<ReturnType<typeof startProxy>>;
+
+async function counter(proxy: Proxy, name: string, labels: Record<string, string>) {
+  return metric(parseMetrics(await proxy.app.metrics.render()), name, labels) ?? 0;
+}
+
+/**
+ * An upstream that answers the first request on each connection and, like one whose
+ * keep-alive timer fired just then, closes the connection on the second without a word.
+ */
+async function oneShotUpstream(how: 'fin' | 'reset') {
+  const bodies: string[] = [];
+  const server = await startServer((socket) => {
+    let served = 0;
+    let buffered = '';
+    socket.on('data', (data: Buffer) => {
+      buffered += data.toString('latin1');
+      const end = buffered.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      const length = Number(/content-length: (\d+)/i.exec(buffered)?.[1] ?? 0);
+      if (buffered.length < end + 4 + length) return;
+      if (served++ > 0) {
+        if (how === 'reset') socket.resetAndDestroy();
+        else socket.end();
+        return;
+      }
+      bodies.push(buffered.slice(end + 4));
+      buffered = '';
+      socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+    });
+  });
+  return { server, bodies };
+}
+
+void t.test('a stale link: idempotent requests go again on a fresh link', async (t) => {
+  for (const how of ['fin', 'reset'] as const) {
+    const { server, bodies } = await oneShotUpstream(how);
+    t.teardown(() => server.close());
+    const proxy = await startProxy(server.address, { minIdle: 0 }, HTTP);
+    t.teardown(() => proxy.app.stop(100));
+    t.equal((await fetchHttp(proxy.port)).status, 200, `${how}: first, on a fresh link`);
+    t.equal((await fetchHttp(proxy.port)).status, 200, `${how}: GET on the stale link, retried`);
+    const put = await fetchHttp(proxy.port, { method: 'PUT', body: 'kept body' });
+    t.equal(put.status, 200, `${how}: PUT with a small body, retried`);
+    t.equal(bodies.at(-1), 'kept body', 'the retried body arrived whole');
+    const post = await fetchHttp(proxy.port, { method: 'POST', body: 'once' });
+    t.equal(post.status, 502, `${how}: POST is not retried`);
+    t.equal(await counter(proxy, 'sidepool_http_retries_total', { route: 'test' }), 2);
+    t.equal(server.accepted, 3, 'one link per stale event, and the first');
+  }
+});
+
+void t.test(
+  'a link is not reused past the keep-alive timeout the upstream announces',
+  async (t) => {
+    // Node's server says `Keep-Alive: timeout=1` and closes idle connections after 1s.
+    const upstream = await startHttpUpstream(undefined, { keepAliveTimeout: 1000 });
+    t.teardown(() => upstream.close());
+    const proxy = await startProxy(
+      upstream.address,
+      { minIdle: 0 },
+      { ...HTTP, upstreamKeepAlive: '10s' },
+    );
+    t.teardown(() => proxy.app.stop(100));
+    t.equal((await fetchHttp(proxy.port)).status, 200);
+    await sleep(300);
+    t.equal((await fetchHttp(proxy.port)).status, 200);
+    t.equal(upstream.connections, 1, 'reused well within the timeout');
+    await sleep(800);
+    t.equal((await fetchHttp(proxy.port)).status, 200);
+    t.equal(upstream.connections, 2, 'a fresh link near the timeout, not the old one');
+    t.equal(await counter(proxy, 'sidepool_http_retries_total', { route: 'test' }), 0, 'no race');
+  },
+);
+
+void t.test('upstreamKeepAlive bounds reuse where the upstream announces nothing', async (t) => {
+  const upstream = await startServer((socket) => {
+    socket.on('data', () => socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'));
+  });
+  t.teardown(() => upstream.close());
+  const proxy = await startProxy(
+    upstream.address,
+    { minIdle: 0 },
+    { ...HTTP, upstreamKeepAlive: 200 },
+  );
+  t.teardown(() => proxy.app.stop(100));
+  t.equal(proxy.pool.options.idleTimeout, 200, 'the pool closes idle links at upstreamKeepAlive');
+  await fetchHttp(proxy.port);
+  await fetchHttp(proxy.port);
+  t.equal(upstream.accepted, 1);
+  await sleep(300);
+  await fetchHttp(proxy.port);
+  t.equal(upstream.accepted, 2);
+});
+
+void t.test('nginx with a 1s keep-alive timeout, requests spaced to hit it', async (t) => {
+  const nginx = await startNginx(
+    'location / { return 200 "ok $connection\\n"; }',
+    'keepalive_timeout 1s;',
+  );
+  t.teardown(() => nginx.stop());
+  // Our own limit is well above nginx's, and nginx announces nothing: only the retry helps.
+  const proxy = await startProxy(
+    nginx.address,
+    { minIdle: 0 },
+    { ...HTTP, upstreamKeepAlive: '10s' },
+  );
+  t.teardown(() => proxy.app.stop(100));
+  const statuses: number[] = [];
+  for (const gapMs of [0, 1000, 990, 1010]) {
+    await sleep(gapMs);
+    // Two clients at once, so that two links age together.
+    const pair = await Promise.all([fetchHttp(proxy.port), fetchHttp(proxy.port)]);
+    statuses.push(...pair.map((r) => r.status));
+  }
+  t.ok(
+    statuses.every((s) => s === 200),
+    `no error reached a GET client: ${statuses.join(' ')}`,
+  );
+  const retries = await counter(proxy, 'sidepool_http_retries_total', { route: 'test' });
+  t.comment(`stale links met and retried: ${retries}`);
+});
