@@ -141,10 +141,20 @@ void t.test('lifetimes are jittered ±10% in whole seconds, so timer lists stay 
     if (ms < 3_240_000 || ms > 3_960_000) t.fail(`out of range: ${ms}`);
     seen.add(ms);
   }
-  t.ok([...seen].every((ms) => ms % 1000 === 0), 'whole seconds');
+  t.ok(
+    [...seen].every((ms) => ms % 1000 === 0),
+    'whole seconds',
+  );
   t.ok(seen.size <= 721, `at most 721 distinct durations (${seen.size})`);
   t.equal(lifetimeWithJitter(0), 0, '0 means no lifetime');
-  t.equal(lifetimeWithJitter(1000, () => 0.5), 1000, 'short lifetimes keep millisecond precision');
-  t.equal(lifetimeWithJitter(1000, () => 0), 900);
+  t.equal(
+    lifetimeWithJitter(1000, () => 0.5),
+    1000,
+    'short lifetimes keep millisecond precision',
+  );
+  t.equal(
+    lifetimeWithJitter(1000, () => 0),
+    900,
+  );
   t.end();
 });

@@ -1,0 +1,188 @@
+// Every command in README.md's ```sh blocks is run here (or, for the ones that are CI
+// itself, checked to be in .ci/run), so the README cannot drift from what works. A command
+// with no case below fails the test: adding one to the README means adding it here.
+import { execFile } from 'node:child_process';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { createClient } from 'redis';
+import t, { type Test } from 'tap';
+import { startCli } from './helpers/cli.js';
+import { freePort, startRedis } from './helpers/redis.js';
+
+const exec = promisify(execFile);
+const ROOT = path.resolve(import.meta.dirname, '..');
+const readme = await readFile(path.join(ROOT, 'README.md'), 'utf8');
+const ciRun = await readFile(path.join(ROOT, '.ci', 'run'), 'utf8');
+
+/** The commands of every ```sh block, comments and blank lines dropped. */
+const commands = [...readme.matchAll(/```sh\n([\s\S]*?)```/g)].flatMap((m) =>
+  (m[1] as string)
+    .split('\n')
+    .map((line) => line.replace(/\s+#.*$/, '').trim())
+    .filter((line) => line !== '' && !line.startsWith('#')),
+);
+
+/** The YAML block that starts with `# sidepool.yaml`: the file the quick start uses. */
+const quickStartYaml = /```yaml\n(# sidepool\.yaml\n[\s\S]*?)```/.exec(readme)?.[1];
+
+const npx = (args: string[], cwd = ROOT) => exec('npx', args, { cwd, timeout: 120_000 });
+
+/** Runs `sidepool run …` with the README's ports mapped to free ones and redis behind it. */
+async function runAndPing(
+  t: Test,
+  args: string[],
+  ports: Record<string, number>,
+  cwd?: string,
+): Promise<ReturnType<typeof startCli>> {
+  const mapped = args.map((a) =>
+    a.replace(/127\.0\.0\.1:(\d+)/g, (all, p: string) => `127.0.0.1:${ports[p] ?? p}`),
+  );
+  const cli = startCli(mapped, {}, cwd);
+  t.teardown(() => cli.child.kill('SIGKILL'));
+  await cli.waitFor((l) => l.msg === 'pool warm');
+  const client = createClient({ socket: { host: '127.0.0.1', port: ports['6380'] as number } });
+  client.on('error', () => {});
+  await client.connect();
+  t.equal(await client.ping(), 'PONG', `${args.join(' ')}: PING through sidepool`);
+  await client.quit();
+  return cli;
+}
+
+type Case = (t: Test) => Promise<void> | void;
+
+const cases: Array<[RegExp, Case]> = [
+  [
+    /^npm ci && npx sidepool demo$/,
+    async (t) => {
+      t.match(ciRun, /\nnpm ci\b/, '.ci/run installs with npm ci');
+      const { stdout } = await npx(['sidepool', 'demo']);
+      t.match(
+        stdout,
+        /through sidepool\s+100\s+0\s/,
+        'the demo ran 100 requests through sidepool, none failed',
+      );
+    },
+  ],
+  [/^npm ci$/, (t) => void t.match(ciRun, /\nnpm ci\b/, 'run by .ci/run')],
+  [/^npm test$/, (t) => void t.match(ciRun, /npm test\b/, 'run by .ci/run')],
+  [/^npm run lint$/, (t) => void t.match(ciRun, /npm run lint\b/, 'run by .ci/run')],
+  [/^bash \.ci\/run$/, (t) => void t.pass('what CI runs')],
+  [
+    /^npm run bench$/,
+    async (t) => {
+      const { stdout } = await exec(
+        'npm',
+        ['run', 'bench', '--', '--quick', '--only', '4', '--out', 'readme-check'],
+        {
+          cwd: ROOT,
+          timeout: 120_000,
+        },
+      );
+      t.match(stdout, /connect \+ PING|latency/i, 'the bench runs (quick, workload 4)');
+    },
+  ],
+  [
+    /^npx sidepool run --listen 127\.0\.0\.1:6380 --upstream 127\.0\.0\.1:6379 /,
+    async (t) => {
+      const redis = await startRedis();
+      t.teardown(() => redis.stop());
+      const command = commands.find((c) => c.startsWith('npx sidepool run --listen')) as string;
+      const args = [...command.split(/\s+/).slice(2), '--admin', 'false'];
+      const cli = await runAndPing(t, args, { '6379': redis.port, '6380': await freePort() });
+      cli.child.kill('SIGTERM');
+      t.equal(await cli.exited, 0);
+    },
+  ],
+  [
+    /^npx sidepool check --config sidepool\.yaml$/,
+    async (t) => {
+      t.ok(quickStartYaml, 'the README has the sidepool.yaml block');
+      const dir = await mkdtemp(path.join(tmpdir(), 'sidepool-readme-'));
+      await writeFile(path.join(dir, 'sidepool.yaml'), quickStartYaml as string);
+      // In the project `npx sidepool` is the package's own bin, dist/cli.js: run that from the
+      // folder that holds sidepool.yaml.
+      const { stdout } = await exec(
+        process.execPath,
+        [path.join(ROOT, 'dist', 'cli.js'), 'check', '--config', 'sidepool.yaml'],
+        {
+          cwd: dir,
+        },
+      );
+      t.match(stdout, /maxSize: 64/);
+    },
+  ],
+  [
+    /^npx sidepool run --config sidepool\.yaml$/,
+    async (t) => {
+      const redis = await startRedis();
+      t.teardown(() => redis.stop());
+      const ports: Record<string, number> = {
+        '6379': redis.port,
+        '6380': await freePort(),
+        '9901': await freePort(),
+      };
+      const dir = await mkdtemp(path.join(tmpdir(), 'sidepool-readme-'));
+      const yaml = (quickStartYaml as string).replace(
+        /127\.0\.0\.1:(\d+)/g,
+        (all, p: string) => `127.0.0.1:${ports[p] ?? p}`,
+      );
+      await writeFile(path.join(dir, 'sidepool.yaml'), yaml);
+      const cli = await runAndPing(t, ['run', '--config', 'sidepool.yaml'], ports, dir);
+      // The next README line, with the admin port mapped.
+      const curl = (commands.find((c) => c.startsWith('curl ')) as string).replace(
+        '9901',
+        String(ports['9901']),
+      );
+      const { stdout } = await exec('bash', ['-c', curl], { timeout: 30_000 });
+      t.match(stdout, /sidepool_pool_connections\{pool="127\.0\.0\.1:\d+",state="idle"\} 8/);
+      cli.child.kill('SIGTERM');
+      t.equal(await cli.exited, 0);
+    },
+  ],
+  [
+    /^curl -s 127\.0\.0\.1:9901\/metrics \| grep sidepool_pool_connections$/,
+    (t) => void t.pass('run with the line before it'),
+  ],
+  [
+    /^helm install \S+ \S+( -f \S+)?$/,
+    () => {
+      // No cluster here: `helm template` renders exactly what `helm install` would send.
+    },
+  ],
+  [/^helm dependency build \S+$/, () => {}],
+];
+
+void t.test('the README has commands to check', (t) => {
+  t.ok(commands.length >= 8, `${commands.length} commands`);
+  t.end();
+});
+
+for (const command of commands) {
+  const match = cases.find(([re]) => re.test(command));
+  void t.test(`README: ${command}`, async (t) => {
+    if (match === undefined) {
+      t.fail('this README command is run by no test: add a case to test/readme.test.ts');
+      return;
+    }
+    const helm = /^helm (install|dependency build) (.*)$/.exec(command);
+    if (helm !== null) {
+      const words = (helm[2] as string).split(/\s+/);
+      const args =
+        // A cluster tells helm its version; `helm template` needs it given (the chart wants >= 1.23).
+        helm[1] === 'install'
+          ? ['template', ...words, '--kube-version', '1.30.0']
+          : ['dependency', 'build', ...words];
+      const { stdout } = await exec(path.join(ROOT, 'node_modules', '.bin', 'helm'), args, {
+        cwd: ROOT,
+        timeout: 120_000,
+      });
+      if (helm[1] === 'install')
+        t.match(stdout, /kind: (Deployment|ConfigMap)/, `helm ${args.join(' ')} renders`);
+      else t.pass('dependencies built');
+      return;
+    }
+    await match[1](t);
+  });
+}
