@@ -174,3 +174,28 @@ void t.test('the upstream closes before answering an upgrade: 502, then close', 
   t.same(statuses(timedOut.text), [504]);
   t.equal(timedOut.closed, true);
 });
+
+void t.test(
+  'a CONNECT the upstream refuses, with a chunked body: passed on, then close',
+  async (t) => {
+    const upstream = await startHttpUpstream();
+    upstream.server.on('connect', (_req: http.IncomingMessage, socket: net.Socket) => {
+      socket.end(
+        'HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\nConnection: X-Hop\r\nX-Hop: 1\r\n\r\n' +
+          '5\r\nnot h\r\n4\r\nere.\r\n0\r\n\r\n',
+      );
+    });
+    t.teardown(() => upstream.close());
+    const proxy = await startProxy(upstream.address, { minIdle: 0 }, HTTP);
+    t.teardown(() => proxy.app.stop(100));
+    const result = await rawRequest(
+      proxy.port,
+      'CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n',
+    );
+    t.same(statuses(result.text), [403]);
+    t.match(result.text, /Connection: close\r\n\r\nnot here\.$/, 'de-chunked, sent until close');
+    t.notMatch(result.text, /X-Hop/i, 'hop-by-hop fields dropped');
+    t.notMatch(result.text, /Transfer-Encoding/i);
+    t.equal(result.closed, true);
+  },
+);
