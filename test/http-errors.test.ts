@@ -212,3 +212,23 @@ void t.test('the app leaves mid-exchange: the link is closed, nothing leaks', as
   );
   t.equal(await failures(proxy, 'downstream_closed'), 1);
 });
+
+void t.test('an app that stops reading a response is cut after responseTimeout', async (t) => {
+  const big = Buffer.alloc(16 * 1024 * 1024, 1);
+  const upstream = await startHttpUpstream((_req, res) => res.end(big));
+  t.teardown(() => upstream.close());
+  const proxy = await startProxy(
+    upstream.address,
+    { minIdle: 0 },
+    { ...HTTP, responseTimeout: 200 },
+  );
+  t.teardown(() => proxy.app.stop(100));
+  const socket = net.connect(proxy.port, '127.0.0.1');
+  socket.on('error', () => {});
+  socket.write('GET / HTTP/1.1\r\nHost: a\r\n\r\n');
+  await new Promise((resolve) => socket.once('data', resolve));
+  socket.pause();
+  await until(() => proxy.route.activeSessions === 0, 3000, 'the stalled session was cut');
+  t.equal(await failures(proxy, 'send_timeout'), 1);
+  socket.destroy();
+});

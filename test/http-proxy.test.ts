@@ -407,3 +407,26 @@ void t.test('drain: idle keep-alive connections close, busy ones finish first', 
   t.equal(res.headers.connection, 'close');
   await stopped;
 });
+
+void t.test(
+  'a flood of pipelined requests: read in bounded batches, all answered in order',
+  async (t) => {
+    const upstream = await startHttpUpstream((req, res) =>
+      setTimeout(() => res.end(`#${req.url?.slice(1)};`), 1),
+    );
+    t.teardown(() => upstream.close());
+    const proxy = await startProxy(upstream.address, { minIdle: 1 }, HTTP);
+    t.teardown(() => proxy.app.stop(100));
+    const n = 100;
+    let raw = '';
+    for (let i = 0; i < n; i++)
+      raw += `GET /${i} HTTP/1.1\r\nHost: a\r\n${i === n - 1 ? 'Connection: close\r\n' : ''}\r\n`;
+    const result = await rawRequest(proxy.port, raw, 10_000);
+    const order = [...result.text.matchAll(/#(\d+);/g)].map((m) => Number(m[1]));
+    t.same(
+      order,
+      Array.from({ length: n }, (_, i) => i),
+    );
+    t.equal(result.closed, true);
+  },
+);

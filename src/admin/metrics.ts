@@ -202,7 +202,7 @@ export class Metrics {
 
   private readonly httpErrors = new CounterFamily(
     'sidepool_http_errors_total',
-    'Failed HTTP exchanges by reason: bad_request, headers_too_large, headers_timeout, body_timeout, acquire_timeout, pool_overflow, pool_closed (503), upstream_error, bad_response (502), response_timeout (504), downstream_closed.',
+    'Failed HTTP exchanges by reason: bad_request, headers_too_large, headers_timeout, body_timeout, acquire_timeout, pool_overflow, pool_closed (503), upstream_error, bad_response (502), response_timeout (504), send_timeout, downstream_closed.',
     this.registry,
   );
 

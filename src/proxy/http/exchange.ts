@@ -457,6 +457,11 @@ export class Exchange implements ResponseHandler {
   }
 
   onUpTimeout(): void {
+    if (this.upstreamPaused) {
+      // The link is quiet because we stopped reading it: the app is not taking the body.
+      this.fail('send_timeout', 0, true, false);
+      return;
+    }
     const socket = this.upstream as Socket;
     // A stalled request body, with nothing of ours waiting to be sent, is the app's doing.
     const appStalled = !this.requestEnded && socket.writableLength === 0 && !this.responseStarted;

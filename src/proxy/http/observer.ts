@@ -20,6 +20,8 @@ export type HttpFailure =
   | 'bad_response'
   /** The upstream was slower than responseTimeout: 504. */
   | 'response_timeout'
+  /** The app stopped reading the response for responseTimeout: its connection is cut. */
+  | 'send_timeout'
   /** The app closed its connection before the response was complete. */
   | 'downstream_closed';
 
@@ -34,6 +36,7 @@ export const HTTP_FAILURES: readonly HttpFailure[] = [
   'upstream_error',
   'bad_response',
   'response_timeout',
+  'send_timeout',
   'downstream_closed',
 ];
 

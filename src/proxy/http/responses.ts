@@ -16,6 +16,7 @@ export const FAILURE_STATUS: Readonly<Record<HttpFailure, number>> = {
   upstream_error: 502,
   bad_response: 502,
   response_timeout: 504,
+  send_timeout: 0,
   downstream_closed: 0,
 };
 

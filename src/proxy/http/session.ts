@@ -9,6 +9,13 @@ import { inspectRequest, isRefusal } from './request-shape.js';
 import { sendError, sendRawErrorAndClose } from './responses.js';
 import { Tunnel } from './tunnel.js';
 
+/**
+ * Pipelined requests queued behind the running one. Past this many, the app's socket stops
+ * being read until the queue is half drained: a client that pipelines without end must not
+ * grow our memory without end.
+ */
+const MAX_QUEUED = 32;
+
 /** Where the route's HTTP server finds the session of a socket it parses for. */
 const SESSION = Symbol('sidepool.httpSession');
 
@@ -56,6 +63,8 @@ export class HttpSession implements Session, ExchangeOwner {
   private pendingError: PendingError | undefined;
   private clientErrored = false;
   private draining = false;
+  /** Reading paused because too many pipelined requests are queued. */
+  private readPaused = false;
   private firstSocketError: Error | undefined;
   private readonly startedAt = performance.now();
 
@@ -122,7 +131,13 @@ export class HttpSession implements Session, ExchangeOwner {
     if (this.current === undefined) {
       this.current = exchange;
       exchange.start();
-    } else this.queue.push(exchange);
+    } else {
+      this.queue.push(exchange);
+      if (this.queue.length >= MAX_QUEUED && !this.readPaused) {
+        this.readPaused = true;
+        this.socket.pause();
+      }
+    }
   }
 
   onUpgrade(req: IncomingMessage, early: Buffer): void {
@@ -202,6 +217,10 @@ export class HttpSession implements Session, ExchangeOwner {
     if (this.state !== 'open' || this.socket.destroyed) return;
     const next = this.queue.shift();
     if (next !== undefined) {
+      if (this.readPaused && this.queue.length <= MAX_QUEUED / 2) {
+        this.readPaused = false;
+        this.socket.resume();
+      }
       this.current = next;
       next.start();
       return;
