@@ -5,13 +5,16 @@ import type { Logger } from 'pino';
 import { AdminServer } from './admin/server.js';
 import { Metrics } from './admin/metrics.js';
 import { parseAddress, type Address } from './config/address.js';
-import { destinationKey } from './config/load.js';
+import { destinationKey, destinationName } from './config/load.js';
 import type { Config, RouteConfig } from './config/schema.js';
 import { ConfigError, ResolveError, codeOf, describe } from './errors.js';
 import { Pool } from './pool/pool.js';
 import { httpSessionFactory, httpSettings } from './proxy/http/mode.js';
 import { Route } from './proxy/route.js';
-import { Dialer } from './upstream/dialer.js';
+import { TlsTermination } from './proxy/tls-listener.js';
+import { earliestExpiries, type CertificateOwner } from './tls/material.js';
+import { NO_TLS_OBSERVER, type TlsObserver } from './tls/observer.js';
+import { Destination } from './upstream/destination.js';
 
 type AppState = 'new' | 'running' | 'draining' | 'stopped';
 
@@ -21,6 +24,8 @@ export interface AppOptions {
   /** Told when a drain that the admin endpoint started has finished. */
   onStopped?: () => void;
   metrics?: Metrics;
+  /** Told of TLS handshakes, their failures and certificate reloads. */
+  tlsObserver?: TlsObserver;
 }
 
 /**
@@ -40,6 +45,8 @@ export class App {
   admin: AdminServer | undefined;
   /** Pools by destination key. */
   readonly pools = new Map<string, Pool>();
+  /** Where each pool's links go, by the same key. */
+  readonly destinations = new Map<string, Destination>();
   /** Routes by name. */
   readonly routes = new Map<string, Route>();
   /** Routes removed by a reload, finishing their sessions. */
@@ -48,6 +55,7 @@ export class App {
   private state: AppState = 'new';
   private stopping: Promise<void> | undefined;
   private reloading: Promise<unknown> = Promise.resolve();
+  private applying = false;
 
   constructor(config: Config, logger: Logger, options: AppOptions = {}) {
     this.config = config;
@@ -58,7 +66,28 @@ export class App {
       pools: () => this.pools.values(),
       routes: () => [...this.routes.values(), ...this.retiring],
       isDraining: () => this.state === 'draining' || this.state === 'stopped',
+      endpoints: () => this.endpointStates(),
+      certificateExpiries: () => this.certificateExpiries(),
     });
+  }
+
+  /** The earliest expiry of the certificates each TLS route and pool has loaded. */
+  certificateExpiries(): ReturnType<typeof earliestExpiries> {
+    const owners: CertificateOwner[] = [];
+    for (const route of [...this.routes.values(), ...this.retiring]) {
+      if (route.tls !== undefined) {
+        owners.push({ owner: `route/${route.name}`, certificates: route.tls.certificates() });
+      }
+    }
+    for (const destination of this.destinations.values()) {
+      if (destination.tls !== undefined) {
+        owners.push({
+          owner: `pool/${destination.name}`,
+          certificates: destination.tls.certificates(),
+        });
+      }
+    }
+    return earliestExpiries(owners);
   }
 
   /** Resolves upstreams, builds pools and routes, binds every listener, starts warming. */
@@ -66,6 +95,7 @@ export class App {
     await checkResolvable(this.config.routes);
     const routes = this.config.routes.map((routeConfig) => this.makeRoute(routeConfig));
     try {
+      await Promise.all([...this.destinations.values()].map((d) => d.resolve()));
       for (const route of routes) {
         await route.listen();
         this.routes.set(route.name, route);
@@ -84,6 +114,7 @@ export class App {
       throw err;
     }
     for (const pool of this.pools.values()) pool.start();
+    for (const destination of this.destinations.values()) destination.startProbes();
     this.state = 'running';
   }
 
@@ -104,19 +135,48 @@ export class App {
     else if (this.state !== 'running') reasons.push('starting');
     for (const route of this.routes.values()) {
       if (!route.isListening) reasons.push(`route ${route.name} is not listening`);
+      const wantsUpstream =
+        this.config.routes.find((r) => r.name === route.name)?.readyWhen === 'upstreamHealthy';
+      if (wantsUpstream && !this.upstreamHealthy(route.pool)) {
+        reasons.push(`route ${route.name}: upstream ${route.pool.name} is not healthy`);
+      }
     }
     return { ready: reasons.length === 0, reasons };
+  }
+
+  /** Some endpoint is up, and something proves it: a passed probe, or a link dialed. */
+  private upstreamHealthy(pool: Pool): boolean {
+    const destination = this.destinationOf(pool);
+    if (destination === undefined || destination.isDown()) return false;
+    return destination.hasProbes
+      ? destination.endpoints.all.some((e) => e.health === 'healthy' && e.probeSuccesses > 0)
+      : pool.totals.dials > 0 || pool.options.minIdle === 0;
+  }
+
+  private destinationOf(pool: Pool): Destination | undefined {
+    for (const [key, p] of this.pools) if (p === pool) return this.destinations.get(key);
+    return undefined;
+  }
+
+  private *endpointStates(): Iterable<{ pool: string; endpoint: string; up: boolean }> {
+    const now = Date.now();
+    for (const [key, destination] of this.destinations) {
+      const pool = this.pools.get(key)?.name ?? key;
+      for (const e of destination.endpoints.all)
+        yield { pool, endpoint: e.name, up: e.isAvailable(now) };
+    }
   }
 
   /** A JSON-ready picture of every pool, for `/pools`. */
   poolsView(): unknown {
     return [...this.pools.entries()].map(([key, pool]) => ({
       pool: pool.name,
-      destination: key.split(','),
+      destination: key,
       routes: [...this.routes.values()].filter((r) => r.pool === pool).map((r) => r.name),
       warm: pool.isWarm,
       ...pool.stats(),
       totals: { ...pool.totals },
+      endpoints: this.destinations.get(key)?.view() ?? [],
     }));
   }
 
@@ -169,6 +229,16 @@ export class App {
   }
 
   private async apply(next: Config): Promise<void> {
+    this.applying = true;
+    try {
+      await this.applyNow(next);
+    } finally {
+      this.applying = false;
+      this.closeUnusedPools();
+    }
+  }
+
+  private async applyNow(next: Config): Promise<void> {
     await checkResolvable(next.routes);
     const kept = new Map<string, RouteConfig>();
     const added: RouteConfig[] = [];
@@ -187,6 +257,7 @@ export class App {
       if (!next.routes.some((r) => r.name === route.name)) removed.push(route);
     }
 
+    const known = new Set(this.destinations.keys());
     // A route that moves or changes upstream may reuse its old address: the old listener
     // goes first. Its sessions go on draining.
     for (const route of removed) this.retire(route);
@@ -199,13 +270,19 @@ export class App {
       }
     } catch (err) {
       for (const route of started) void route.close();
-      this.closeUnusedPools();
       throw err;
     }
+    await Promise.all(
+      [...this.destinations.entries()]
+        .filter(([key]) => !known.has(key))
+        .map(([, d]) => d.resolve()),
+    );
     for (const route of started) {
       this.routes.set(route.name, route);
       route.pool.start();
     }
+    for (const [key, destination] of this.destinations)
+      if (!known.has(key)) destination.startProbes();
     for (const [name, routeConfig] of kept) {
       const route = this.routes.get(name) as Route;
       route.timeouts = {
@@ -222,7 +299,6 @@ export class App {
       this.log.warn('admin settings change on restart only; the admin server keeps its address');
     }
     this.config = next;
-    this.closeUnusedPools();
   }
 
   private retire(route: Route): void {
@@ -240,11 +316,15 @@ export class App {
 
   /** Pools that no route (live or draining) uses any more close gracefully. */
   private closeUnusedPools(): void {
+    // Mid-reload, new pools exist before their routes are in place: wait for the end.
+    if (this.applying) return;
     const used = new Set<Pool>();
     for (const route of [...this.routes.values(), ...this.retiring]) used.add(route.pool);
     for (const [key, pool] of this.pools) {
       if (!used.has(pool)) {
         this.pools.delete(key);
+        this.destinations.get(key)?.close();
+        this.destinations.delete(key);
         void pool.close();
         this.log.info({ pool: pool.name }, 'pool closed: no route uses it');
       }
@@ -270,6 +350,7 @@ export class App {
       await closed;
     }
     await Promise.all([...this.pools.values()].map((pool) => pool.destroy()));
+    for (const destination of this.destinations.values()) destination.close();
     await this.admin?.close();
     this.state = 'stopped';
     this.log.info('stopped');
@@ -312,6 +393,15 @@ export class App {
               observer: this.metrics.httpObserver(routeConfig.name, pool.name),
             })
           : undefined,
+      tls:
+        routeConfig.tls === undefined
+          ? undefined
+          : new TlsTermination({
+              route: routeConfig.name,
+              settings: routeConfig.tls,
+              logger: this.log.child({ route: routeConfig.name }),
+              observer: this.options.tlsObserver ?? NO_TLS_OBSERVER,
+            }),
     });
   }
 
@@ -319,19 +409,31 @@ export class App {
     const key = destinationKey(route);
     let pool = this.pools.get(key);
     if (pool === undefined) {
-      const endpoints = route.upstream.addresses.map((text) => parseAddress(text) as Address);
+      // Readable (`db:5432+tls`) unless another pool to the same endpoints has it already.
+      const readable = destinationName(route);
+      const name = [...this.pools.values()].some((p) => p.name === readable) ? key : readable;
+      const log = this.log.child({ pool: name });
+      const destination = new Destination(
+        name,
+        route,
+        log,
+        this.metrics.destinationObserver(name),
+        this.options.tlsObserver,
+      );
       pool = new Pool({
-        name: key,
+        name,
         ...route.pool,
-        connector: new Dialer({ endpoints, connectTimeout: route.pool.connectTimeout }),
-        logger: this.log.child({ pool: key }),
-        observer: this.metrics.poolObserver(key),
+        connector: destination.dialer,
+        logger: log,
+        observer: this.metrics.poolObserver(name),
         // Bytes on an idle http link are a broken upstream, not a greeting to replay; and
         // reused links are taken newest first, so that the excess idles out.
         keepIdleBytes: route.mode !== 'http',
         newestIdleFirst: route.mode === 'http',
       });
+      destination.attach(pool);
       this.pools.set(key, pool);
+      this.destinations.set(key, destination);
     }
     return pool;
   }
@@ -343,7 +445,8 @@ function sameShape(a: RouteConfig, b: RouteConfig): boolean {
     a.listen === b.listen &&
     a.mode === b.mode &&
     destinationKey(a) === destinationKey(b) &&
-    (a.mode !== 'http' || isDeepStrictEqual(httpSettings(a), httpSettings(b)))
+    (a.mode !== 'http' || isDeepStrictEqual(httpSettings(a), httpSettings(b))) &&
+    isDeepStrictEqual(a.tls, b.tls)
   );
 }
 

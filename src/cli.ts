@@ -4,6 +4,7 @@ import YAML from 'yaml';
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { App } from './app.js';
+import { parseDuration } from './config/duration.js';
 import { loadConfig, type ConfigFlags } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { ConfigError, SidepoolError, describe } from './errors.js';
@@ -155,7 +156,69 @@ export async function main(argv: string[]): Promise<number> {
         code = await check(args);
       },
     )
-    .demandCommand(1, 'give a command: run or check')
+    .command(
+      'demo',
+      'start a TLS upstream behind a simulated round trip and show what a warm sidepool saves',
+      (y) =>
+        y
+          .option('rtt', {
+            type: 'string',
+            default: '20ms',
+            describe: 'simulated round trip to the upstream',
+          })
+          .option('requests', {
+            type: 'number',
+            default: 100,
+            describe: 'requests per run, a new connection each',
+          })
+          .option('concurrency', {
+            type: 'number',
+            default: 4,
+            describe: 'requests in flight at once',
+          })
+          .option('admin', {
+            type: 'string',
+            default: '127.0.0.1:0',
+            describe: 'admin listen address',
+          })
+          .option('keep', {
+            type: 'boolean',
+            default: false,
+            describe: 'leave the proxy and upstream running',
+          }),
+      async (args) => {
+        const rttMs = parseDuration(args.rtt);
+        if (rttMs === undefined) {
+          process.stderr.write(
+            `sidepool demo: --rtt: expected a duration such as 20ms, got "${args.rtt}"\n`,
+          );
+          code = EXIT_CONFIG;
+          return;
+        }
+        if (
+          !Number.isInteger(args.requests) ||
+          args.requests < 1 ||
+          !Number.isInteger(args.concurrency) ||
+          args.concurrency < 1
+        ) {
+          process.stderr.write(
+            'sidepool demo: --requests and --concurrency must be whole numbers of at least 1\n',
+          );
+          code = EXIT_CONFIG;
+          return;
+        }
+        // Loaded on demand: the demo's certificate library has no place in a running proxy.
+        const { runDemo } = await import('./demo/demo.js');
+        code = await runDemo({
+          rttMs,
+          requests: args.requests,
+          concurrency: args.concurrency,
+          keep: args.keep,
+          admin: args.admin,
+        });
+      },
+    )
+    .demandCommand(1, 'give a command: run, check or demo')
     .fail((msg, err) => {
       if (err) throw err;
       process.stderr.write(`sidepool: ${msg}\nrun "sidepool --help" for usage\n`);

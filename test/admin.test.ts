@@ -2,7 +2,14 @@ import net from 'node:net';
 import t from 'tap';
 import { startProxy } from './helpers/app.js';
 import { metric, parseMetrics, request } from './helpers/http.js';
-import { connectAndWaitClose, roundTrip, sleep, startEcho, until } from './helpers/util.js';
+import {
+  connectAndWaitClose,
+  roundTrip,
+  sleep,
+  startEcho,
+  startServer,
+  until,
+} from './helpers/util.js';
 
 const ADMIN = { admin: { listen: '127.0.0.1:0' } };
 
@@ -119,11 +126,10 @@ void t.test('bytes of a long session are counted while it runs', async (t) => {
 });
 
 void t.test('refusals are counted by reason', async (t) => {
-  const dead = await startEcho();
-  const port = dead.port;
-  await dead.close();
+  const upstream = await startServer(() => {}); // holds every connection open
+  t.teardown(() => upstream.close());
   const proxy = await startProxy(
-    `127.0.0.1:${port}`,
+    upstream.address,
     { minIdle: 0, maxSize: 1, maxWaiters: 1, acquireTimeout: 150 },
     {},
     ADMIN,
@@ -131,6 +137,9 @@ void t.test('refusals are counted by reason', async (t) => {
   t.teardown(() => proxy.app.stop(100));
   const admin = proxy.app.admin?.port as number;
   const pool = proxy.pool.name;
+  const holder = net.connect(proxy.port, '127.0.0.1');
+  holder.on('error', () => {});
+  await until(() => proxy.pool.stats().active === 1);
   const queued = connectAndWaitClose(proxy.port);
   await until(() => proxy.pool.stats().waiters === 1);
   await connectAndWaitClose(proxy.port); // the queue is full
@@ -138,12 +147,31 @@ void t.test('refusals are counted by reason', async (t) => {
   const m = await scrape(admin);
   t.equal(metric(m, 'sidepool_pool_acquires_total', { pool, result: 'timeout' }), 1);
   t.equal(metric(m, 'sidepool_pool_acquires_total', { pool, result: 'overflow' }), 1);
-  t.ok(
-    (metric(m, 'sidepool_upstream_connects_total', {
-      pool,
-      endpoint: `127.0.0.1:${port}`,
-      result: 'error',
-    }) ?? 0) >= 1,
+  holder.destroy();
+});
+
+void t.test('a down upstream: dial errors and fail-fast refusals are counted', async (t) => {
+  const dead = await startEcho();
+  const port = dead.port;
+  await dead.close();
+  const proxy = await startProxy(`127.0.0.1:${port}`, { minIdle: 1 }, {}, ADMIN);
+  t.teardown(() => proxy.app.stop(100));
+  const admin = proxy.app.admin?.port as number;
+  const pool = proxy.pool.name;
+  await until(() => proxy.pool.totals.dialFailures > 0);
+  await connectAndWaitClose(proxy.port);
+  const m = await scrape(admin);
+  t.equal(metric(m, 'sidepool_pool_acquires_total', { pool, result: 'failed' }), 1);
+  const errors = metric(m, 'sidepool_upstream_connects_total', {
+    pool,
+    endpoint: `127.0.0.1:${port}`,
+    result: 'error',
+  });
+  t.ok((errors ?? 0) >= 1);
+  t.equal(
+    metric(m, 'sidepool_endpoint_up', { pool, endpoint: `127.0.0.1:${port}` }),
+    1,
+    'a single endpoint is never ejected (maxEjectedPercent)',
   );
 });
 
@@ -158,7 +186,7 @@ void t.test('/pools and /config', async (t) => {
   t.match(pools, [
     {
       pool: upstream.address,
-      destination: [upstream.address],
+      destination: upstream.address,
       routes: ['test'],
       warm: true,
       idle: 2,

@@ -92,9 +92,34 @@ void t.test('defaults are filled and the result is frozen', (t) => {
 
 void t.test('the upstream forms', (t) => {
   const one = parseConfig({ routes: [{ listen: ':1', upstream: { address: 'a:1' } }] });
-  t.same(one.routes[0]?.upstream, { addresses: ['a:1'] });
-  const many = parseConfig({ routes: [{ listen: ':1', upstream: { addresses: ['a:1', 'b:2'] } }] });
-  t.same(many.routes[0]?.upstream, { addresses: ['a:1', 'b:2'] });
+  t.same(one.routes[0]?.upstream, {
+    addresses: ['a:1'],
+    dnsRefresh: 30_000,
+    balance: 'least-active',
+  });
+  const many = parseConfig({
+    routes: [{ listen: ':1', upstream: { addresses: ['a:1', 'b:2'], balance: 'round-robin' } }],
+  });
+  t.same(many.routes[0]?.upstream, {
+    addresses: ['a:1', 'b:2'],
+    dnsRefresh: 30_000,
+    balance: 'round-robin',
+  });
+  const dns = parseConfig({
+    routes: [
+      {
+        listen: ':1',
+        upstream: { dns: 'redis.ns.svc:6379', dnsRefresh: '5s', resolvers: ['127.0.0.1:53'] },
+      },
+    ],
+  });
+  t.same(dns.routes[0]?.upstream, {
+    addresses: [],
+    dns: 'redis.ns.svc:6379',
+    dnsRefresh: 5000,
+    resolvers: ['127.0.0.1:53'],
+    balance: 'least-active',
+  });
   t.end();
 });
 
@@ -130,11 +155,11 @@ void t.test('every error names its path', (t) => {
   ]);
   t.match(issuesOf({ routes: [{ listen: ':1', upstream: { adress: 'a:1' } }] }), [
     { path: 'routes[0].upstream.adress', message: 'unknown key' },
-    { path: 'routes[0].upstream', message: 'expected "address" or "addresses"' },
+    { path: 'routes[0].upstream', message: 'expected "address", "addresses" or "dns"' },
   ]);
   t.match(
     issuesOf({ routes: [{ listen: ':1', upstream: { address: 'a:1', addresses: ['b:1'] } }] }),
-    [{ path: 'routes[0].upstream', message: /not both/ }],
+    [{ path: 'routes[0].upstream', message: /give one of/ }],
   );
   t.match(issuesOf({ routes: [{ listen: ':1', upstream: { addresses: [] } }] }), [
     { path: 'routes[0].upstream.addresses', message: /at least one/ },
@@ -146,6 +171,53 @@ void t.test('every error names its path', (t) => {
     { path: 'admin.listen', message: /host:port/ },
   ]);
   t.match(issuesOf({ ...minimal, admin: true }), [{ path: 'admin' }]);
+  t.end();
+});
+
+void t.test('health, outlier and readiness settings', (t) => {
+  const route = parseConfig({
+    routes: [
+      { listen: ':1', upstream: 'a:1', health: { probe: 'redis' }, readyWhen: 'upstreamHealthy' },
+    ],
+  }).routes[0];
+  t.same(route?.health, {
+    interval: 10_000,
+    timeout: 2000,
+    healthyThreshold: 2,
+    unhealthyThreshold: 3,
+    probe: 'redis',
+  });
+  t.same(route?.outlier, {
+    consecutiveFailures: 5,
+    baseEjectionTime: 30_000,
+    maxEjectionTime: 300_000,
+    maxEjectedPercent: 50,
+  });
+  t.equal(route?.readyWhen, 'upstreamHealthy');
+  const probes = [
+    'tcp',
+    { send: 'PING\r\n', expect: '+PONG' },
+    { send: 'x', expect: '/^ok/' },
+    { http: { path: '/healthz', expectStatus: 204 } },
+  ];
+  for (const probe of probes)
+    parseConfig({ routes: [{ listen: ':1', upstream: 'a:1', health: { probe } }] });
+  t.match(issuesOf({ routes: [{ listen: ':1', upstream: 'a:1', health: { probe: 'udp' } }] }), [
+    { path: 'routes[0].health.probe', message: /expected tcp, redis/ },
+  ]);
+  t.match(
+    issuesOf({ routes: [{ listen: ':1', upstream: 'a:1', outlier: { maxEjectedPercent: 150 } }] }),
+    [{ path: 'routes[0].outlier.maxEjectedPercent' }],
+  );
+  t.match(
+    issuesOf({
+      routes: [
+        { name: 'a', listen: ':1', upstream: 'x:1', health: { probe: 'tcp' } },
+        { name: 'b', listen: ':2', upstream: 'x:1' },
+      ],
+    }),
+    [{ path: 'routes[1].health', message: /same upstream/ }],
+  );
   t.end();
 });
 
@@ -172,6 +244,13 @@ void t.test('rules across fields', (t) => {
     2,
     'the default minIdle never exceeds maxSize',
   );
+  // upstream.host rewrites one route's requests; it does not split the pool.
+  parseConfig({
+    routes: [
+      { name: 'a', listen: ':1', mode: 'http', upstream: { address: 'x:1', host: 'a.example' } },
+      { name: 'b', listen: ':2', mode: 'http', upstream: { address: 'x:1', host: 'b.example' } },
+    ],
+  });
   // Same upstream, same pool settings: one shared pool, no error.
   parseConfig({
     routes: [

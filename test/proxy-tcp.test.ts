@@ -75,16 +75,16 @@ void t.test('the upstream closing idle links: no client is handed a dead link', 
 });
 
 void t.test(
-  'an unreachable upstream: the client is closed at acquireTimeout and it is logged',
+  'an unreachable upstream: clients fail fast, it is logged, the pool keeps retrying',
   async (t) => {
     const dead = await startEcho();
     const port = dead.port;
     await dead.close();
-    const proxy = await startProxy(`127.0.0.1:${port}`, { minIdle: 1, acquireTimeout: 200 });
+    const proxy = await startProxy(`127.0.0.1:${port}`, { minIdle: 1, acquireTimeout: 5000 });
     t.teardown(() => proxy.app.stop(100));
+    await until(() => proxy.lines.some((l) => l.msg === 'dial failed'));
     const result = await connectAndWaitClose(proxy.port);
-    t.ok(result.ms >= 180, `closed after the acquire timeout (${result.ms}ms)`);
-    t.ok(result.ms < 2000);
+    t.ok(result.ms < 1000, `closed at once, not after acquireTimeout (${result.ms}ms)`);
     t.ok(
       proxy.lines.some(
         (l) =>
@@ -95,12 +95,34 @@ void t.test(
     );
     t.ok(
       proxy.lines.some(
-        (l) =>
-          l.msg === 'downstream closed without a link' && l.code === 'SIDEPOOL_ACQUIRE_TIMEOUT',
+        (l) => l.msg === 'downstream closed without a link' && l.code === 'SIDEPOOL_UPSTREAM_DOWN',
       ),
     );
+    // The upstream comes back on the same port: the pool's retries find it.
+    const back = await startServer((socket) => socket.pipe(socket), port);
+    t.teardown(() => back.close());
+    await until(() => proxy.pool.isWarm, 5000, 'warm again');
+    t.equal((await roundTrip(proxy.port, 'back')).toString(), 'back');
   },
 );
+
+void t.test('a downstream queued past acquireTimeout is closed, and it is logged', async (t) => {
+  const upstream = await startServer(() => {}); // holds every connection open
+  t.teardown(() => upstream.close());
+  const proxy = await startProxy(upstream.address, { minIdle: 0, maxSize: 1, acquireTimeout: 200 });
+  t.teardown(() => proxy.app.stop(100));
+  const holder = net.connect(proxy.port, '127.0.0.1');
+  holder.on('error', () => {});
+  await until(() => proxy.pool.stats().active === 1);
+  const result = await connectAndWaitClose(proxy.port);
+  t.ok(result.ms >= 180 && result.ms < 2000, `closed after the acquire timeout (${result.ms}ms)`);
+  t.ok(
+    proxy.lines.some(
+      (l) => l.msg === 'downstream closed without a link' && l.code === 'SIDEPOOL_ACQUIRE_TIMEOUT',
+    ),
+  );
+  holder.destroy();
+});
 
 void t.test('a full queue closes new downstreams at once', async (t) => {
   const upstream = await startServer(() => {}); // holds every connection open

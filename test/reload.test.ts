@@ -154,7 +154,7 @@ void t.test('an invalid config is rejected and the running config kept', async (
   t.equal(result.ok, false);
   t.match(result.problems, [
     /adress: unknown key/,
-    /expected "address" or "addresses"/,
+    /expected "address", "addresses" or "dns"/,
     /bogus: unknown key/,
   ]);
   t.ok(

@@ -1,14 +1,17 @@
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { CounterFamily, HistogramFamily } from './hot-metrics.js';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { CounterFamily, HistogramFamily, type HotCounter } from './hot-metrics.js';
 import type { Pool, PoolObserver } from '../pool/pool.js';
 import { HTTP_FAILURES, type HttpObserver } from '../proxy/http/observer.js';
 import type { Route, RouteObserver } from '../proxy/route.js';
+import type { DestinationObserver } from '../upstream/destination.js';
 
 /** What the metrics read at scrape time: the live pools and routes, and the drain state. */
 export interface MetricsSource {
   pools(): Iterable<Pool>;
   routes(): Iterable<Route>;
   isDraining(): boolean;
+  /** Every endpoint of every pool, and whether it takes dials now. */
+  endpoints?(): Iterable<{ pool: string; endpoint: string; up: boolean }>;
   /** Certificate expiry times (seconds since the epoch) by owner (route or pool) and role. */
   certificateExpiries?(): Iterable<{
     owner: string;
@@ -74,49 +77,43 @@ export class Metrics {
     },
   });
 
-  private readonly acquireSeconds = new Histogram({
-    name: 'sidepool_pool_acquire_seconds',
-    help: 'Time a downstream waited for a link.',
-    labelNames: ['pool'] as const,
-    buckets: ACQUIRE_BUCKETS,
-    registers: [this.registry],
-  });
+  private readonly acquireSeconds = new HistogramFamily(
+    'sidepool_pool_acquire_seconds',
+    'Time a downstream waited for a link.',
+    ACQUIRE_BUCKETS,
+    this.registry,
+  );
 
-  private readonly acquires = new Counter({
-    name: 'sidepool_pool_acquires_total',
-    help: 'Link acquisitions by result: idle (at once), dialed (waited for a dial), timeout, overflow (queue full), aborted (the downstream left), failed (pool closed or failing fast).',
-    labelNames: ['pool', 'result'] as const,
-    registers: [this.registry],
-  });
+  private readonly acquires = new CounterFamily(
+    'sidepool_pool_acquires_total',
+    'Link acquisitions by result: idle (at once), dialed (waited for a dial), timeout, overflow (queue full), aborted (the downstream left), failed (pool closed or failing fast).',
+    this.registry,
+  );
 
-  private readonly upstreamConnects = new Counter({
-    name: 'sidepool_upstream_connects_total',
-    help: 'Upstream dials by endpoint and result.',
-    labelNames: ['pool', 'endpoint', 'result'] as const,
-    registers: [this.registry],
-  });
+  private readonly upstreamConnects = new CounterFamily(
+    'sidepool_upstream_connects_total',
+    'Upstream dials by endpoint and result.',
+    this.registry,
+  );
 
-  private readonly connectSeconds = new Histogram({
-    name: 'sidepool_upstream_connect_seconds',
-    help: 'Time to dial an upstream link (TCP connect plus TLS handshake).',
-    labelNames: ['pool'] as const,
-    buckets: CONNECT_BUCKETS,
-    registers: [this.registry],
-  });
+  private readonly connectSeconds = new HistogramFamily(
+    'sidepool_upstream_connect_seconds',
+    'Time to dial an upstream link (TCP connect plus TLS handshake).',
+    CONNECT_BUCKETS,
+    this.registry,
+  );
 
-  private readonly evictions = new Counter({
-    name: 'sidepool_pool_evictions_total',
-    help: 'Links closed by the pool or lost, by reason.',
-    labelNames: ['pool', 'reason'] as const,
-    registers: [this.registry],
-  });
+  private readonly evictions = new CounterFamily(
+    'sidepool_pool_evictions_total',
+    'Links closed by the pool or lost, by reason.',
+    this.registry,
+  );
 
-  private readonly downstreamConnections = new Counter({
-    name: 'sidepool_downstream_connections_total',
-    help: 'Downstream connections accepted.',
-    labelNames: ['route'] as const,
-    registers: [this.registry],
-  });
+  private readonly downstreamConnections = new CounterFamily(
+    'sidepool_downstream_connections_total',
+    'Downstream connections accepted.',
+    this.registry,
+  );
 
   private readonly downstreamActive = new Gauge({
     name: 'sidepool_downstream_active',
@@ -138,30 +135,34 @@ export class Metrics {
     collect: () => this.flushBytes(),
   });
 
-  private readonly sessionSeconds = new Histogram({
-    name: 'sidepool_session_duration_seconds',
-    help: 'Downstream session duration, from accept to close.',
-    labelNames: ['route'] as const,
-    buckets: SESSION_BUCKETS,
-    registers: [this.registry],
-  });
+  private readonly sessionSeconds = new HistogramFamily(
+    'sidepool_session_duration_seconds',
+    'Downstream session duration, from accept to close.',
+    SESSION_BUCKETS,
+    this.registry,
+  );
 
-  /** Set by the health layer; declared here so that the names are stable from day one. */
-  readonly endpointUp = new Gauge({
+  private readonly endpointUp = new Gauge({
     name: 'sidepool_endpoint_up',
-    help: '1 when the endpoint is healthy, 0 when it is not.',
+    help: '1 when the endpoint takes new dials (healthy, not ejected), 0 when it does not.',
     labelNames: ['pool', 'endpoint'] as const,
     registers: [this.registry],
+    collect: () => {
+      this.endpointUp.reset();
+      for (const e of this.source?.endpoints?.() ?? []) {
+        this.endpointUp.set({ pool: e.pool, endpoint: e.endpoint }, e.up ? 1 : 0);
+      }
+    },
   });
 
-  readonly healthProbes = new Counter({
+  private readonly healthProbes = new Counter({
     name: 'sidepool_health_probes_total',
     help: 'Active health probes by result.',
     labelNames: ['pool', 'endpoint', 'result'] as const,
     registers: [this.registry],
   });
 
-  readonly ejections = new Counter({
+  private readonly ejections = new Counter({
     name: 'sidepool_endpoint_ejections_total',
     help: 'Endpoints ejected by outlier detection.',
     labelNames: ['pool', 'endpoint'] as const,
@@ -249,34 +250,42 @@ export class Metrics {
 
   /** An observer for one pool, with its label children bound now. */
   poolObserver(pool: string): PoolObserver {
+    const acquire = (result: string) => this.acquires.series({ pool, result });
     const acquired = {
-      idle: this.acquires.labels(pool, 'idle'),
-      dialed: this.acquires.labels(pool, 'dialed'),
-      timeout: this.acquires.labels(pool, 'timeout'),
-      overflow: this.acquires.labels(pool, 'overflow'),
-      aborted: this.acquires.labels(pool, 'aborted'),
-      failed: this.acquires.labels(pool, 'failed'),
+      idle: acquire('idle'),
+      dialed: acquire('dialed'),
+      timeout: acquire('timeout'),
+      overflow: acquire('overflow'),
+      aborted: acquire('aborted'),
+      failed: acquire('failed'),
     };
-    for (const child of Object.values(acquired)) child.inc(0);
-    const acquireSeconds = this.acquireSeconds.labels(pool);
-    const connectSeconds = this.connectSeconds.labels(pool);
+    const acquireSeconds = this.acquireSeconds.series({ pool });
+    const connectSeconds = this.connectSeconds.series({ pool });
+    const evict = (reason: string) => this.evictions.series({ pool, reason });
     const evicted = {
-      idle: this.evictions.labels(pool, 'idle'),
-      lifetime: this.evictions.labels(pool, 'lifetime'),
-      remote_closed: this.evictions.labels(pool, 'remote_closed'),
-      error: this.evictions.labels(pool, 'error'),
-      unhealthy: this.evictions.labels(pool, 'unhealthy'),
-      endpoint_removed: this.evictions.labels(pool, 'endpoint_removed'),
+      idle: evict('idle'),
+      lifetime: evict('lifetime'),
+      remote_closed: evict('remote_closed'),
+      error: evict('error'),
+      unhealthy: evict('unhealthy'),
+      endpoint_removed: evict('endpoint_removed'),
     };
-    for (const child of Object.values(evicted)) child.inc(0);
-    const connects = this.upstreamConnects;
+    // Endpoints come and go (DNS): their series are made on their first dial.
+    const connects = new Map<string, HotCounter>();
+    const family = this.upstreamConnects;
     return {
       acquired(result, waitedSeconds) {
         acquired[result].inc();
         acquireSeconds.observe(waitedSeconds);
       },
       dialed(result, endpoint, seconds) {
-        connects.inc({ pool, endpoint, result });
+        const key = `${endpoint} ${result}`;
+        let counter = connects.get(key);
+        if (counter === undefined) {
+          counter = family.series({ pool, endpoint, result });
+          connects.set(key, counter);
+        }
+        counter.inc();
         if (result === 'success') connectSeconds.observe(seconds);
       },
       evicted(reason) {
@@ -285,13 +294,26 @@ export class Metrics {
     };
   }
 
+  /** An observer of one destination's probes and ejections. */
+  destinationObserver(pool: string): DestinationObserver {
+    const probes = this.healthProbes;
+    const ejections = this.ejections;
+    return {
+      probed(endpoint, ok) {
+        probes.inc({ pool, endpoint: endpoint.name, result: ok ? 'success' : 'failure' });
+      },
+      ejected(endpoint) {
+        ejections.inc({ pool, endpoint: endpoint.name });
+      },
+    };
+  }
+
   /** An observer for one route, with its label children bound now. */
   routeObserver(route: string): RouteObserver {
-    const accepted = this.downstreamConnections.labels(route);
-    accepted.inc(0);
+    const accepted = this.downstreamConnections.series({ route });
     this.bytes.inc({ route, direction: 'upstream' }, 0);
     this.bytes.inc({ route, direction: 'downstream' }, 0);
-    const duration = this.sessionSeconds.labels(route);
+    const duration = this.sessionSeconds.series({ route });
     return {
       opened() {
         accepted.inc();

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { isDeepStrictEqual } from 'node:util';
 import YAML from 'yaml';
@@ -117,11 +118,43 @@ export async function loadConfig(
   return parseConfig(applyFlags(raw, flags));
 }
 
-/** The key that decides which routes share a pool: the same upstream addresses. */
+/** The key that decides which routes share a pool: the same upstream addresses or DNS name. */
 export function destinationKey(route: RouteConfig): string {
+  const tls = route.upstream.tls === undefined ? '' : `+tls:${tlsIdentity(route)}`;
   // A pool serves one mode: http links are reused across requests, tcp links never are.
   const mode = route.mode === 'tcp' ? '' : `+${route.mode}`;
-  return route.upstream.addresses.map(normaliseAddress).join(',') + mode;
+  if (route.upstream.dns !== undefined) {
+    return `dns:${normaliseAddress(route.upstream.dns)}${tls}${mode}`;
+  }
+  return route.upstream.addresses.map(normaliseAddress).join(',') + tls + mode;
+}
+
+/**
+ * The readable name of a route's pool, for logs and metrics: its endpoints, plus `+tls`
+ * when the links are TLS (e.g. `db.example.com:5432+tls`). Unlike the key, two pools to
+ * the same endpoints with different TLS settings share a name.
+ */
+export function destinationName(route: RouteConfig): string {
+  const key = destinationKey(route);
+  return route.upstream.tls === undefined ? key : key.slice(0, key.lastIndexOf('+tls:') + 4);
+}
+
+/**
+ * A short digest of everything that makes one TLS link differ from another (server name,
+ * CA, client certificate, versions, ALPN, verification), so that routes with different
+ * TLS settings never share links. File paths, not contents: contents may rotate.
+ */
+function tlsIdentity(route: RouteConfig): string {
+  return createHash('sha256').update(JSON.stringify(route.upstream.tls)).digest('hex').slice(0, 8);
+}
+
+/**
+ * What routes that share a pool must agree on. `upstream.host` is not among them: it is
+ * a per-route rewrite of requests, not a property of the links.
+ */
+function poolShape(route: RouteConfig): Record<'pool' | 'upstream' | 'health' | 'outlier', unknown> {
+  const { host: _host, ...upstream } = route.upstream;
+  return { pool: route.pool, upstream, health: route.health, outlier: route.outlier };
 }
 
 function normaliseAddress(text: string): string {
@@ -166,11 +199,18 @@ function crossFieldIssues(config: Config): ConfigIssue[] {
     const key = destinationKey(route);
     const poolAt = pools.get(key);
     if (poolAt === undefined) pools.set(key, i);
-    else if (!isDeepStrictEqual(config.routes[poolAt]?.pool, route.pool)) {
-      issues.push({
-        path: `${at}.pool`,
-        message: `routes[${poolAt}] has the same upstream (${key}) with other pool settings; routes to one upstream share one pool, so give them the same pool settings`,
-      });
+    else {
+      const mine = poolShape(route);
+      const theirs = poolShape(config.routes[poolAt] as RouteConfig);
+      const field = (['pool', 'upstream', 'health', 'outlier'] as const).find(
+        (f) => !isDeepStrictEqual(mine[f], theirs[f]),
+      );
+      if (field !== undefined) {
+        issues.push({
+          path: `${at}.${field}`,
+          message: `routes[${poolAt}] has the same upstream (${key}) with other ${field} settings; routes to one upstream share one pool, so give them the same ${field} settings`,
+        });
+      }
     }
   });
   return issues;

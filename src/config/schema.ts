@@ -1,3 +1,4 @@
+import { accessSync, constants } from 'node:fs';
 import { z } from 'zod';
 import { parseAddress } from './address.js';
 import { parseDuration } from './duration.js';
@@ -65,6 +66,81 @@ export const poolSchema = z
     ...pool,
   }));
 
+/** A file that must be readable when the config is loaded; relative to the working directory. */
+const readableFile = z
+  .string({ error: 'expected a file path' })
+  .min(1, 'expected a file path')
+  .superRefine((file, ctx) => {
+    try {
+      accessSync(file, constants.R_OK);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? 'EACCES';
+      ctx.addIssue({ code: 'custom', message: `cannot read ${file} (${code})` });
+    }
+  });
+
+const tlsVersion = z.enum(['TLSv1.2', 'TLSv1.3']);
+
+function certAndKeyTogether(value: { cert?: string; key?: string }, ctx: z.RefinementCtx): void {
+  if ((value.cert === undefined) !== (value.key === undefined)) {
+    ctx.addIssue({
+      code: 'custom',
+      path: [value.cert === undefined ? 'cert' : 'key'],
+      message: 'cert and key must be given together',
+    });
+  }
+}
+
+/** TLS to the upstream (origination). Verification is on unless insecureSkipVerify. */
+export const upstreamTlsSchema = z
+  .strictObject({
+    /** SNI and the name verified; default: the host of the address (or of `dns`). */
+    servername: z.string().min(1).optional(),
+    /** PEM bundle of trusted CAs; default: the system's. */
+    ca: readableFile.optional(),
+    /** Client certificate and key, for upstreams that require mTLS. */
+    cert: readableFile.optional(),
+    key: readableFile.optional(),
+    minVersion: tlsVersion.default('TLSv1.2'),
+    /** ALPN protocols offered, in order of preference. */
+    alpn: z.array(z.string().min(1).max(255)).min(1).optional(),
+    /** Replacement dials resume a cached TLS session instead of a full handshake. */
+    sessionResumption: z.boolean().default(true),
+    /** Encrypt without authenticating the upstream. Logged as a warning at start. */
+    insecureSkipVerify: z.boolean().default(false),
+  })
+  .superRefine(certAndKeyTogether);
+
+/** `tls: true` is shorthand for `tls: {}`: the system CAs, the address's host as the name. */
+const upstreamTls = z.preprocess(
+  (value) => (value === true ? {} : value === false ? undefined : value),
+  upstreamTlsSchema.optional(),
+);
+
+/** TLS on a route's listener (termination). */
+export const routeTlsSchema = z
+  .strictObject({
+    /** The certificate (and chain) the listener presents, and its key. */
+    cert: readableFile,
+    key: readableFile,
+    /** CAs whose client certificates are accepted. */
+    ca: readableFile.optional(),
+    /** mTLS: refuse downstreams without a certificate that `ca` verifies. */
+    requireClientCert: z.boolean().default(false),
+    minVersion: tlsVersion.default('TLSv1.2'),
+    /** A downstream that has not finished its handshake by then is closed. */
+    handshakeTimeout: duration.default(10_000),
+  })
+  .superRefine((value, ctx) => {
+    if (value.requireClientCert && value.ca === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['ca'],
+        message: 'requireClientCert needs ca: the CA that signs the client certificates',
+      });
+    }
+  });
+
 /** A Host field value: host (name or IP literal) and an optional port. */
 const HOST_VALUE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]+)(?::\d{1,5})?$/;
 
@@ -75,20 +151,32 @@ const upstreamObject = z
       .string()
       .regex(HOST_VALUE, 'expected a Host value such as api.example.com or 10.0.0.5:8080')
       .optional(),
+    /** One static endpoint. */
     address: address('upstream').optional(),
+    /** Several static endpoints. */
     addresses: z.array(address('upstream')).min(1, 'expected at least one address').optional(),
+    /** A DNS name (host:port) resolved, A and AAAA, at start and every dnsRefresh. */
+    dns: address('upstream').optional(),
+    dnsRefresh: duration.default(30_000),
+    /** DNS servers to ask (host:port); default: the system's. */
+    resolvers: z.array(address('upstream')).min(1).optional(),
+    /** How new dials are spread over healthy endpoints. */
+    balance: z.enum(['least-active', 'round-robin']).default('least-active'),
+    /** TLS to the upstream; plain TCP when not given. */
+    tls: upstreamTls,
   })
   .superRefine((value, ctx) => {
-    if (value.address === undefined && value.addresses === undefined) {
-      ctx.addIssue({ code: 'custom', message: 'expected "address" or "addresses"' });
+    const given = [value.address, value.addresses, value.dns].filter((v) => v !== undefined).length;
+    if (given === 0) {
+      ctx.addIssue({ code: 'custom', message: 'expected "address", "addresses" or "dns"' });
     }
-    if (value.address !== undefined && value.addresses !== undefined) {
-      ctx.addIssue({ code: 'custom', message: 'give "address" or "addresses", not both' });
+    if (given > 1) {
+      ctx.addIssue({ code: 'custom', message: 'give one of "address", "addresses" or "dns"' });
     }
   })
-  .transform((value) => ({
-    addresses: value.addresses ?? [value.address as string],
-    host: value.host,
+  .transform(({ address, addresses, ...rest }) => ({
+    addresses: addresses ?? (address === undefined ? [] : [address]),
+    ...rest,
   }));
 
 /** `upstream: host:port` is shorthand for `upstream: { address: host:port }`. */
@@ -96,6 +184,46 @@ export const upstreamSchema = z.preprocess(
   (value) => (typeof value === 'string' ? { address: value } : value),
   upstreamObject,
 );
+
+const probeSchema = z.union(
+  [
+    z.enum(['tcp', 'redis']),
+    z.strictObject({
+      /** Bytes to send. */
+      send: z.string(),
+      /** What the reply must start with; `/regex/` to match a pattern. */
+      expect: z.string().min(1),
+    }),
+    z.strictObject({
+      http: z.strictObject({
+        path: z.string().startsWith('/').default('/'),
+        expectStatus: count(100).max(599).default(200),
+        /** Host header; default: the endpoint address. */
+        host: z.string().optional(),
+      }),
+    }),
+  ],
+  { error: 'expected tcp, redis, { send, expect } or { http: { path, expectStatus } }' },
+);
+
+/** Active health probes, on their own connections. */
+export const healthSchema = z.strictObject({
+  interval: duration.default(10_000),
+  timeout: duration.default(2000),
+  healthyThreshold: count(1).default(2),
+  unhealthyThreshold: count(1).default(3),
+  probe: probeSchema.default('tcp'),
+});
+
+/** Passive outlier detection from dial failures, TLS failures and resets. */
+export const outlierSchema = z.strictObject({
+  /** Failures in a row that eject an endpoint; 0 turns ejection off. */
+  consecutiveFailures: count(0).default(5),
+  baseEjectionTime: duration.default(30_000),
+  maxEjectionTime: duration.default(300_000),
+  /** Never eject more than this share of a destination's endpoints. */
+  maxEjectedPercent: count(0).max(100).default(50),
+});
 
 /** Route keys that only http mode reads. */
 const HTTP_ONLY_KEYS = [
@@ -160,6 +288,8 @@ const routeObject = z.strictObject({
   /** What sidepool understands of the bytes. */
   mode: z.enum(['tcp', 'http']).default('tcp'),
   upstream: upstreamSchema,
+  /** TLS termination: downstreams speak TLS to the listener; plain TCP when not given. */
+  tls: routeTlsSchema.optional(),
   /** Downstream session idle timeout; 0 = none. */
   idleTimeout: duration.default(0),
   /** After one side's FIN, the other side must finish within this; 0 = none. */
@@ -176,6 +306,11 @@ const routeObject = z.strictObject({
   /** http mode: add X-Forwarded-For, X-Forwarded-Proto and Via. */
   forwardedHeaders: z.boolean().optional(),
   pool: poolSchema.prefault({}),
+  /** Active probes; off when not given (passive outlier detection is always on). */
+  health: healthSchema.optional(),
+  outlier: outlierSchema.prefault({}),
+  /** `/readyz` waits for the listener only, or also for a healthy upstream. */
+  readyWhen: z.enum(['listening', 'upstreamHealthy']).default('listening'),
 });
 
 export const routeSchema = routeObject.superRefine(httpOnlyKeys).transform(withHttpDefaults);

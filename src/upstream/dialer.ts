@@ -1,43 +1,91 @@
 import net from 'node:net';
-import { formatAddress, type Address } from '../config/address.js';
-import { ConnectError, ConnectTimeoutError } from '../errors.js';
+import type { Address } from '../config/address.js';
+import { formatAddress } from '../config/address.js';
+import { ConnectError, ConnectTimeoutError, NoHealthyEndpointError } from '../errors.js';
 import type { Connector, Dialed } from '../pool/pool.js';
+import type { Endpoint, EndpointSet } from './endpoints.js';
+import type { TlsOrigination } from './tls.js';
 
 export interface DialerOptions {
-  endpoints: readonly Address[];
+  /** The destination's readable name, for errors. */
+  name: string;
+  endpoints: EndpointSet;
   connectTimeout: number;
   /** TCP keep-alive probe delay on every upstream socket. */
   keepAliveDelay?: number;
+  /** TLS to the upstream: every connection is handshaken and verified before use. */
+  tls?: TlsOrigination;
 }
 
 /**
- * Makes links: picks the next endpoint (round-robin), connects with a timeout, and sets
- * the socket up for pooling (keep-alive, no Nagle delay, half-close allowed so that a
- * downstream FIN can be passed on as a FIN).
+ * Makes links: asks the endpoint set which endpoint is next, connects with a timeout,
+ * and sets the socket up for pooling (keep-alive, no Nagle delay, half-close allowed so
+ * that a downstream FIN can be passed on as a FIN). Reports each outcome to the endpoint
+ * set, which runs outlier detection on it.
  */
 export class Dialer implements Connector {
-  private readonly endpoints: readonly { address: Address; name: string }[];
+  readonly name: string;
+  readonly endpoints: EndpointSet;
   private readonly connectTimeout: number;
   private readonly keepAliveDelay: number;
-  private next = 0;
+  private readonly tls: TlsOrigination | undefined;
 
   constructor(options: DialerOptions) {
-    if (options.endpoints.length === 0) throw new RangeError('a dialer needs an endpoint');
-    this.endpoints = options.endpoints.map((address) => ({
-      address,
-      name: formatAddress(address),
-    }));
+    this.name = options.name;
+    this.endpoints = options.endpoints;
     this.connectTimeout = options.connectTimeout;
     this.keepAliveDelay = options.keepAliveDelay ?? 30_000;
+    this.tls = options.tls;
   }
 
-  dial(): Promise<Dialed> {
-    const endpoint = this.endpoints[this.next++ % this.endpoints.length] as {
-      address: Address;
-      name: string;
-    };
+  /**
+   * Dials the endpoint the balancer picks; when that fails, the next one, until each
+   * available endpoint was tried once: one dead endpoint costs a retry, not a failed dial.
+   */
+  async dial(): Promise<Dialed> {
+    const tried = new Set<Endpoint>();
+    let lastError: Error | undefined;
+    for (let endpoint = this.endpoints.pick(); endpoint; endpoint = this.endpoints.pick(tried)) {
+      tried.add(endpoint);
+      let socket: net.Socket;
+      try {
+        const refused = this.tls?.refusal(endpoint.name);
+        if (refused !== undefined) throw refused;
+        socket = await this.connect(endpoint.address);
+      } catch (err) {
+        this.endpoints.failed(endpoint, true);
+        lastError = err as Error;
+        continue;
+      }
+      this.endpoints.dialSucceeded(endpoint);
+      const connected = endpoint;
+      connected.links++;
+      socket.once('close', () => connected.links--);
+      return { socket, endpoint: connected.name };
+    }
+    throw lastError ?? new NoHealthyEndpointError(this.name);
+  }
+
+  /** No endpoint can be expected to take a dial now. */
+  isDown(): boolean {
+    return this.endpoints.allDown;
+  }
+
+  /** A link to `endpoint` broke (reset): counts toward its ejection. */
+  linkBroke(endpointName: string): void {
+    const endpoint = this.endpoints.find(endpointName);
+    if (endpoint !== undefined) this.endpoints.failed(endpoint, false);
+  }
+
+  /**
+   * One connection to one address, ready to carry bytes (TLS handshaken, when the
+   * upstream is TLS); also what active probes use. Rejects with ConnectTimeoutError,
+   * ConnectError or TlsHandshakeError.
+   */
+  connect(address: Address, timeoutMs = this.connectTimeout): Promise<net.Socket> {
+    const name = formatAddress(address);
+    const startedAt = performance.now();
     return new Promise((resolve, reject) => {
-      const { address, name } = endpoint;
       const socket =
         address.kind === 'unix'
           ? net.connect({ path: address.path, allowHalfOpen: true })
@@ -50,16 +98,24 @@ export class Dialer implements Connector {
               keepAliveInitialDelay: this.keepAliveDelay,
             });
       const timer =
-        this.connectTimeout > 0
+        timeoutMs > 0
           ? setTimeout(() => {
               cleanup();
               socket.destroy();
-              reject(new ConnectTimeoutError(name, this.connectTimeout));
-            }, this.connectTimeout)
+              reject(new ConnectTimeoutError(name, timeoutMs));
+            }, timeoutMs)
           : undefined;
       const onConnect = (): void => {
         cleanup();
-        resolve({ socket, endpoint: name });
+        if (this.tls === undefined) {
+          resolve(socket);
+          return;
+        }
+        // The connect timeout covers the handshake too: it gets what is left.
+        const left = timeoutMs > 0 ? Math.max(1, timeoutMs - (performance.now() - startedAt)) : 0;
+        this.tls
+          .handshake(socket, address, { timeoutMs: left, connectTimeoutMs: timeoutMs })
+          .then(resolve, reject);
       };
       const onError = (err: Error): void => {
         cleanup();

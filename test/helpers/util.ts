@@ -48,6 +48,8 @@ export interface TestServer {
 
 export async function startServer(
   handler: (socket: net.Socket, index: number) => void,
+  port = 0,
+  host = '127.0.0.1',
 ): Promise<TestServer> {
   const connections: net.Socket[] = [];
   const state = { accepted: 0 };
@@ -56,12 +58,12 @@ export async function startServer(
     connections.push(socket);
     handler(socket, state.accepted++);
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.address() as net.AddressInfo).port;
+  await new Promise<void>((resolve) => server.listen(port, host, resolve));
+  const bound = (server.address() as net.AddressInfo).port;
   return {
     server,
-    port,
-    address: `127.0.0.1:${port}`,
+    port: bound,
+    address: `${host}:${bound}`,
     connections,
     get accepted() {
       return state.accepted;
