@@ -152,7 +152,9 @@ function tlsIdentity(route: RouteConfig): string {
  * What routes that share a pool must agree on. `upstream.host` is not among them: it is
  * a per-route rewrite of requests, not a property of the links.
  */
-function poolShape(route: RouteConfig): Record<'pool' | 'upstream' | 'health' | 'outlier', unknown> {
+function poolShape(
+  route: RouteConfig,
+): Record<'pool' | 'upstream' | 'health' | 'outlier', unknown> {
   const { host: _host, ...upstream } = route.upstream;
   return { pool: route.pool, upstream, health: route.health, outlier: route.outlier };
 }
