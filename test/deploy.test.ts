@@ -14,7 +14,7 @@
 import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { cp, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
@@ -27,7 +27,15 @@ import type { IContainer } from 'kubernetes-models/v1/Container';
 import type { IPodSpec } from 'kubernetes-models/v1/PodSpec';
 import type { IProbe } from 'kubernetes-models/v1/Probe';
 import { parseDuration } from '../src/config/duration.js';
-import { poolSchema, routeSchema } from '../src/config/schema.js';
+import {
+  healthSchema,
+  outlierSchema,
+  poolSchema,
+  routeSchema,
+  routeTlsSchema,
+  upstreamSchema,
+  upstreamTlsSchema,
+} from '../src/config/schema.js';
 import { request } from './helpers/http.js';
 import { freePort } from './helpers/redis.js';
 
@@ -392,6 +400,21 @@ interface Effective {
 /** ConfigMap object → the effective config `sidepool check` printed for it. */
 const checked = new Map<K8sObject, Effective>();
 
+/** The TLS files a sidepool.yaml names (routes' `tls` and `upstream.tls`), with where. */
+function tlsFiles(config: unknown): Array<{ holder: Json; key: string; file: string }> {
+  const routes = isObject(config) && Array.isArray(config.routes) ? config.routes : [];
+  return routes
+    .filter(isObject)
+    .flatMap((route) => [route.tls, isObject(route.upstream) ? route.upstream.tls : undefined])
+    .filter(isObject)
+    .flatMap((holder) =>
+      ['cert', 'key', 'ca'].flatMap((key) => {
+        const file = holder[key];
+        return typeof file === 'string' ? [{ holder, key, file }] : [];
+      }),
+    );
+}
+
 void t.test('every sidepool.yaml in a ConfigMap passes `sidepool check`', async (t) => {
   const cli = path.join(ROOT, 'dist', 'cli.js');
   t.ok(existsSync(cli), 'dist/cli.js exists (npm run build)');
@@ -402,8 +425,22 @@ void t.test('every sidepool.yaml in a ConfigMap passes `sidepool check`', async 
       const data = object.data as Record<string, string> | undefined;
       const text = data?.['sidepool.yaml'];
       if (!t.type(text, 'string', `${render.source}: ${label(object)} has sidepool.yaml`)) return;
+      // `check` also verifies that each TLS file the config names is readable (no more: it
+      // does not parse them). In a pod they come from the Secrets of tlsSecrets, and the
+      // next test checks that each one is in a Secret mounted into the sidepool container.
+      // Here each is a placeholder file, at its path under a directory of this config's
+      // own, and the config handed to check names the placeholders. A config without TLS
+      // files is checked as rendered.
+      const config: unknown = YAML.parse(text!);
+      const files = tlsFiles(config);
+      for (const { holder, key, file } of files) {
+        const placeholder = path.join(tmp, `root-${i}`, file);
+        await mkdir(path.dirname(placeholder), { recursive: true });
+        await writeFile(placeholder, `not a certificate: a placeholder for ${file}\n`);
+        holder[key] = placeholder;
+      }
       const file = path.join(tmp, `config-${i}.yaml`);
-      await writeFile(file, text!);
+      await writeFile(file, files.length > 0 ? YAML.stringify(config) : text!);
       const out = await run(process.execPath, [cli, 'check', '--config', file], { env: cliEnv });
       if (
         t.equal(out.code, 0, `${render.source}: sidepool check`, {
@@ -473,6 +510,8 @@ function resolvePort(container: IContainer, port: number | string | undefined): 
 
 void t.test('sidepool containers: placement, probes, security, resources, config, drain', (t) => {
   let pods = 0;
+  /** Where TLS files were found in mounted Secrets: 'standalone', 'sidecar'. */
+  const tlsIn = new Set<string>();
   for (const render of renders) {
     for (const { owner, labels, annotations, spec } of podSpecs(render)) {
       const where = `${render.source}: ${label(owner)}`;
@@ -539,17 +578,27 @@ void t.test('sidepool containers: placement, probes, security, resources, config
       const config = checked.get(configMap!);
       if (!t.ok(config, `${where}: its config passed sidepool check`)) continue;
 
+      const text = (configMap!.data as Record<string, string>)['sidepool.yaml']!;
+
+      // TLS files: in a Secret (tlsSecrets) mounted read-only into the sidepool container.
+      for (const { file } of tlsFiles(YAML.parse(text))) {
+        const mount = sidepool.volumeMounts?.find(
+          (m) =>
+            file.startsWith(`${m.mountPath.replace(/\/$/, '')}/`) &&
+            m.readOnly === true &&
+            spec.volumes?.find((v) => v.name === m.name)?.secret?.secretName !== undefined,
+        );
+        t.ok(mount, `${where}: ${file} is in a Secret mounted read-only into sidepool's container`);
+        if (mount) tlsIn.add(sidecar ? 'sidecar' : 'standalone');
+      }
+
       // Config changes must roll the pods: kustomize hashes the ConfigMap's name, the
       // chart puts the config's checksum on the pod template.
       const checksum = annotations['checksum/sidepool-config'];
       if (render.source.startsWith('helm')) {
-        const text = (configMap!.data as Record<string, string>)['sidepool.yaml']!.replace(
-          /\n$/,
-          '',
-        );
         t.equal(
           checksum,
-          createHash('sha256').update(text).digest('hex'),
+          createHash('sha256').update(text.replace(/\n$/, '')).digest('hex'),
           `${where}: checksum annotation is the config's sha256`,
         );
       } else {
@@ -638,6 +687,11 @@ void t.test('sidepool containers: placement, probes, security, resources, config
     'every render with pods was checked',
   );
   t.ok(pods >= 7, `${pods} pods with sidepool checked`);
+  t.same(
+    [...tlsIn].sort(),
+    ['sidecar', 'standalone'],
+    'TLS files from mounted Secrets, in a standalone pool and in a sidecar',
+  );
   t.end();
 });
 
@@ -790,6 +844,21 @@ void t.test('helm chart: values that must be refused', async (t) => {
       error: /sidecar\.native needs Kubernetes >= 1\.29/,
     },
     {
+      name: 'an http-only key on a tcp route',
+      values: { config: { routes: [{ ...route, responseTimeout: '30s' }] } },
+      error: /responseTimeout/,
+    },
+    {
+      name: 'a TLS file by a relative path',
+      values: { config: { routes: [{ ...route, tls: { cert: 'tls.crt', key: '/tls/tls.key' } }] } },
+      error: /tls\.cert/,
+    },
+    {
+      name: 'a Secret mounted over the config',
+      values: { tlsSecrets: [{ name: 'redis-tls', mountPath: '/etc/sidepool/tls' }] },
+      error: /tlsSecrets\[0\]\.mountPath: \/etc\/sidepool\/tls overlaps \/etc\/sidepool/,
+    },
+    {
       name: 'a ServiceMonitor in sidecar mode',
       values: { mode: 'sidecar', metrics: { serviceMonitor: { enabled: true } } },
       error: /serviceMonitor needs mode: standalone/,
@@ -835,13 +904,24 @@ void t.test(
 );
 
 void t.test("the chart's values schema follows sidepool's config schema", async (t) => {
+  type Definition = { properties?: Json; anyOf?: Definition[] };
   const schema = JSON.parse(await readFile(path.join(CHART, 'values.schema.json'), 'utf8')) as {
-    definitions: { pool: { properties: Json }; route: { properties: Json } };
+    definitions: Record<string, Definition | undefined>;
+  };
+  /** A definition's properties; for `upstream` (host:port or an object), the object's. */
+  const properties = (name: string): Json => {
+    const definition = schema.definitions[name];
+    return definition?.properties ?? definition?.anyOf?.find((d) => d.properties)?.properties ?? {};
   };
   // The chart's `port` becomes sidepool's `listen`.
   const pairs = [
-    { what: 'pool', chart: schema.definitions.pool.properties, sidepool: poolSchema },
-    { what: 'route', chart: schema.definitions.route.properties, sidepool: routeSchema },
+    { what: 'pool', chart: properties('pool'), sidepool: poolSchema },
+    { what: 'route', chart: properties('route'), sidepool: routeSchema },
+    { what: 'route tls', chart: properties('routeTls'), sidepool: routeTlsSchema },
+    { what: 'upstream', chart: properties('upstream'), sidepool: upstreamSchema },
+    { what: 'upstream tls', chart: properties('upstreamTls'), sidepool: upstreamTlsSchema },
+    { what: 'health', chart: properties('health'), sidepool: healthSchema },
+    { what: 'outlier', chart: properties('outlier'), sidepool: outlierSchema },
   ];
   for (const { what, chart, sidepool } of pairs) {
     const chartKeys = Object.keys(chart).map((k) => (k === 'port' ? 'listen' : k));
@@ -849,17 +929,21 @@ void t.test("the chart's values schema follows sidepool's config schema", async 
     const unknown = chartKeys.filter((k) => !sidepoolKeys.includes(k));
     t.same(unknown, [], `every ${what} key the chart offers is one sidepool knows`);
     const missing = sidepoolKeys.filter((k) => !chartKeys.includes(k));
-    t.same(missing, [], `the chart offers every ${what} key`, {
-      todo: missing.length > 0 && `add ${missing.join(', ')} to helm/sidepool/values.schema.json`,
-    });
+    t.same(missing, [], `the chart offers every ${what} key (helm/sidepool/values.schema.json)`);
   }
 });
 
 /** The keys of a zod object schema, through transforms, defaults and the like. */
 function keysOf(schema: unknown): string[] {
-  const s = schema as { shape?: Json; in?: unknown; def?: { innerType?: unknown } };
+  const s = schema as {
+    shape?: Json;
+    in?: { def?: { type?: string } };
+    out?: unknown;
+    def?: { innerType?: unknown };
+  };
   if (s.shape) return Object.keys(s.shape);
-  if (s.in) return keysOf(s.in);
+  // A pipe: its input's keys, or after z.preprocess (a transform, then the object) its output's.
+  if (s.in) return keysOf(s.in.def?.type === 'transform' ? s.out : s.in);
   if (s.def?.innerType) return keysOf(s.def.innerType);
   throw new Error('not an object schema');
 }

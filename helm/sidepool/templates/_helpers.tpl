@@ -78,12 +78,27 @@ app) adds that: {{ add 15 (include "sidepool.terminationGracePeriodSeconds" $ctx
 {{- end }}
 {{- end }}
 
-{{/* The sidepool.yaml that goes into the ConfigMap. */}}
+{{/*
+The sidepool.yaml that goes into the ConfigMap. It also refuses what would break the pod:
+two routes with one name or port, and tlsSecrets mountPaths that overlap each other or
+/etc/sidepool (here, because the ConfigMap is rendered in both modes).
+*/}}
 {{- define "sidepool.config" -}}
 {{- $config := .Values.config }}
 {{- $host := ternary "127.0.0.1" "0.0.0.0" (eq .Values.mode "sidecar") }}
 {{- $names := dict "sidepool-admin" "the admin port's name" }}
 {{- $ports := dict (toString $config.admin.port) "the admin port" }}
+{{- $mounts := dict "/etc/sidepool" "the config's mountPath" }}
+{{- range $i, $secret := .Values.tlsSecrets }}
+{{- $at := printf "tlsSecrets[%d].mountPath" $i }}
+{{- $path := trimSuffix "/" $secret.mountPath }}
+{{- range $other, $what := $mounts }}
+{{- if or (eq $path $other) (hasPrefix (printf "%s/" $other) $path) (hasPrefix (printf "%s/" $path) $other) }}
+{{- fail (printf "%s: %s overlaps %s (%s)" $at $secret.mountPath $other $what) }}
+{{- end }}
+{{- end }}
+{{- $_ := set $mounts $path (printf "the mountPath of tlsSecrets[%d]" $i) }}
+{{- end }}
 {{- $routes := list }}
 {{- range $i, $route := $config.routes }}
 {{- $at := printf "config.routes[%d]" $i }}
@@ -104,6 +119,15 @@ app) adds that: {{ add 15 (include "sidepool.terminationGracePeriodSeconds" $ctx
 {{- end }}
 {{- $file := dict "admin" (dict "listen" (printf "0.0.0.0:%d" (int $config.admin.port))) "log" $config.log "drain" $config.drain "routes" $routes }}
 {{- toYaml $file }}
+{{- end }}
+
+{{/* A route's upstream, for NOTES.txt: its address(es) or DNS name, and whether TLS. */}}
+{{- define "sidepool.upstreamText" -}}
+{{- if kindIs "string" . }}{{ . }}
+{{- else }}
+{{- if .dns }}{{ .dns }} (DNS){{ else if .address }}{{ .address }}{{ else }}{{ join ", " .addresses }}{{ end }}
+{{- if .tls }} (TLS){{ end }}
+{{- end }}
 {{- end }}
 
 {{/* Pod annotations: the config checksum (rolls the pods on change) and scraping. */}}
@@ -188,12 +212,22 @@ prometheus.io/path: /metrics
     - name: sidepool-config
       mountPath: /etc/sidepool
       readOnly: true
+    {{- range $i, $secret := .Values.tlsSecrets }}
+    - name: sidepool-tls-{{ $i }}
+      mountPath: {{ $secret.mountPath | quote }}
+      readOnly: true
+    {{- end }}
 {{- end }}
 
 {{- define "sidepool.volumes" -}}
 - name: sidepool-config
   configMap:
     name: {{ include "sidepool.fullname" . }}
+{{- range $i, $secret := .Values.tlsSecrets }}
+- name: sidepool-tls-{{ $i }}
+  secret:
+    secretName: {{ $secret.name | quote }}
+{{- end }}
 {{- end }}
 
 {{- define "sidepool.requireSidecarMode" -}}
