@@ -47,18 +47,36 @@ export class DelayRelay {
     this.pipe(upstream, client, 0);
   };
 
-  /** Forwards `from` → `to`, each chunk (and the FIN) half a round trip later, in order. */
+  /**
+   * Forwards `from` → `to`, each chunk (and the FIN) half a round trip later, in order.
+   * One queue and one timer per direction: a timer per chunk could fire out of order
+   * under load (timers count from the loop's cached clock), putting a FIN before data.
+   */
   private pipe(from: net.Socket, to: net.Socket, notBefore: number): void {
-    let lastAt = 0;
+    const queue: Array<{ at: number; action: () => void }> = [];
+    let timer: NodeJS.Timeout | undefined;
+    const run = (): void => {
+      if (timer !== undefined) this.timers.delete(timer);
+      timer = undefined;
+      const now = Date.now();
+      while (queue.length > 0 && (queue[0] as { at: number }).at <= now) {
+        const { action } = queue.shift() as { action: () => void };
+        if (!to.destroyed) action();
+      }
+      if (queue.length > 0 && !this.closed) {
+        timer = setTimeout(run, (queue[0] as { at: number }).at - now);
+        this.timers.add(timer);
+      }
+    };
     const later = (action: () => void): void => {
       if (this.closed) return;
-      const at = Math.max(Date.now(), notBefore, lastAt) + this.rttMs / 2;
-      lastAt = at;
-      const timer = setTimeout(() => {
-        this.timers.delete(timer);
-        if (!to.destroyed) action();
-      }, at - Date.now());
-      this.timers.add(timer);
+      const last = queue.length > 0 ? (queue[queue.length - 1] as { at: number }).at : 0;
+      const at = Math.max(Date.now(), notBefore, last) + this.rttMs / 2;
+      queue.push({ at, action });
+      if (timer === undefined) {
+        timer = setTimeout(run, at - Date.now());
+        this.timers.add(timer);
+      }
     };
     from.on('data', (chunk: Buffer) => later(() => to.write(chunk)));
     from.on('end', () => later(() => to.end()));

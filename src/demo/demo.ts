@@ -27,6 +27,8 @@ export interface DemoOptions {
 interface RunResult {
   latencies: number[];
   failures: number;
+  /** Why the first failed request failed. */
+  firstFailure?: string;
   upstream: UpstreamCounts;
 }
 
@@ -155,6 +157,7 @@ async function measure(
   const start = { ...upstream.counts };
   const latencies: number[] = [];
   let failures = 0;
+  let firstFailure: string | undefined;
   let next = 0;
   const progress = new Progress(out, label, options.requests);
   const worker = async (): Promise<void> => {
@@ -162,17 +165,19 @@ async function measure(
       next++;
       try {
         latencies.push(await oneRequest(connect));
-      } catch {
+      } catch (err) {
         failures++;
+        firstFailure ??= describe(err);
       }
       progress.tick();
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, options.concurrency) }, worker));
-  progress.done(failures);
+  progress.done(failures, firstFailure);
   return {
     latencies,
     failures,
+    firstFailure,
     upstream: {
       connections: upstream.counts.connections - start.connections,
       fullHandshakes: upstream.counts.fullHandshakes - start.fullHandshakes,
@@ -309,8 +314,9 @@ class Progress {
     if (this.tty) this.out.write(`\r${this.label}: ${this.count}/${this.total}`);
   }
 
-  done(failures: number): void {
-    const text = `${this.label}: ${this.count} requests done${failures > 0 ? `, ${failures} failed` : ''}`;
+  done(failures: number, firstFailure?: string): void {
+    const failed = failures > 0 ? `, ${failures} failed (the first: ${firstFailure})` : '';
+    const text = `${this.label}: ${this.count} requests done${failed}`;
     this.out.write(this.tty ? `\r${text}\x1b[K\n` : `${text}\n`);
   }
 }
