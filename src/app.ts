@@ -13,7 +13,7 @@ import { httpSessionFactory, httpSettings } from './proxy/http/mode.js';
 import { Route } from './proxy/route.js';
 import { TlsTermination } from './proxy/tls-listener.js';
 import { earliestExpiries, type CertificateOwner } from './tls/material.js';
-import { NO_TLS_OBSERVER, type TlsObserver } from './tls/observer.js';
+import type { TlsObserver } from './tls/observer.js';
 import { Destination } from './upstream/destination.js';
 
 type AppState = 'new' | 'running' | 'draining' | 'stopped';
@@ -42,6 +42,7 @@ export class App {
   config: Config;
   readonly log: Logger;
   readonly metrics: Metrics;
+  private readonly tlsObserver: TlsObserver;
   admin: AdminServer | undefined;
   /** Pools by destination key. */
   readonly pools = new Map<string, Pool>();
@@ -62,6 +63,7 @@ export class App {
     this.log = logger;
     this.options = options;
     this.metrics = options.metrics ?? new Metrics();
+    this.tlsObserver = options.tlsObserver ?? this.metrics.tlsObserver();
     this.metrics.attach({
       pools: () => this.pools.values(),
       routes: () => [...this.routes.values(), ...this.retiring],
@@ -400,7 +402,7 @@ export class App {
               route: routeConfig.name,
               settings: routeConfig.tls,
               logger: this.log.child({ route: routeConfig.name }),
-              observer: this.options.tlsObserver ?? NO_TLS_OBSERVER,
+              observer: this.tlsObserver,
             }),
     });
   }
@@ -418,7 +420,7 @@ export class App {
         route,
         log,
         this.metrics.destinationObserver(name),
-        this.options.tlsObserver,
+        this.tlsObserver,
       );
       pool = new Pool({
         name,

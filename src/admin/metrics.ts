@@ -3,6 +3,7 @@ import { CounterFamily, HistogramFamily, type HotCounter } from './hot-metrics.j
 import type { Pool, PoolObserver } from '../pool/pool.js';
 import { HTTP_FAILURES, type HttpObserver } from '../proxy/http/observer.js';
 import type { Route, RouteObserver } from '../proxy/route.js';
+import type { TlsObserver } from '../tls/observer.js';
 import type { DestinationObserver } from '../upstream/destination.js';
 
 /** What the metrics read at scrape time: the live pools and routes, and the drain state. */
@@ -213,6 +214,24 @@ export class Metrics {
     this.registry,
   );
 
+  private readonly tlsHandshakes = new CounterFamily(
+    'sidepool_tls_handshakes_total',
+    'TLS handshakes by side (upstream: origination, downstream: termination), owner (pool or route) and result: full, resumed, failed.',
+    this.registry,
+  );
+
+  private readonly tlsFailures = new CounterFamily(
+    'sidepool_tls_handshake_failures_total',
+    'Failed TLS handshakes by side, owner and reason (a stable code such as CERT_HAS_EXPIRED or ERR_TLS_CERT_ALTNAME_INVALID).',
+    this.registry,
+  );
+
+  private readonly tlsReloads = new CounterFamily(
+    'sidepool_tls_certificate_reloads_total',
+    'Certificate files re-read after they changed, by side, owner and result: success, rejected (the old material stays).',
+    this.registry,
+  );
+
   readonly configReloads = new Counter({
     name: 'sidepool_config_reloads_total',
     help: 'Configuration reloads by result.',
@@ -291,6 +310,32 @@ export class Metrics {
       evicted(reason) {
         evicted[reason].inc();
       },
+    };
+  }
+
+  /**
+   * The TLS observer: series are made on first use (owners and reasons are bounded: the
+   * configured routes and pools, and the codes of Node and OpenSSL), then found in a map.
+   */
+  tlsObserver(): TlsObserver {
+    const cache = new Map<string, HotCounter>();
+    const counter = (family: CounterFamily, labels: Record<string, string>): HotCounter => {
+      const key = `${family.name} ${Object.values(labels).join(' ')}`;
+      let c = cache.get(key);
+      if (c === undefined) {
+        c = family.series(labels);
+        cache.set(key, c);
+      }
+      return c;
+    };
+    return {
+      handshake: (side, owner, resumed) =>
+        counter(this.tlsHandshakes, { side, owner, result: resumed ? 'resumed' : 'full' }).inc(),
+      handshakeFailed: (side, owner, reason) => {
+        counter(this.tlsHandshakes, { side, owner, result: 'failed' }).inc();
+        counter(this.tlsFailures, { side, owner, reason }).inc();
+      },
+      reloaded: (side, owner, result) => counter(this.tlsReloads, { side, owner, result }).inc(),
     };
   }
 
