@@ -54,42 +54,36 @@ interface Snapshot {
   values: Array<{ labels: Record<string, string | number>; value: number; metricName?: string }>;
 }
 
-interface Family<T> {
-  readonly name: string;
-  readonly help: string;
-  readonly type: 'counter' | 'histogram';
-  readonly aggregator: 'sum';
-  get(): Promise<Snapshot>;
-  series(labels: Labels): T;
-}
-
-/** A counter metric whose series are HotCounters. */
-export class CounterFamily implements Family<HotCounter> {
-  readonly type = 'counter' as const;
+/**
+ * A metric of one kind whose series are made once per label set and then kept; the
+ * registry calls `get()` when it renders.
+ */
+abstract class Family<T extends { labels: Labels }> {
+  abstract readonly type: 'counter' | 'histogram';
   readonly aggregator = 'sum' as const;
-  private readonly all = new Map<string, HotCounter>();
+  protected readonly all = new Map<string, T>();
 
   constructor(
     readonly name: string,
     readonly help: string,
     registry: Registry,
   ) {
-    register(registry, this);
+    // The registry takes any object with a name and a get(); its types name only its own classes.
+    registry.registerMetric(this as unknown as Parameters<Registry['registerMetric']>[0]);
   }
 
   /** The series for these labels, made on first use. Not for the data path: bind it up front. */
-  series(labels: Labels): HotCounter {
+  series(labels: Labels): T {
     const key = JSON.stringify(labels);
-    let counter = this.all.get(key);
-    if (counter === undefined) {
-      counter = new HotCounter(labels);
-      this.all.set(key, counter);
+    let series = this.all.get(key);
+    if (series === undefined) {
+      series = this.make(labels);
+      this.all.set(key, series);
     }
-    return counter;
+    return series;
   }
 
-  get(): Promise<Snapshot> {
-    const values = [...this.all.values()].map((c) => ({ labels: c.labels, value: c.value }));
+  protected snapshot(values: Snapshot['values']): Promise<Snapshot> {
     return Promise.resolve({
       name: this.name,
       help: this.help,
@@ -98,31 +92,39 @@ export class CounterFamily implements Family<HotCounter> {
       values,
     });
   }
+
+  protected abstract make(labels: Labels): T;
+  abstract get(): Promise<Snapshot>;
+}
+
+/** A counter metric whose series are HotCounters. */
+export class CounterFamily extends Family<HotCounter> {
+  readonly type = 'counter' as const;
+
+  protected make(labels: Labels): HotCounter {
+    return new HotCounter(labels);
+  }
+
+  get(): Promise<Snapshot> {
+    return this.snapshot([...this.all.values()].map((c) => ({ labels: c.labels, value: c.value })));
+  }
 }
 
 /** A histogram metric whose series are HotHistograms. */
-export class HistogramFamily implements Family<HotHistogram> {
+export class HistogramFamily extends Family<HotHistogram> {
   readonly type = 'histogram' as const;
-  readonly aggregator = 'sum' as const;
-  private readonly all = new Map<string, HotHistogram>();
 
   constructor(
-    readonly name: string,
-    readonly help: string,
+    name: string,
+    help: string,
     private readonly bounds: readonly number[],
     registry: Registry,
   ) {
-    register(registry, this);
+    super(name, help, registry);
   }
 
-  series(labels: Labels): HotHistogram {
-    const key = JSON.stringify(labels);
-    let histogram = this.all.get(key);
-    if (histogram === undefined) {
-      histogram = new HotHistogram(labels, this.bounds);
-      this.all.set(key, histogram);
-    }
-    return histogram;
+  protected make(labels: Labels): HotHistogram {
+    return new HotHistogram(labels, this.bounds);
   }
 
   get(): Promise<Snapshot> {
@@ -145,17 +147,6 @@ export class HistogramFamily implements Family<HotHistogram> {
       values.push({ metricName: `${this.name}_sum`, labels: h.labels, value: h.sum });
       values.push({ metricName: `${this.name}_count`, labels: h.labels, value: h.count });
     }
-    return Promise.resolve({
-      name: this.name,
-      help: this.help,
-      type: this.type,
-      aggregator: 'sum',
-      values,
-    });
+    return this.snapshot(values);
   }
-}
-
-/** The registry takes any object with a name and a get(); its types only name its own classes. */
-function register(registry: Registry, metric: Family<unknown>): void {
-  registry.registerMetric(metric as unknown as Parameters<Registry['registerMetric']>[0]);
 }
