@@ -178,3 +178,9 @@ void t.test('a second signal exits at once', async (t) => {
   t.ok(cli.lines.some((l) => l.msg === 'second signal: exiting now'));
   client.destroy();
 });
+
+void t.test('the built CLI is executable, so npx sidepool runs it', async (t) => {
+  const { statSync } = await import('node:fs');
+  const { CLI } = await import('./helpers/cli.js');
+  t.ok((statSync(CLI).mode & 0o111) !== 0, `${CLI} has execute bits`);
+});

@@ -306,3 +306,23 @@ void t.test('config: TLS files must be readable; keys never appear, paths do', (
   t.notMatch(text, /PRIVATE KEY/, 'its contents are not');
   t.end();
 });
+
+void t.test(
+  'a pool warming many TLS links pays one full handshake; the others resume',
+  async (t) => {
+    const upstream = await startTlsServer({ identity: upstreamCert });
+    t.teardown(() => upstream.close());
+    const { route } = await startApp([
+      {
+        upstream: { address: upstream.address, tls: { ca: ca.cert, servername: 'db.test' } },
+        pool: { minIdle: 6 },
+      },
+    ]);
+    await until(() => route.pool.isWarm && upstream.handshakes.length === 6, 5000, 'warm');
+    t.same(
+      upstream.handshakes.map((h) => h.resumed),
+      [false, true, true, true, true, true],
+      'warm-up dials waited for the first session instead of six full handshakes',
+    );
+  },
+);

@@ -72,6 +72,12 @@ export class TlsOrigination {
   readonly pool: string;
   readonly material: TlsMaterial;
   readonly sessions = new TlsSessionCache();
+  /**
+   * Per endpoint, the first handshake in flight while no session is cached: dials that
+   * start meanwhile wait for its session, so a pool warming N links pays one full
+   * handshake and N-1 resumed ones instead of N full ones.
+   */
+  private readonly firstSessions = new Map<string, Promise<void>>();
   private readonly settings: UpstreamTlsSettings;
   private readonly defaultServername: string | undefined;
   private readonly log: Logger;
@@ -132,10 +138,55 @@ export class TlsOrigination {
    * socket. Rejects with TlsHandshakeError (the socket destroyed) on any failure, a
    * timeout included (reason SIDEPOOL_CONNECT_TIMEOUT).
    */
-  handshake(socket: net.Socket, address: Address, budget: HandshakeBudget): Promise<tls.TLSSocket> {
+  async handshake(
+    socket: net.Socket,
+    address: Address,
+    budget: HandshakeBudget,
+  ): Promise<tls.TLSSocket> {
+    const endpoint = formatAddress(address);
+    const resumption = this.settings.sessionResumption;
+    const first =
+      resumption && this.sessions.get(endpoint) === undefined
+        ? this.firstSessions.get(endpoint)
+        : undefined;
+    if (first !== undefined) {
+      // Wait for the first handshake's session, but never past half of the budget.
+      const started = Date.now();
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        first,
+        new Promise<void>(
+          (resolve) => (timer = setTimeout(resolve, Math.max(1, budget.timeoutMs / 2))),
+        ),
+      ]);
+      clearTimeout(timer);
+      budget = { ...budget, timeoutMs: Math.max(1, budget.timeoutMs - (Date.now() - started)) };
+    }
+    return this.handshakeNow(socket, address, budget);
+  }
+
+  private handshakeNow(
+    socket: net.Socket,
+    address: Address,
+    budget: HandshakeBudget,
+  ): Promise<tls.TLSSocket> {
     const endpoint = formatAddress(address);
     const host = this.serverName(address);
     const resumption = this.settings.sessionResumption;
+    let releaseFirst: (() => void) | undefined;
+    if (
+      resumption &&
+      this.sessions.get(endpoint) === undefined &&
+      !this.firstSessions.has(endpoint)
+    ) {
+      this.firstSessions.set(endpoint, new Promise<void>((resolve) => (releaseFirst = resolve)));
+    }
+    const settleFirst = (): void => {
+      if (releaseFirst === undefined) return;
+      this.firstSessions.delete(endpoint);
+      releaseFirst();
+      releaseFirst = undefined;
+    };
     const secure = tls.connect({
       socket,
       secureContext: this.material.context,
@@ -146,7 +197,16 @@ export class TlsOrigination {
       ALPNProtocols: this.settings.alpn,
       session: resumption ? this.sessions.get(endpoint) : undefined,
     });
-    if (resumption) secure.on('session', (session: Buffer) => this.sessions.set(endpoint, session));
+    if (resumption) {
+      secure.on('session', (session: Buffer) => {
+        this.sessions.set(endpoint, session);
+        settleFirst();
+      });
+      // A handshake that fails, closes, or completes without a ticket soon after (a server
+      // that issues none) frees the waiters too.
+      secure.once('close', settleFirst);
+      secure.once('secureConnect', () => setTimeout(settleFirst, 50).unref());
+    }
 
     return new Promise((resolve, reject) => {
       const timer =
