@@ -230,3 +230,28 @@ async function startServer2() {
     socket.on('end', () => socket.end());
   });
 }
+
+void t.test('a reload whose new listener cannot bind fails and says why', async (t) => {
+  const upstream = await startEcho();
+  t.teardown(() => upstream.close());
+  const blocker = net.createServer();
+  await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
+  t.teardown(() => blocker.close());
+  const taken = (blocker.address() as net.AddressInfo).port;
+  const port = await freePort();
+  const { app, path } = await setup(t, [
+    { name: 'r', listen: `127.0.0.1:${port}`, upstream: upstream.address },
+  ]);
+  await writeConfig(path, [
+    { name: 'r', listen: `127.0.0.1:${taken}`, upstream: upstream.address },
+  ]);
+  const result = await app.reload();
+  t.equal(result.ok, false);
+  t.match(result.problems, [/EADDRINUSE/]);
+  const metrics = parseMetrics((await request(app.admin?.port as number, '/metrics')).body);
+  t.equal(metric(metrics, 'sidepool_config_reloads_total', { result: 'failure' }), 1);
+  // Freed, the same config binds on the next reload.
+  await new Promise<void>((r) => blocker.close(() => r()));
+  t.same(await app.reload(), { ok: true });
+  t.equal((await roundTrip(taken, 'moved')).toString(), 'moved');
+});
