@@ -326,3 +326,23 @@ void t.test(
     );
   },
 );
+
+void t.test(
+  'with no connect timeout, warm-up dials still wait for the first session',
+  async (t) => {
+    const upstream = await startTlsServer({ identity: upstreamCert });
+    t.teardown(() => upstream.close());
+    const { route } = await startApp([
+      {
+        upstream: { address: upstream.address, tls: { ca: ca.cert, servername: 'db.test' } },
+        pool: { minIdle: 3, connectTimeout: 0 },
+      },
+    ]);
+    await until(() => route.pool.isWarm && upstream.handshakes.length === 3, 5000, 'warm');
+    t.same(
+      upstream.handshakes.map((h) => h.resumed),
+      [false, true, true],
+    );
+    t.equal(route.pool.totals.dialFailures, 0, 'no dial timed out');
+  },
+);

@@ -150,17 +150,21 @@ export class TlsOrigination {
         ? this.firstSessions.get(endpoint)
         : undefined;
     if (first !== undefined) {
-      // Wait for the first handshake's session, but never past half of the budget.
-      const started = Date.now();
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([
-        first,
-        new Promise<void>(
-          (resolve) => (timer = setTimeout(resolve, Math.max(1, budget.timeoutMs / 2))),
-        ),
-      ]);
-      clearTimeout(timer);
-      budget = { ...budget, timeoutMs: Math.max(1, budget.timeoutMs - (Date.now() - started)) };
+      if (budget.timeoutMs <= 0) {
+        // No dial timeout configured: the first handshake settles (session, close, or
+        // 50 ms after it completes), so waiting for it is bounded by its own handshake.
+        await first;
+      } else {
+        // Wait for the first handshake's session, but never past half of the budget.
+        const started = Date.now();
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([
+          first,
+          new Promise<void>((resolve) => (timer = setTimeout(resolve, budget.timeoutMs / 2))),
+        ]);
+        clearTimeout(timer);
+        budget = { ...budget, timeoutMs: Math.max(1, budget.timeoutMs - (Date.now() - started)) };
+      }
     }
     return this.handshakeNow(socket, address, budget);
   }
