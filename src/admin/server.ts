@@ -1,6 +1,6 @@
 import http from 'node:http';
 import type { Logger } from 'pino';
-import { formatAddress, type Address } from '../config/address.js';
+import { boundAddress, boundPort, formatAddress, type Address } from '../config/address.js';
 import { ListenError, describe } from '../errors.js';
 
 /** What the admin endpoints ask of the running app. */
@@ -90,15 +90,11 @@ export class AdminServer {
   }
 
   get address(): string {
-    const bound = this.server.address();
-    if (bound === null) return formatAddress(this.listenAddress);
-    if (typeof bound === 'string') return bound;
-    return formatAddress({ kind: 'tcp', host: bound.address, port: bound.port });
+    return boundAddress(this.server, this.listenAddress);
   }
 
   get port(): number {
-    const bound = this.server.address();
-    return bound !== null && typeof bound === 'object' ? bound.port : 0;
+    return boundPort(this.server);
   }
 
   /** Stops the server and its keep-alive connections. Idempotent. */

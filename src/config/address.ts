@@ -1,3 +1,4 @@
+import type net from 'node:net';
 /** Where a listener binds or a link connects: a TCP host and port, or a unix socket path. */
 export type Address = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
 
@@ -42,4 +43,18 @@ export function formatAddress(address: Address): string {
   return address.host.includes(':')
     ? `[${address.host}]:${address.port}`
     : `${address.host}:${address.port}`;
+}
+
+/** What a server is bound to, as text: its real port when it was asked for port 0. */
+export function boundAddress(server: net.Server, configured: Address): string {
+  const bound = server.address();
+  if (bound === null) return formatAddress(configured);
+  if (typeof bound === 'string') return bound;
+  return formatAddress({ kind: 'tcp', host: bound.address, port: bound.port });
+}
+
+/** The TCP port a server is bound to; 0 for a unix socket or when not listening. */
+export function boundPort(server: net.Server): number {
+  const bound = server.address();
+  return bound !== null && typeof bound === 'object' ? bound.port : 0;
 }

@@ -2,7 +2,7 @@ import { lstat, unlink } from 'node:fs/promises';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import type { Address } from '../config/address.js';
-import { formatAddress } from '../config/address.js';
+import { boundAddress, boundPort, formatAddress } from '../config/address.js';
 import { ListenError, codeOf, describe } from '../errors.js';
 import type { Pool } from '../pool/pool.js';
 import type { SpliceOutcome, SpliceTimeouts } from './splice.js';
@@ -131,16 +131,12 @@ export class Route {
 
   /** The bound address (with the real port when the config said port 0). */
   get address(): string {
-    const bound = this.server.address();
-    if (bound === null) return formatAddress(this.listenAddress);
-    if (typeof bound === 'string') return bound;
-    return formatAddress({ kind: 'tcp', host: bound.address, port: bound.port });
+    return boundAddress(this.server, this.listenAddress);
   }
 
   /** The bound TCP port, for tests and the demo. */
   get port(): number {
-    const bound = this.server.address();
-    return bound !== null && typeof bound === 'object' ? bound.port : 0;
+    return boundPort(this.server);
   }
 
   get activeSessions(): number {
