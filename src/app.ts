@@ -457,14 +457,14 @@ function pickPool(route: RouteConfig) {
   return settings;
 }
 
-function listenAddress(text: string): Address {
+export function listenAddress(text: string): Address {
   return parseAddress(text, { allowAnyHost: true, allowPortZero: true }) as Address;
 }
 
 const SECRET_KEYS = new Set(['passphrase', 'password', 'secret', 'token']);
 
 /** The config for display: secret values replaced. */
-function redact(value: unknown): unknown {
+export function redact(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(redact);
   if (typeof value === 'object' && value !== null) {
     return Object.fromEntries(

@@ -9,6 +9,8 @@ import { loadConfig, type ConfigFlags } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { ConfigError, SidepoolError, describe } from './errors.js';
 import { createLogger } from './log.js';
+import { WorkerGroup } from './workers/group.js';
+import { isWorker, runWorker } from './workers/worker.js';
 
 /** Exit codes: 0 ok, 1 a runtime failure (port in use, unresolvable upstream), 2 bad config. */
 const EXIT_RUNTIME = 1;
@@ -27,6 +29,7 @@ interface RunArgs {
   'max-size'?: number | undefined;
   admin?: string | undefined;
   'log-level'?: string | undefined;
+  workers?: number | undefined;
 }
 
 function withConfigOption<T>(y: Argv<T>) {
@@ -47,7 +50,8 @@ function withRouteOptions<T>(y: Argv<T>) {
     .option('min-idle', { type: 'number', describe: 'warm links kept ready' })
     .option('max-size', { type: 'number', describe: 'links per destination' })
     .option('admin', { type: 'string', describe: 'admin listen address, or "false" to disable' })
-    .option('log-level', { type: 'string', describe: 'trace | debug | info | warn | error' });
+    .option('log-level', { type: 'string', describe: 'trace | debug | info | warn | error' })
+    .option('workers', { type: 'number', describe: 'processes serving the routes (default 1)' });
 }
 
 function flagsOf(args: RunArgs): ConfigFlags {
@@ -59,6 +63,7 @@ function flagsOf(args: RunArgs): ConfigFlags {
     maxSize: args['max-size'],
     admin: args.admin,
     logLevel: args['log-level'],
+    workers: args.workers,
   };
 }
 
@@ -90,24 +95,39 @@ async function check(args: RunArgs): Promise<number> {
 }
 
 async function run(args: RunArgs): Promise<number> {
+  // A worker forked by the primary gets its share of the config from the primary.
+  if (isWorker()) return runWorker();
   const config = await load(args);
   if (typeof config === 'number') return config;
   const log = createLogger(config.log.level);
   return new Promise<number>((resolve) => {
-    const app = new App(config, log, {
-      loadConfig: () => loadConfig(args.config, flagsOf(args)),
-      onStopped: () => resolve(0),
-    });
+    const reloadConfig = (): Promise<Config> => loadConfig(args.config, flagsOf(args));
+    const onStopped = (): void => resolve(0);
+    let proxy: { start(): Promise<void>; stop(): Promise<void>; reload(): Promise<unknown> };
+    let exitNow = (): void => undefined;
+    if (config.workers > 1) {
+      const group = new WorkerGroup(config, log, { loadConfig: reloadConfig, onStopped });
+      proxy = group;
+      exitNow = () => group.exitNow();
+    } else {
+      const app = new App(config, log, { loadConfig: reloadConfig, onStopped });
+      proxy = {
+        start: () => app.start(),
+        stop: () => app.stop(app.config.drain.timeout, app.config.drain.delay),
+        reload: () => app.reload(),
+      };
+    }
     let signals = 0;
     const onSignal = (signal: NodeJS.Signals): void => {
       signals++;
       if (signals > 1) {
         log.warn({ signal }, 'second signal: exiting now');
+        exitNow();
         resolve(0);
         return;
       }
       log.info({ signal }, 'shutting down');
-      app.stop(app.config.drain.timeout, app.config.drain.delay).then(
+      proxy.stop().then(
         () => resolve(0),
         (err: unknown) => {
           log.error({ err: describe(err) }, 'shutdown failed');
@@ -117,9 +137,9 @@ async function run(args: RunArgs): Promise<number> {
     };
     const onHangup = (): void => {
       log.info('SIGHUP: reloading the config');
-      void app.reload();
+      void proxy.reload();
     };
-    app.start().then(
+    proxy.start().then(
       () => {
         process.on('SIGTERM', onSignal);
         process.on('SIGINT', onSignal);

@@ -214,3 +214,14 @@ export function codeOf(err: unknown): string {
   }
   return 'UNKNOWN';
 }
+
+/** A worker process (with `workers` above 1) could not start its routes. */
+export class WorkerStartError extends SidepoolError {
+  constructor(
+    readonly worker: number,
+    readonly reason: string,
+    message: string,
+  ) {
+    super('SIDEPOOL_WORKER_START', `worker ${worker} could not start: ${message}`);
+  }
+}

@@ -19,6 +19,8 @@ export interface MetricsSource {
     role: 'server' | 'client' | 'ca';
     expiresAt: number;
   }>;
+  /** With `workers` above 1, in the primary: the workers running and restarted so far. */
+  workers?(): { running: number; restarts: number };
 }
 
 const ACQUIRE_BUCKETS = [0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -148,6 +150,8 @@ export class Metrics {
     help: '1 when the endpoint takes new dials (healthy, not ejected), 0 when it does not.',
     labelNames: ['pool', 'endpoint'] as const,
     registers: [this.registry],
+    // Each worker ejects on its own: 1 only while no worker has the endpoint out.
+    aggregator: 'min',
     collect: () => {
       this.endpointUp.reset();
       for (const e of this.source?.endpoints?.() ?? []) {
@@ -175,6 +179,7 @@ export class Metrics {
     help: 'When a loaded certificate expires (seconds since the epoch).',
     labelNames: ['owner', 'role'] as const,
     registers: [this.registry],
+    aggregator: 'min',
     collect: () => {
       this.certificateExpiry.reset();
       for (const cert of this.source?.certificateExpiries?.() ?? []) {
@@ -237,14 +242,38 @@ export class Metrics {
     help: 'Configuration reloads by result.',
     labelNames: ['result'] as const,
     registers: [this.registry],
+    // With workers, the primary counts each reload once and every worker counts what it
+    // applied: the largest is the number of reloads.
+    aggregator: 'max',
   });
 
   private readonly draining = new Gauge({
     name: 'sidepool_draining',
     help: '1 while sidepool drains before it stops.',
     registers: [this.registry],
+    aggregator: 'max',
     collect: () => {
       this.draining.set(this.source?.isDraining() ? 1 : 0);
+    },
+  });
+
+  private readonly workersRunning = new Gauge({
+    name: 'sidepool_workers',
+    help: 'Worker processes running (with `workers` above 1; 0 otherwise).',
+    registers: [this.registry],
+    collect: () => {
+      this.workersRunning.set(this.source?.workers?.().running ?? 0);
+    },
+  });
+
+  private readonly workerRestarts = new Counter({
+    name: 'sidepool_worker_restarts_total',
+    help: 'Worker processes that exited unexpectedly and were started again.',
+    registers: [this.registry],
+    collect: () => {
+      const restarts = this.source?.workers?.().restarts ?? 0;
+      this.workerRestarts.reset();
+      this.workerRestarts.inc(restarts);
     },
   });
 

@@ -7,7 +7,8 @@ import { ListenError, describe } from '../errors.js';
 export interface AdminHandlers {
   metrics(): Promise<{ contentType: string; body: string }>;
   /** Ready means: every route listening, healthy where a route asks for it, not draining. */
-  readiness(): { ready: boolean; reasons: string[] };
+  readiness():
+    { ready: boolean; reasons: string[] } | Promise<{ ready: boolean; reasons: string[] }>;
   pools(): unknown;
   config(): unknown;
   reload(): Promise<{ ok: boolean; problems?: string[] }>;
@@ -40,12 +41,12 @@ export class AdminServer {
       },
       '/healthz': { GET: (_req, res) => send(res, 200, 'ok\n') },
       '/readyz': {
-        GET: (_req, res) => {
-          const { ready, reasons } = handlers.readiness();
+        GET: async (_req, res) => {
+          const { ready, reasons } = await handlers.readiness();
           send(res, ready ? 200 : 503, ready ? 'ready\n' : `not ready: ${reasons.join('; ')}\n`);
         },
       },
-      '/pools': { GET: (_req, res) => sendJson(res, 200, handlers.pools()) },
+      '/pools': { GET: async (_req, res) => sendJson(res, 200, await handlers.pools()) },
       '/config': { GET: (_req, res) => sendJson(res, 200, handlers.config()) },
       '/reload': {
         POST: async (_req, res) => {

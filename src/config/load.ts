@@ -16,6 +16,7 @@ export interface ConfigFlags {
   maxSize?: number | undefined;
   admin?: string | undefined;
   logLevel?: string | undefined;
+  workers?: number | undefined;
 }
 
 /** Reads a YAML or JSON file into plain data; a syntax error names the file and line. */
@@ -52,6 +53,7 @@ export function applyFlags(raw: unknown, flags: ConfigFlags): unknown {
     input.admin =
       flags.admin === 'false' || flags.admin === 'off' ? false : { listen: flags.admin };
   }
+  if (flags.workers !== undefined) input.workers = flags.workers;
   if (flags.logLevel !== undefined) {
     input.log = { ...(isRecord(input.log) ? input.log : {}), level: flags.logLevel };
   }
@@ -175,6 +177,12 @@ function crossFieldIssues(config: Config): ConfigIssue[] {
       issues.push({
         path: `${at}.pool.minIdle`,
         message: `minIdle (${route.pool.minIdle}) must not exceed maxSize (${route.pool.maxSize})`,
+      });
+    }
+    if (config.workers > route.pool.maxSize) {
+      issues.push({
+        path: `${at}.pool.maxSize`,
+        message: `maxSize (${route.pool.maxSize}) must be at least workers (${config.workers}): each worker holds a share of the pool`,
       });
     }
     const nameAt = names.get(route.name);

@@ -336,6 +336,12 @@ export const configSchema = z
         timeout: duration.default(30_000),
       })
       .prefault({}),
+    /**
+     * Processes that serve the routes. Above 1, a primary process runs the admin server
+     * and this many workers accept on the shared listeners, each with its share of every
+     * pool's minIdle, maxSize and maxWaiters.
+     */
+    workers: z.number().int().min(1).max(64).default(1),
     routes: z.array(routeSchema).min(1, 'expected at least one route'),
   })
   .transform((config) => ({

@@ -1,0 +1,269 @@
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import YAML from 'yaml';
+import { parseConfig } from '../src/config/load.js';
+import { shareOf, workerConfig } from '../src/workers/share.js';
+import { runCli, startCli, type RunningCli } from './helpers/cli.js';
+import { metric, parseMetrics, request } from './helpers/http.js';
+import { freePort } from './helpers/redis.js';
+import { roundTrip, sleep, startEcho, until } from './helpers/util.js';
+
+void t.test('shares add up to the total and differ by at most one', (t) => {
+  for (const [total, count] of [
+    [64, 2],
+    [5, 2],
+    [7, 3],
+    [2, 2],
+    [0, 4],
+    [1024, 3],
+  ] as const) {
+    const shares = Array.from({ length: count }, (_, i) => shareOf(total, i, count));
+    t.equal(
+      shares.reduce((a, b) => a + b, 0),
+      total,
+      `${total} over ${count}`,
+    );
+    t.ok(Math.max(...shares) - Math.min(...shares) <= 1, `${total} over ${count}: even`);
+  }
+  const config = parseConfig({
+    workers: 2,
+    routes: [{ listen: '127.0.0.1:1', upstream: '127.0.0.1:2', pool: { minIdle: 3, maxSize: 5 } }],
+  });
+  const [one, two] = [workerConfig(config, 0, 2), workerConfig(config, 1, 2)];
+  t.same(
+    [one.routes[0]?.pool.minIdle, one.routes[0]?.pool.maxSize, one.routes[0]?.pool.maxWaiters],
+    [2, 3, 512],
+  );
+  t.same(
+    [two.routes[0]?.pool.minIdle, two.routes[0]?.pool.maxSize, two.routes[0]?.pool.maxWaiters],
+    [1, 2, 512],
+  );
+  t.equal(one.admin, false, 'the primary serves the admin endpoint, not the workers');
+  t.equal(one.workers, 1);
+  t.end();
+});
+
+void t.test(
+  'config: workers must be a whole number from 1 and at most every maxSize',
+  async (t) => {
+    const dir = await mkdtemp(join(tmpdir(), 'sidepool-workers-'));
+    const path = join(dir, 'bad.yaml');
+    await writeFile(
+      path,
+      YAML.stringify({
+        workers: 3,
+        routes: [{ listen: '127.0.0.1:7000', upstream: '127.0.0.1:7001', pool: { maxSize: 2 } }],
+      }),
+    );
+    const tooMany = await runCli(['check', '--config', path]);
+    t.equal(tooMany.code, 2);
+    t.match(
+      tooMany.stderr,
+      /routes\[0\]\.pool\.maxSize: maxSize \(2\) must be at least workers \(3\)/,
+    );
+    const zero = await runCli(['check', '--config', path, '--workers', '0']);
+    t.equal(zero.code, 2);
+    t.match(zero.stderr, /workers: /);
+    const fromFlag = await runCli(['check', '--config', path, '--workers', '2']);
+    t.equal(fromFlag.code, 0, fromFlag.stderr);
+    t.match(fromFlag.stdout, /^workers: 2$/m);
+  },
+);
+
+interface Group {
+  cli: RunningCli;
+  path: string;
+  adminPort: number;
+  port: number;
+  write(pool: Record<string, unknown>): Promise<void>;
+  metrics(): Promise<Map<string, number>>;
+  workerPids(): number[];
+}
+
+async function startGroup(
+  t: { teardown(fn: () => unknown): void },
+  upstream: string,
+  pool: Record<string, unknown>,
+): Promise<Group> {
+  const dir = await mkdtemp(join(tmpdir(), 'sidepool-workers-'));
+  const path = join(dir, 'sidepool.yaml');
+  const [port, adminPort] = [await freePort(), await freePort()];
+  const write = (p: Record<string, unknown>) =>
+    writeFile(
+      path,
+      YAML.stringify({
+        workers: 2,
+        admin: { listen: `127.0.0.1:${adminPort}` },
+        drain: { timeout: '2s' },
+        routes: [{ name: 'echo', listen: `127.0.0.1:${port}`, upstream, pool: p }],
+      }),
+    );
+  await write(pool);
+  const cli = startCli(['run', '--config', path]);
+  t.teardown(() => cli.child.kill('SIGKILL'));
+  await cli.waitFor((l) => l.msg === 'workers started', 15_000);
+  return {
+    cli,
+    path,
+    adminPort,
+    port,
+    write,
+    metrics: async () => parseMetrics((await request(adminPort, '/metrics')).body),
+    workerPids: () => [
+      ...new Set(cli.lines.filter((l) => l.msg === 'route listening').map((l) => l.pid as number)),
+    ],
+  };
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+void t.test('two workers share the listener, the pool cap and one admin endpoint', async (t) => {
+  const upstream = await startEcho();
+  t.teardown(() => upstream.close());
+  let open = 0;
+  let mostOpen = 0;
+  upstream.server.on('connection', (socket: net.Socket) => {
+    open++;
+    mostOpen = Math.max(mostOpen, open);
+    socket.on('close', () => open--);
+  });
+  const group = await startGroup(t, upstream.address, { minIdle: 4, maxSize: 6 });
+  const warm = group.cli.lines.filter((l) => l.msg === 'pool warm');
+  t.same(
+    warm.map((l) => [l.worker, l.links]).sort(),
+    [
+      [1, 2],
+      [2, 2],
+    ],
+    'each worker warms its share of minIdle',
+  );
+  await until(() => open === 4, 5000);
+  t.equal(group.workerPids().length, 2, 'two worker processes listen');
+
+  for (let i = 0; i < 40; i++) {
+    t.equal((await roundTrip(group.port, `ping ${i}`)).toString(), `ping ${i}`);
+  }
+  // Twelve sessions held open at once: the workers' shares (3 + 3) cap the upstream at 6.
+  const held = await Promise.all(
+    Array.from({ length: 12 }, () => {
+      const socket = net.connect(group.port, '127.0.0.1');
+      socket.on('error', () => {});
+      return new Promise<net.Socket>((r) => socket.once('connect', () => r(socket)));
+    }),
+  );
+  await until(() => open === 6, 5000, 'six links upstream');
+  await sleep(200);
+  t.equal(
+    metric(await group.metrics(), 'sidepool_downstream_active', { route: 'echo' }),
+    12,
+    'every held session is accepted, spliced or waiting',
+  );
+  t.ok(mostOpen <= 6, `at most maxSize links upstream (saw ${mostOpen})`);
+  for (const socket of held) socket.destroy();
+
+  const m = await group.metrics();
+  t.equal(metric(m, 'sidepool_downstream_connections_total', { route: 'echo' }), 52);
+  t.equal(metric(m, 'sidepool_pool_max_connections', { pool: upstream.address }), 6);
+  t.equal(metric(m, 'sidepool_workers'), 2);
+  t.equal(metric(m, 'sidepool_worker_restarts_total'), 0);
+  t.equal((await request(group.adminPort, '/readyz')).status, 200);
+  const pools = JSON.parse((await request(group.adminPort, '/pools')).body) as Array<{
+    worker: number;
+    maxSize: number;
+    totals: { acquired: number };
+  }>;
+  t.same(
+    pools.map((p) => [p.worker, p.maxSize]),
+    [
+      [1, 3],
+      [2, 3],
+    ],
+  );
+  t.equal(
+    pools.reduce((n, p) => n + p.totals.acquired, 0),
+    52,
+    'every session took a link from one worker',
+  );
+
+  // A reload is checked once by the primary and applied by each worker.
+  await group.write({ minIdle: 4, maxSize: 8 });
+  group.cli.child.kill('SIGHUP');
+  await group.cli.waitFor((l) => l.msg === 'config reloaded by every worker');
+  const reloaded = await group.metrics();
+  t.equal(metric(reloaded, 'sidepool_pool_max_connections', { pool: upstream.address }), 8);
+  t.equal(metric(reloaded, 'sidepool_config_reloads_total', { result: 'success' }), 1);
+  await group.write({ minIdle: 4, maxSize: 1 });
+  const rejected = await request(group.adminPort, '/reload', 'POST');
+  t.equal(rejected.status, 400);
+  t.match(rejected.body, /maxSize \(1\) must be at least workers \(2\)/);
+  const afterBad = await group.metrics();
+  t.equal(metric(afterBad, 'sidepool_config_reloads_total', { result: 'failure' }), 1);
+  t.equal(metric(afterBad, 'sidepool_pool_max_connections', { pool: upstream.address }), 8);
+
+  // A worker that dies is started again; the route keeps working meanwhile.
+  const [victim] = group.workerPids() as [number];
+  process.kill(victim, 'SIGKILL');
+  await group.cli.waitFor((l) => l.msg === 'worker exited: starting it again');
+  await until(() => group.workerPids().filter(alive).length === 2, 10_000);
+  t.equal((await roundTrip(group.port, 'after')).toString(), 'after');
+  const restarted = await group.metrics();
+  t.equal(metric(restarted, 'sidepool_worker_restarts_total'), 1);
+  t.equal(metric(restarted, 'sidepool_workers'), 2);
+  t.equal(
+    metric(restarted, 'sidepool_pool_max_connections', { pool: upstream.address }),
+    8,
+    'the new worker starts with the reloaded config',
+  );
+
+  const pids = group.workerPids().filter(alive);
+  group.cli.child.kill('SIGTERM');
+  t.equal(await group.cli.exited, 0);
+  t.same(pids.filter(alive), [], 'no worker outlives the primary');
+});
+
+void t.test('a drain through the admin endpoint stops every worker', async (t) => {
+  const upstream = await startEcho();
+  t.teardown(() => upstream.close());
+  const group = await startGroup(t, upstream.address, { minIdle: 0, maxSize: 2 });
+  const session = net.connect(group.port, '127.0.0.1');
+  session.on('error', () => {});
+  await new Promise((r) => session.once('connect', r));
+  const drained = await request(group.adminPort, '/drain', 'POST');
+  t.equal(drained.status, 202);
+  t.equal((await request(group.adminPort, '/readyz')).status, 503, 'not ready at once');
+  session.end();
+  t.equal(await group.cli.exited, 0);
+});
+
+void t.test('a worker that cannot listen stops the start with the reason', async (t) => {
+  const taken = net.createServer();
+  await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise((r) => taken.close(r)));
+  const port = (taken.address() as net.AddressInfo).port;
+  const result = await runCli(
+    [
+      'run',
+      '--workers',
+      '2',
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--upstream',
+      '127.0.0.1:9',
+      '--admin',
+      'false',
+    ],
+    { timeoutMs: 15_000 },
+  );
+  t.equal(result.code, 1);
+  t.match(result.stderr, /worker \d could not start: .*127\.0\.0\.1:\d+.*(in use|EADDRINUSE)/);
+});
