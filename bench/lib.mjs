@@ -330,8 +330,29 @@ export async function waitListening(port, { child, timeoutMs = 15_000 } = {}) {
 }
 
 /** Socket inodes held by a process. */
-function socketInodes(pid) {
+/** `pid` and its descendants (sidepool with workers is a primary and its worker processes). */
+export function processTree(pid) {
+  const pids = [pid];
+  for (let i = 0; i < pids.length; i++) {
+    try {
+      for (const task of fs.readdirSync(`/proc/${pids[i]}/task`)) {
+        const children = fs.readFileSync(`/proc/${pids[i]}/task/${task}/children`, 'utf8');
+        for (const child of children.split(' ')) if (child.trim()) pids.push(Number(child));
+      }
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return pids;
+}
+
+function socketInodes(rootPid) {
   const inodes = new Set();
+  for (const pid of processTree(rootPid)) addSocketInodes(pid, inodes);
+  return inodes;
+}
+
+function addSocketInodes(pid, inodes) {
   let entries = [];
   try {
     entries = fs.readdirSync(`/proc/${pid}/fd`);
@@ -386,16 +407,22 @@ export async function waitConnections(pid, remotePort, n, timeoutMs = 15_000) {
 
 // ── /proc sampling ──────────────────────────────────────────────────────────
 
-/** { rssKiB, fds } of a live process, or null. */
-export function procStats(pid) {
-  try {
-    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
-    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);
-    const fds = fs.readdirSync(`/proc/${pid}/fd`).length;
-    return { rssKiB: m ? Number(m[1]) : NaN, fds };
-  } catch {
-    return null;
+/** { rssKiB, fds } of a live process and its descendants (workers), or null. */
+export function procStats(rootPid) {
+  let total = null;
+  for (const pid of processTree(rootPid)) {
+    try {
+      const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+      const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);
+      const fds = fs.readdirSync(`/proc/${pid}/fd`).length;
+      total ??= { rssKiB: 0, fds: 0 };
+      total.rssKiB += m ? Number(m[1]) : NaN;
+      total.fds += fds;
+    } catch {
+      if (pid === rootPid) return null;
+    }
   }
+  return total;
 }
 
 /** { soft, hard } open-file limit of this process (children inherit it). */
@@ -492,9 +519,14 @@ export function rotate(items, r) {
  * run (target ÷ baseline measured in that same run) and its median reported; the same for
  * each `pairs` entry [a, b] (a ÷ b).
  */
-export function summarise(samples, { baseline = 'direct', pairs = [] } = {}) {
+export function summarise(samples, { baseline = 'direct', pairs: given = [] } = {}) {
   const out = {};
   for (const [metric, byTarget] of Object.entries(samples)) {
+    // sidepool with workers is compared with HAProxy wherever sidepool is.
+    const pairs = [...given];
+    for (const [a, b] of given) {
+      if (a === 'sidepool' && byTarget.sidepool2) pairs.push(['sidepool2', b]);
+    }
     const base = byTarget[baseline] ?? [];
     const entry = { median: {}, ratio: {}, pair: {}, runs: byTarget };
     for (const [target, values] of Object.entries(byTarget)) {
@@ -533,12 +565,12 @@ export function comparisonTable(
   { targets, baseline = 'direct', labels = {}, metricLabel = 'metric' },
 ) {
   const others = targets.filter((t) => t !== baseline);
-  const hasPair = targets.includes('sidepool') && targets.includes('haproxy');
+  const paired = targets.includes('haproxy') ? targets.filter((t) => t.startsWith('sidepool')) : [];
   const header = [
     metricLabel,
     labels[baseline] ?? baseline,
     ...others.map((t) => `${labels[t] ?? t} (×${baseline})`),
-    ...(hasPair ? ['sidepool ÷ haproxy'] : []),
+    ...paired.map((t) => `${labels[t] ?? t} ÷ haproxy`),
   ];
   const rows = Object.entries(summary).map(([metric, entry]) => [
     metric,
@@ -548,7 +580,7 @@ export function comparisonTable(
         ? 'skipped'
         : `${fmt(entry.median[t])} (${fmtRatio(entry.ratio[t])})`,
     ),
-    ...(hasPair ? [fmtRatio(entry.pair['sidepool/haproxy'])] : []),
+    ...paired.map((t) => fmtRatio(entry.pair[`${t}/haproxy`])),
   ]);
   return mdTable(header, rows);
 }

@@ -30,6 +30,8 @@ const HELP = `usage: npm run bench -- [options]
   --soak N           sessions in the churn soak (default 1,000,000)
   --soak-max-seconds S   time bound of the soak (default 600)
   --conns N          concurrent connections for the RSS workload (default 10,000)
+  --workers N        also measure sidepool with \`workers: N\` in workloads 1, 2, 3 and 6h
+                     (default 2; 1 leaves that target out)
   --build            run \`npm run build\` first (done anyway when dist/cli.js is missing)
   --out NAME         results file name (default latest, or quick with --quick)
   --without LIST     pretend tools are absent, e.g. haproxy,redis-benchmark (to test skips)
@@ -48,6 +50,7 @@ function parseCli() {
       soak: { type: 'string' },
       'soak-max-seconds': { type: 'string' },
       conns: { type: 'string' },
+      workers: { type: 'string' },
       build: { type: 'boolean', default: false },
       out: { type: 'string' },
       without: { type: 'string' },
@@ -71,6 +74,7 @@ function parseCli() {
     soak: int('soak', values.quick ? 10_000 : SOAK_DEFAULT),
     soakMaxSeconds: int('soak-max-seconds', values.quick ? 60 : 600),
     conns: int('conns', 10_000),
+    workers: int('workers', 2),
     only: values.only
       ? values.only
           .split(',')
@@ -269,6 +273,7 @@ async function main() {
     soak: opts.soak,
     soakMaxSeconds: opts.soakMaxSeconds,
     conns: opts.conns,
+    workers: opts.workers,
     tools,
     tmp,
     cpus: cpus.length,

@@ -113,11 +113,13 @@ export async function startSidepool(
     idleTimeout = '5m',
     warm = true,
     label = 'sidepool',
+    workers = 1,
   },
 ) {
   const port = await freePort();
   const pool = { minIdle, maxSize, maxWaiters, acquireTimeout, connectTimeout, idleTimeout };
   const config = {
+    workers,
     admin: false,
     log: { level: 'warn' },
     drain: { delay: 0, timeout: '2s' },
@@ -156,7 +158,7 @@ export async function startSidepool(
   });
   target.onStopped = (result) => ctx.collectSidepoolLog(target, result);
   ctx.settings.sidepool ??= {};
-  ctx.settings.sidepool[label] = { mode: 'tcp', ...pool, log: 'warn', admin: false };
+  ctx.settings.sidepool[label] = { mode: 'tcp', workers, ...pool, log: 'warn', admin: false };
   return target;
 }
 
@@ -211,6 +213,11 @@ export async function startHaproxy(
   return new Target('haproxy', child, port, { cfgFile });
 }
 
+/** Column names of the comparison tables. */
+export function targetLabels(ctx) {
+  return { naive: 'naive relay', sidepool2: `sidepool ×${ctx.workers} workers` };
+}
+
 /** The 20-line `net` + `pipe` relay, for context. */
 export async function startNaive(ctx, { upstreamPort }) {
   return startNodeServer(
@@ -227,13 +234,22 @@ export async function startNaive(ctx, { upstreamPort }) {
  */
 export async function startTargets(
   ctx,
-  { upstreamPort, sidepool, haproxy = true, naive = false, label },
+  { upstreamPort, sidepool, haproxy = true, naive = false, workers = false, label },
 ) {
   const targets = { direct: { kind: 'direct', port: upstreamPort } };
   const started = [];
   try {
     targets.sidepool = await startSidepool(ctx, { upstreamPort, label, ...sidepool });
     started.push(targets.sidepool);
+    if (workers && ctx.workers > 1) {
+      targets.sidepool2 = await startSidepool(ctx, {
+        upstreamPort,
+        ...sidepool,
+        label: `${label}-w${ctx.workers}`,
+        workers: ctx.workers,
+      });
+      started.push(targets.sidepool2);
+    }
     if (haproxy && ctx.tools.haproxy) {
       const maxSize = sidepool.maxSize ?? 64;
       const maxWaiters = sidepool.maxWaiters ?? 1024;

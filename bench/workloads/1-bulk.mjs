@@ -1,7 +1,7 @@
 // Workload 1: bulk throughput. 1 and 64 connections each stream to a Node sink process
 // (which discards and counts, and confirms the count at the end), bounded by bytes and time.
 import { comparisonTable, record, rotate, say, sleep, summarise } from '../lib.mjs';
-import { startNodeClient, startNodeServer, startTargets } from '../targets.mjs';
+import { startNodeClient, startNodeServer, startTargets, targetLabels } from '../targets.mjs';
 
 export default {
   id: '1',
@@ -15,6 +15,7 @@ export default {
     const sidepool = { minIdle: 64, maxSize: 256 };
     const sink = await startNodeServer(ctx, 'procs/sink.mjs', []);
     const stack = await startTargets(ctx, {
+      workers: true,
       upstreamPort: sink.port,
       sidepool,
       naive: true,
@@ -76,7 +77,7 @@ export default {
           title: '1. Bulk throughput (MB/s = 10^6 bytes/s confirmed by the sink; higher is better)',
           text: comparisonTable(summary, {
             targets: stack.names,
-            labels: { naive: 'naive relay' },
+            labels: targetLabels(ctx),
           }),
           notes: [
             `each connection streams 64 KiB writes until ${maxMiB} MiB or ${seconds} s, then half-closes and waits for the sink's byte count`,

@@ -1,7 +1,7 @@
 // Workload 2: small request/response on 50 persistent connections, redis-benchmark against
 // a real redis-server, without and with pipelining (-P 16).
 import { comparisonTable, sleep, summarise } from '../lib.mjs';
-import { logSkip, startRedis, startTargets } from '../targets.mjs';
+import { logSkip, startRedis, startTargets, targetLabels } from '../targets.mjs';
 import { redisLoad } from './redis-load.mjs';
 
 export default {
@@ -30,6 +30,7 @@ export default {
     ];
     const redis = await startRedis(ctx);
     const stack = await startTargets(ctx, {
+      workers: true,
       upstreamPort: redis.port,
       sidepool,
       naive: true,
@@ -53,7 +54,7 @@ export default {
             '2. Request/response, 50 persistent clients (redis-benchmark requests/s; higher is better)',
           text: comparisonTable(summary, {
             targets: stack.names,
-            labels: { naive: 'naive relay' },
+            labels: targetLabels(ctx),
           }),
           notes: [
             `redis-benchmark -c 50 -n ${n} -t ping,set,get; and -c 50 -n ${nPipelined} -P 16 -t ping,set,get (more requests so the pipelined run lasts long enough to measure)`,

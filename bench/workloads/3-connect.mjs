@@ -1,7 +1,7 @@
 // Workload 3: a new connection per request at 50 clients (redis-benchmark -k 0): here the
 // per-connection cost of the proxy shows. sidepool runs with a large warm pool.
 import { comparisonTable, sleep, summarise, timeWaitCount } from '../lib.mjs';
-import { logSkip, startRedis, startTargets } from '../targets.mjs';
+import { logSkip, startRedis, startTargets, targetLabels } from '../targets.mjs';
 import { redisLoad } from './redis-load.mjs';
 
 export default {
@@ -25,6 +25,7 @@ export default {
     ];
     const redis = await startRedis(ctx);
     const stack = await startTargets(ctx, {
+      workers: true,
       upstreamPort: redis.port,
       sidepool,
       naive: true,
@@ -50,7 +51,7 @@ export default {
             '3. New connection per request, 50 clients (redis-benchmark -k 0 requests/s; higher is better)',
           text: comparisonTable(summary, {
             targets: stack.names,
-            labels: { naive: 'naive relay' },
+            labels: targetLabels(ctx),
           }),
           notes: [
             `redis-benchmark -k 0 -c 50 -n ${n} -t ping (PING_INLINE and PING_MBULK are two passes of the same test)`,

@@ -152,11 +152,15 @@ async function startHaproxyHttp(ctx, upstreamPort) {
 }
 
 /** sidepool in http mode, with its admin endpoint for the dial and reuse counts. */
-async function startHttpSidepool(ctx, { upstreamPort, label, minIdle, upstream = {} }) {
+async function startHttpSidepool(
+  ctx,
+  { upstreamPort, label, minIdle, upstream = {}, workers = 1 },
+) {
   const port = await freePort();
   const adminPort = await freePort();
   const pool = { minIdle, maxSize: MAX_SIZE, maxWaiters: 4096, acquireTimeout: '5s' };
   const config = {
+    workers,
     admin: { listen: `${HOST}:${adminPort}` },
     log: { level: 'warn' },
     drain: { delay: 0, timeout: '2s' },
@@ -391,6 +395,7 @@ export default {
     const samples = {};
     const upstreamUse = [];
     const vsBest = [];
+    const vsBest2 = [];
     const started = [];
     let origin;
     try {
@@ -402,6 +407,15 @@ export default {
         minIdle: 8,
       });
       started.push(targets.sidepool);
+      if (ctx.workers > 1) {
+        targets.sidepool2 = await startHttpSidepool(ctx, {
+          upstreamPort: origin.port,
+          label: `w6h-http-w${ctx.workers}`,
+          minIdle: 8,
+          workers: ctx.workers,
+        });
+        started.push(targets.sidepool2);
+      }
       targets.nginx = await startNginxProxy(ctx, origin.port);
       started.push(targets.nginx);
       if (ctx.tools.haproxy) {
@@ -428,16 +442,15 @@ export default {
           const target = targets[name];
           let maxLinks = 0;
           let sampling = true;
-          const sampler =
-            name === 'sidepool'
-              ? (async () => {
-                  while (sampling) {
-                    maxLinks = Math.max(maxLinks, establishedTo(target.pid, origin.port));
-                    await sleep(100);
-                  }
-                })()
-              : undefined;
-          const before = name === 'sidepool' ? await target.counters() : undefined;
+          const sampler = name.startsWith('sidepool')
+            ? (async () => {
+                while (sampling) {
+                  maxLinks = Math.max(maxLinks, establishedTo(target.pid, origin.port));
+                  await sleep(100);
+                }
+              })()
+            : undefined;
+          const before = name.startsWith('sidepool') ? await target.counters() : undefined;
           const result = await wrk(ctx, target.port, seconds);
           sampling = false;
           await sampler;
@@ -448,6 +461,7 @@ export default {
           if (before !== undefined) {
             const after = await target.counters();
             upstreamUse.push({
+              target: name,
               run: run + 1,
               maxEstablished: maxLinks,
               dials: after.dials - before.dials,
@@ -461,6 +475,7 @@ export default {
         }
         const best = Math.max(rps.nginx ?? 0, rps.haproxy ?? 0);
         vsBest.push(rps.sidepool && best > 0 ? rps.sidepool / best : null);
+        vsBest2.push(rps.sidepool2 && best > 0 ? rps.sidepool2 / best : null);
       }
     } finally {
       await Promise.all(started.map((t) => t.stop()));
@@ -539,12 +554,22 @@ export default {
         ['sidepool', 'node http'],
       ],
     });
-    const ratioVsBest = median(vsBest);
-    const links = upstreamUse.map((u) => u.maxEstablished);
-    const verdict =
-      ratioVsBest === null
-        ? 'no sidepool result'
-        : `${ratioVsBest >= 0.8 ? 'meets' : 'MISSES'} the target of ≥ 0.8× the faster of nginx and HAProxy: ${fmtRatio(ratioVsBest)} (median of per-run ratios)`;
+    const verdictOf = (ratio) =>
+      ratio === null
+        ? 'no result'
+        : `${ratio >= 0.8 ? 'meets' : 'MISSES'} the target of ≥ 0.8× the faster of nginx and HAProxy: ${fmtRatio(ratio)} (median of per-run ratios)`;
+    const verdict = verdictOf(median(vsBest));
+    const use = (target) => upstreamUse.filter((u) => u.target === target);
+    const useNote = (target, label) =>
+      `${label} upstream connections: at most ${Math.max(0, ...use(target).map((u) => u.maxEstablished))} established at once (maxSize ${MAX_SIZE}); per run: ${use(
+        target,
+      )
+        .map(
+          (u) =>
+            `${u.dials} dials for ${u.responses.toLocaleString('en-US')} responses (${u.reused.toLocaleString('en-US')} on reused links, ${u.errors} errors)`,
+        )
+        .join('; ')}`;
+    const w = `sidepool ×${ctx.workers} workers`;
     const latencySummary = summarise(latency);
     const latencyRatio = latencySummary['p50 ms']?.ratio.sidepool;
     const latencyVerdict =
@@ -563,20 +588,23 @@ export default {
               haproxy: 'HAProxy http-reuse',
               naive: 'naive Node relay',
               'node http': 'node:http alone, no upstream',
+              sidepool2: w,
             },
           }),
           notes: [
             `wrk -t 2 -c 50 -d ${seconds}s --latency -H 'Connection: close' against nginx (1 worker, \`return 200\` of ${BODY.length} bytes); targets in rotating order, ${ctx.runs} run(s)`,
             `sidepool ÷ nginx proxy: ${fmtRatio(summary['requests/s']?.pair['sidepool/nginx'])}; sidepool ÷ HAProxy: ${fmtRatio(summary['requests/s']?.pair['sidepool/haproxy'])}`,
             `sidepool ${verdict}`,
-            `sidepool upstream connections: at most ${Math.max(0, ...links)} established at once (maxSize ${MAX_SIZE}); per run: ${upstreamUse
-              .map(
-                (u) =>
-                  `${u.dials} dials for ${u.responses.toLocaleString('en-US')} responses (${u.reused.toLocaleString('en-US')} on reused links, ${u.errors} errors)`,
-              )
-              .join('; ')}`,
+            useNote('sidepool', 'sidepool'),
+            ...(ctx.workers > 1
+              ? [
+                  `${w} ${verdictOf(median(vsBest2))}`,
+                  useNote('sidepool2', w),
+                  `${w} ÷ node:http alone: ${fmtRatio(summary['requests/s']?.pair['sidepool2/node http'])}`,
+                ]
+              : []),
             `sidepool ÷ node:http alone (one Node thread answering every request itself, no upstream): ${fmtRatio(summary['requests/s']?.pair['sidepool/node http'])}`,
-            `sidepool is one Node thread; nginx (worker_processes auto) and HAProxy (nbthread default) use all ${ctx.cpus} CPUs, which wrk and the origin nginx share`,
+            `sidepool is one Node thread (with workers, one per worker); nginx (worker_processes auto) and HAProxy (nbthread default) use all ${ctx.cpus} CPUs, which wrk and the origin nginx share`,
             ...problems.map((p) => `problem: ${p}`),
           ],
         },
@@ -592,7 +620,7 @@ export default {
           notes: [...latencyNotes, `sidepool p50 ${latencyVerdict}`],
         },
       ],
-      raw: { seconds, summary, upstreamUse, vsBest, latency: latencySummary },
+      raw: { seconds, summary, upstreamUse, vsBest, vsBest2, latency: latencySummary },
     };
   },
 };
