@@ -7,7 +7,7 @@ import { Metrics } from './admin/metrics.js';
 import { parseAddress, type Address } from './config/address.js';
 import { destinationKey, destinationName } from './config/load.js';
 import type { Config, RouteConfig } from './config/schema.js';
-import { ConfigError, ResolveError, codeOf, describe } from './errors.js';
+import { ResolveError, codeOf, reloadProblems } from './errors.js';
 import { Pool } from './pool/pool.js';
 import { httpSessionFactory, httpSettings } from './proxy/http/mode.js';
 import { Route } from './proxy/route.js';
@@ -216,10 +216,7 @@ export class App {
       return { ok: true };
     } catch (err) {
       this.metrics.configReloads.inc({ result: 'failure' });
-      const problems =
-        err instanceof ConfigError
-          ? err.issues.map((i) => (i.path ? `${i.path}: ${i.message}` : i.message))
-          : [describe(err)];
+      const problems = reloadProblems(err);
       for (const problem of problems) {
         this.log.error(
           { code: codeOf(err), problem },

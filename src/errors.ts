@@ -225,3 +225,10 @@ export class WorkerStartError extends SidepoolError {
     super('SIDEPOOL_WORKER_START', `worker ${worker} could not start: ${message}`);
   }
 }
+
+/** One line per problem in a failed reload: each field of a ConfigError, else the error. */
+export function reloadProblems(err: unknown): string[] {
+  return err instanceof ConfigError
+    ? err.issues.map((i) => (i.path ? `${i.path}: ${i.message}` : i.message))
+    : [describe(err)];
+}

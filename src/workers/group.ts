@@ -5,7 +5,7 @@ import { AdminServer } from '../admin/server.js';
 import { Metrics } from '../admin/metrics.js';
 import { listenAddress, redact } from '../app.js';
 import type { Config } from '../config/schema.js';
-import { ConfigError, WorkerStartError, codeOf, describe } from '../errors.js';
+import { WorkerStartError, codeOf, describe, reloadProblems } from '../errors.js';
 import {
   WORKER_ENV,
   isMessage,
@@ -305,10 +305,7 @@ export class WorkerGroup {
     try {
       next = await this.options.loadConfig();
     } catch (err) {
-      const problems =
-        err instanceof ConfigError
-          ? err.issues.map((i) => (i.path ? `${i.path}: ${i.message}` : i.message))
-          : [describe(err)];
+      const problems = reloadProblems(err);
       for (const problem of problems) {
         this.log.error(
           { code: codeOf(err), problem },
