@@ -13,7 +13,7 @@
 // must render the same as kustomize.
 import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { cp, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
@@ -46,6 +46,14 @@ const KUSTOMIZATIONS = ['deploy/kubernetes', 'deploy/kubernetes/classic'];
 /** Helm 3.6.2 assumes Kubernetes 1.20 unless told; the chart needs >= 1.23 (1.29 for native sidecars). */
 const KUBE_VERSION = '1.30.0';
 const CONFIG_PATH = '/etc/sidepool/sidepool.yaml';
+/** The image's ENTRYPOINT: node and the CLI, which the chart's nodeFlags command repeats. */
+const ENTRYPOINT = (
+  JSON.parse(
+    /^ENTRYPOINT (\[.*\])$/m.exec(
+      readFileSync(path.join(ROOT, 'deploy', 'Dockerfile'), 'utf8'),
+    )![1]!,
+  ) as string[]
+).slice(0, 2) as [string, string];
 /** terminationGracePeriodSeconds must exceed drain.delay + drain.timeout by at least this. */
 const MIN_GRACE_MARGIN_S = 5;
 
@@ -512,6 +520,8 @@ void t.test('sidepool containers: placement, probes, security, resources, config
   let pods = 0;
   /** Where TLS files were found in mounted Secrets: 'standalone', 'sidecar'. */
   const tlsIn = new Set<string>();
+  /** The commands set by nodeFlags, as rendered. */
+  const commands: string[] = [];
   for (const render of renders) {
     for (const { owner, labels, annotations, spec } of podSpecs(render)) {
       const where = `${render.source}: ${label(owner)}`;
@@ -563,6 +573,17 @@ void t.test('sidepool containers: placement, probes, security, resources, config
       t.ok(sidepool.resources?.limits?.memory, `${where}: a memory limit`);
 
       t.same(sidepool.args, ['run', '--config', CONFIG_PATH], `${where}: runs with ${CONFIG_PATH}`);
+      // nodeFlags: the image's entrypoint with the flags between node and the CLI.
+      if (sidepool.command !== undefined) {
+        const [node, cli] = ENTRYPOINT;
+        t.equal(sidepool.command[0], node, `${where}: command runs the image's node`);
+        t.equal(sidepool.command.at(-1), cli, `${where}: command runs the image's CLI`);
+        t.ok(
+          sidepool.command.slice(1, -1).every((flag) => /^--[a-z]/.test(flag)),
+          `${where}: only node flags between them`,
+        );
+        commands.push(sidepool.command.join(' '));
+      }
       const mount = sidepool.volumeMounts?.find((m) => m.mountPath === path.dirname(CONFIG_PATH));
       const volume = spec.volumes?.find((v) => v.name === mount?.name);
       const configMap = render.objects.find(
@@ -692,6 +713,11 @@ void t.test('sidepool containers: placement, probes, security, resources, config
     ['sidecar', 'standalone'],
     'TLS files from mounted Secrets, in a standalone pool and in a sidecar',
   );
+  t.same(
+    commands,
+    [`${ENTRYPOINT[0]} --no-incremental-marking ${ENTRYPOINT[1]}`],
+    'nodeFlags (ci/standalone-full-values.yaml) sets the command; every other render keeps the entrypoint',
+  );
   t.end();
 });
 
@@ -811,6 +837,11 @@ void t.test('helm chart: values that must be refused', async (t) => {
       error: /upstream/,
     },
     { name: 'no routes', values: { config: { routes: [] } }, error: /routes/ },
+    {
+      name: 'a node flag that is no flag',
+      values: { nodeFlags: ['x; rm -rf /'] },
+      error: /nodeFlags/,
+    },
     {
       name: 'two routes on one port',
       values: { config: { routes: [route, { ...route, name: 'cache' }] } },

@@ -150,6 +150,15 @@ prometheus.io/path: /metrics
   {{- if and $sidecar .Values.sidecar.native }}
   restartPolicy: Always
   {{- end }}
+  {{- with .Values.nodeFlags }}
+  # The image's entrypoint (deploy/Dockerfile) with V8 flags that NODE_OPTIONS refuses.
+  command:
+    - /nodejs/bin/node
+    {{- range . }}
+    - {{ . | quote }}
+    {{- end }}
+    - /app/dist/cli.js
+  {{- end }}
   args: ["run", "--config", "/etc/sidepool/sidepool.yaml"]
   {{- if or .Values.nodeOptions .Values.extraEnv }}
   env:
