@@ -141,6 +141,11 @@ prometheus.io/path: /metrics
 {{- end }}
 {{- end }}
 
+{{/* The image's node binary (deploy/Dockerfile's ENTRYPOINT), for commands run in it. */}}
+{{- define "sidepool.node" -}}
+/nodejs/bin/node
+{{- end }}
+
 {{/* The sidepool container, as a list item, for either mode. */}}
 {{- define "sidepool.container" -}}
 {{- $sidecar := eq .Values.mode "sidecar" -}}
@@ -153,7 +158,7 @@ prometheus.io/path: /metrics
   {{- with .Values.nodeFlags }}
   # The image's entrypoint (deploy/Dockerfile) with V8 flags that NODE_OPTIONS refuses.
   command:
-    - /nodejs/bin/node
+    - {{ include "sidepool.node" $ }}
     {{- range . }}
     - {{ . | quote }}
     {{- end }}
@@ -203,7 +208,7 @@ prometheus.io/path: /metrics
     postStart:
       exec:
         command:
-          - /nodejs/bin/node
+          - {{ include "sidepool.node" . }}
           - -e
           - >-
             const http = require('node:http'), end = Date.now() + 60000;
