@@ -32,6 +32,10 @@ const HELP = `usage: npm run bench -- [options]
   --conns N          concurrent connections for the RSS workload (default 10,000)
   --workers N        also measure sidepool with \`workers: N\` in workloads 1, 2, 3 and 6h
                      (default 2; 1 leaves that target out)
+  --sidepool-env LIST         environment for the sidepool processes only, e.g.
+                              GLIBC_TUNABLES=glibc.malloc.trim_threshold=67108864 (comma-separated)
+  --sidepool-node-flags=LIST  node flags for the sidepool processes only (comma-separated;
+                              the = is needed), e.g. --sidepool-node-flags=--no-incremental-marking
   --build            run \`npm run build\` first (done anyway when dist/cli.js is missing)
   --out NAME         results file name (default latest, or quick with --quick)
   --without LIST     pretend tools are absent, e.g. haproxy,redis-benchmark (to test skips)
@@ -51,6 +55,8 @@ function parseCli() {
       'soak-max-seconds': { type: 'string' },
       conns: { type: 'string' },
       workers: { type: 'string' },
+      'sidepool-env': { type: 'string', default: '' },
+      'sidepool-node-flags': { type: 'string', default: '' },
       build: { type: 'boolean', default: false },
       out: { type: 'string' },
       without: { type: 'string' },
@@ -67,8 +73,29 @@ function parseCli() {
     }
     return n;
   };
+  const list = (name) =>
+    values[name]
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
+  const sidepoolEnv = {};
+  for (const pair of list('sidepool-env')) {
+    const eq = pair.indexOf('=');
+    if (eq < 1) {
+      say(`bench: --sidepool-env expects NAME=VALUE pairs, got ${pair}`);
+      process.exit(2);
+    }
+    sidepoolEnv[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
+  const nodeFlags = list('sidepool-node-flags');
+  const badFlag = nodeFlags.find((f) => !f.startsWith('--'));
+  if (badFlag !== undefined) {
+    say(`bench: --sidepool-node-flags expects --flags, got ${badFlag}`);
+    process.exit(2);
+  }
   return {
     help: values.help,
+    runtime: { env: sidepoolEnv, nodeFlags },
     quick: values.quick,
     runs: int('runs', values.quick ? 1 : 3),
     soak: int('soak', values.quick ? 10_000 : SOAK_DEFAULT),
@@ -254,6 +281,7 @@ async function main() {
     git,
     distBuiltAt: build.at,
     node: process.version,
+    sidepoolRuntime: opts.runtime,
     cpus: cpus.length,
     cpuModel: cpus[0]?.model ?? 'unknown',
     kernel: `${os.type()} ${os.release()}`,
@@ -274,6 +302,7 @@ async function main() {
     soakMaxSeconds: opts.soakMaxSeconds,
     conns: opts.conns,
     workers: opts.workers,
+    runtime: env.sidepoolRuntime,
     tools,
     tmp,
     cpus: cpus.length,
@@ -450,6 +479,16 @@ function describeExit(info) {
   return info.signal ? `signal ${info.signal}` : `exit code ${info.code}`;
 }
 
+function describeRuntime({ env, nodeFlags }) {
+  const settings = [
+    ...Object.entries(env).map(([k, v]) => `\`${k}=${v}\``),
+    ...nodeFlags.map((f) => `\`${f}\``),
+  ];
+  return settings.length
+    ? `\`node dist/cli.js\` with ${settings.join(', ')}`
+    : '`node dist/cli.js`, no extra environment or node flags';
+}
+
 function render({
   opts,
   env,
@@ -478,6 +517,7 @@ function render({
     `| sidepool | ${env.sidepool}, git ${env.git.commit}${env.git.srcDirty ? ' (src/ had uncommitted changes)' : ''}, dist built ${env.distBuiltAt} |`,
   );
   out.push(`| node | ${env.node} |`);
+  out.push(`| sidepool runtime | ${describeRuntime(env.sidepoolRuntime)} |`);
   out.push(`| CPUs | ${env.cpus} × ${env.cpuModel} |`);
   out.push(
     `| kernel | ${env.kernel}; tcp_tw_reuse ${env.tcpTwReuse}; ephemeral ports ${env.ephemeralPorts} |`,

@@ -97,6 +97,19 @@ export async function startRedis(ctx, { maxClients = 10_000 } = {}) {
 }
 
 /**
+ * The sidepool process for a config file, with the environment and node flags that
+ * `--sidepool-env` and `--sidepool-node-flags` gave (`ctx.runtime`). Every workload starts
+ * sidepool through this.
+ */
+export function startSidepoolProcess(ctx, configFile, logFile) {
+  const { env, nodeFlags } = ctx.runtime;
+  return startChild('sidepool', NODE, [...nodeFlags, SIDEPOOL_CLI, 'run', '--config', configFile], {
+    logFile,
+    env,
+  });
+}
+
+/**
  * sidepool from dist/, tcp mode, with a config file written to the temp dir (so that every
  * pool setting used is on record). Waits until listening and, unless `warm: false`, until
  * `minIdle` links are established.
@@ -136,9 +149,7 @@ export async function startSidepool(
   const configFile = path.join(ctx.tmp, `sidepool-${port}.json`);
   fs.writeFileSync(configFile, JSON.stringify(config, null, 2));
   const logFile = logPath(ctx, `sidepool-${label}`);
-  const child = startChild('sidepool', NODE, [SIDEPOOL_CLI, 'run', '--config', configFile], {
-    logFile,
-  });
+  const child = startSidepoolProcess(ctx, configFile, logFile);
   await waitListening(port, { child });
   let links = 0;
   if (warm && minIdle > 0) {

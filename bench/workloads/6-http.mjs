@@ -16,7 +16,6 @@ import https from 'node:https';
 import path from 'node:path';
 import {
   HOST,
-  ROOT_DIR,
   comparisonTable,
   establishedTo,
   fmt,
@@ -36,7 +35,7 @@ import {
   waitListening,
   which,
 } from '../lib.mjs';
-import { logSkip, startNaive, startNodeServer } from '../targets.mjs';
+import { logSkip, startNaive, startNodeServer, startSidepoolProcess } from '../targets.mjs';
 
 const BODY = 'hello from nginx: a small static response\n';
 const SERVERNAME = 'upstream.bench';
@@ -177,12 +176,7 @@ async function startHttpSidepool(
   const configFile = path.join(ctx.tmp, `sidepool-${port}.json`);
   fs.writeFileSync(configFile, JSON.stringify(config, null, 2));
   const logFile = logPath(ctx, `sidepool-${label}`);
-  const child = startChild(
-    'sidepool',
-    process.execPath,
-    [path.join(ROOT_DIR, 'dist', 'cli.js'), 'run', '--config', configFile],
-    { logFile },
-  );
+  const child = startSidepoolProcess(ctx, configFile, logFile);
   await waitListening(port, { child });
   if (minIdle > 0) await waitConnections(child.pid, upstreamPort, minIdle, 15_000);
   const target = {

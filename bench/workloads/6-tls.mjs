@@ -15,7 +15,6 @@ import path from 'node:path';
 import tls from 'node:tls';
 import {
   HOST,
-  ROOT_DIR,
   comparisonTable,
   fmt,
   freePort,
@@ -28,13 +27,12 @@ import {
   runCommand,
   say,
   sleep,
-  startChild,
   summarise,
   waitConnections,
   waitListening,
   which,
 } from '../lib.mjs';
-import { logSkip, startNodeServer } from '../targets.mjs';
+import { logSkip, startNodeServer, startSidepoolProcess } from '../targets.mjs';
 
 const SERVERNAME = 'upstream.bench';
 const PAYLOAD = Buffer.from('PING\r\n');
@@ -112,12 +110,7 @@ async function startTlsSidepool(
   const configFile = path.join(ctx.tmp, `sidepool-${port}.json`);
   fs.writeFileSync(configFile, JSON.stringify(config, null, 2));
   const logFile = path.join(ctx.tmp, `w6-sidepool-${label}.log`);
-  const child = startChild(
-    'sidepool',
-    process.execPath,
-    [path.join(ROOT_DIR, 'dist', 'cli.js'), 'run', '--config', configFile],
-    { logFile },
-  );
+  const child = startSidepoolProcess(ctx, configFile, logFile);
   await waitListening(port, { child });
   const target = {
     kind: 'sidepool',

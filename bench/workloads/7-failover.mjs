@@ -5,20 +5,8 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import {
-  HOST,
-  ROOT_DIR,
-  freePort,
-  mdTable,
-  performance,
-  say,
-  sleep,
-  startChild,
-  waitListening,
-} from '../lib.mjs';
-import { startNodeServer } from '../targets.mjs';
-
-const NODE = process.execPath;
+import { HOST, freePort, mdTable, performance, say, sleep, waitListening } from '../lib.mjs';
+import { startNodeServer, startSidepoolProcess } from '../targets.mjs';
 
 function session(port) {
   return new Promise((resolve) => {
@@ -92,13 +80,10 @@ export default {
     };
     const configFile = path.join(ctx.tmp, 'sidepool-failover.json');
     fs.writeFileSync(configFile, JSON.stringify(config, null, 2));
-    const sidepool = startChild(
-      'sidepool',
-      NODE,
-      [path.join(ROOT_DIR, 'dist', 'cli.js'), 'run', '--config', configFile],
-      {
-        logFile: path.join(ctx.tmp, 'sidepool-failover.log'),
-      },
+    const sidepool = startSidepoolProcess(
+      ctx,
+      configFile,
+      path.join(ctx.tmp, 'sidepool-failover.log'),
     );
     await waitListening(port, { child: sidepool });
     await sleep(500);
