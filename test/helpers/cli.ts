@@ -46,8 +46,13 @@ export interface RunningCli {
   exited: Promise<number | null>;
 }
 
-export function startCli(args: string[], env: NodeJS.ProcessEnv = {}, cwd?: string): RunningCli {
-  const child = spawn(process.execPath, [CLI, ...args], {
+export function startCli(
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  cwd?: string,
+  nodeFlags: string[] = [],
+): RunningCli {
+  const child = spawn(process.execPath, [...nodeFlags, CLI, ...args], {
     cwd,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
