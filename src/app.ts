@@ -392,6 +392,7 @@ export class App {
               observer: this.metrics.httpObserver(routeConfig.name, pool.name),
             })
           : undefined,
+      ownReads: routeConfig.mode === 'tcp',
       tls:
         routeConfig.tls === undefined
           ? undefined

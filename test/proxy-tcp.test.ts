@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import t from 'tap';
 import { startProxy } from './helpers/app.js';
@@ -164,6 +165,37 @@ void t.test(
     holder.end();
     holder.resume();
     t.equal((await queued).toString(), 'early bytes');
+  },
+);
+
+void t.test(
+  'what a queued downstream sends in many reads of mixed sizes reaches the upstream intact',
+  async (t) => {
+    const upstream = await startEcho();
+    t.teardown(() => upstream.close());
+    const proxy = await startProxy(upstream.address, { minIdle: 0, maxSize: 1 });
+    t.teardown(() => proxy.app.stop(100));
+    const holder = net.connect(proxy.port, '127.0.0.1');
+    await until(() => proxy.pool.stats().active === 1);
+    // The queued session keeps each chunk it reads until a link comes; the proxy reads
+    // small ones into a shared buffer and large ones into a buffer of the socket's own.
+    const client = net.connect(proxy.port, '127.0.0.1');
+    const echoed: Buffer[] = [];
+    client.on('data', (c: Buffer) => echoed.push(c));
+    await until(() => proxy.pool.stats().waiters === 1);
+    const sent: Buffer[] = [];
+    for (const size of [7, 20_000, 3, 3, 3, 30_000, 5]) {
+      const chunk = randomBytes(size);
+      sent.push(chunk);
+      client.write(chunk);
+      await sleep(5);
+    }
+    holder.end();
+    holder.resume();
+    const expected = Buffer.concat(sent);
+    await until(() => Buffer.concat(echoed).length >= expected.length);
+    t.ok(Buffer.concat(echoed).equals(expected), 'echoed byte for byte');
+    client.destroy();
   },
 );
 

@@ -1,5 +1,6 @@
 import type { Duplex } from 'node:stream';
 import { LinkClosedError, SidepoolError } from '../errors.js';
+import { CHUNK_KEPT, READ_PAUSE, readWith, stopReading } from '../net/reads.js';
 
 /**
  * The life of one upstream connection:
@@ -88,22 +89,26 @@ export class Link {
     this.enterIdle(idleTimeoutMs);
   }
 
-  /** idle → active: a caller takes the link. Bytes that arrived while idle are put back. */
+  /**
+   * idle → active: a caller takes the link, which stops reading until the caller reads
+   * it. Bytes that arrived while idle wait in `takeIdleBytes()`.
+   */
   lease(): void {
     this.expect('idle');
     this.state = 'active';
     this.uses++;
     this.clearIdleTimer();
     const socket = this.socket;
-    socket.off('data', onIdleData);
+    stopReading(socket);
     socket.off('end', onIdleEnd);
-    socket.pause();
-    if (this.idleChunks !== undefined) {
-      const chunks = this.idleChunks;
-      this.idleChunks = undefined;
-      this.idleBytes = 0;
-      socket.unshift(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks));
-    }
+  }
+
+  /** What the upstream sent while the link sat idle (a greeting), for its holder to pass on. */
+  takeIdleBytes(): Buffer[] | undefined {
+    const chunks = this.idleChunks;
+    this.idleChunks = undefined;
+    this.idleBytes = 0;
+    return chunks;
   }
 
   /** active → idle: the caller is done and the link can serve again. */
@@ -138,8 +143,8 @@ export class Link {
     this.idleSince = Date.now();
     const socket = this.socket;
     // An idle link must notice the upstream's FIN or stray bytes at once, so it reads.
-    socket.on('data', onIdleData);
     socket.on('end', onIdleEnd);
+    readWith(socket, onIdleBytes);
     if (idleTimeoutMs > 0) {
       this.idleTimer = setTimeout(onIdleTimeout, idleTimeoutMs, this);
       this.idleTimer.unref();
@@ -161,10 +166,10 @@ export class Link {
   }
 
   /** Bytes arrived while idle: kept for the next holder (tcp), or the link is broken (http). */
-  idleData(chunk: Buffer): void {
+  idleData(chunk: Buffer): number {
     if (!this.keepIdleBytes) {
       this.close('error', new LinkClosedError('the upstream sent bytes on an idle link'));
-      return;
+      return READ_PAUSE;
     }
     this.idleBytes += chunk.length;
     if (this.idleBytes > MAX_IDLE_BYTES) {
@@ -172,9 +177,10 @@ export class Link {
         'error',
         new LinkClosedError(`the upstream sent over ${MAX_IDLE_BYTES} bytes on an idle link`),
       );
-      return;
+      return READ_PAUSE;
     }
     (this.idleChunks ??= []).push(chunk);
+    return CHUNK_KEPT;
   }
 
   idleExpired(): void {
@@ -215,8 +221,8 @@ type Linked = Duplex & { [kLink]?: Link };
 function linkOf(socket: Linked): Link {
   return socket[kLink] as Link;
 }
-function onIdleData(this: Linked, chunk: Buffer): void {
-  linkOf(this).idleData(chunk);
+function onIdleBytes(this: Linked, chunk: Buffer): number {
+  return linkOf(this).idleData(chunk);
 }
 function onIdleEnd(this: Linked): void {
   linkOf(this).close('remote_closed');

@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import type { Address } from '../config/address.js';
 import { boundAddress, boundPort, formatAddress } from '../config/address.js';
 import { ListenError, codeOf, describe } from '../errors.js';
+import { adoptOwnReads } from '../net/reads.js';
 import type { Pool } from '../pool/pool.js';
 import type { SpliceOutcome, SpliceTimeouts } from './splice.js';
 import type { TlsTermination } from './tls-listener.js';
@@ -53,6 +54,11 @@ export interface RouteOptions {
   createSession?: SessionFactory;
   /** TLS termination: downstreams speak TLS to the listener. The route owns it. */
   tls?: TlsTermination;
+  /**
+   * Accepted downstreams read into buffers sidepool reuses (net/reads.ts). For tcp mode,
+   * whose sessions only splice; not with TLS termination, whose socket Node's TLS reads.
+   */
+  ownReads?: boolean;
 }
 
 type RouteState = 'new' | 'listening' | 'closing' | 'closed';
@@ -74,6 +80,7 @@ export class Route {
   readonly tls: TlsTermination | undefined;
   private readonly sessions = new Set<Session>();
   private readonly createSession: SessionFactory;
+  private readonly ownReads: boolean;
   private state: RouteState = 'new';
   private nextSessionId = 1;
   private endedBytesUp = 0;
@@ -90,7 +97,9 @@ export class Route {
     this.createSession = options.createSession ?? tcpSession;
     this.listenAddress = options.listen;
     this.tls = options.tls;
-    const serverOptions = { allowHalfOpen: true, noDelay: true, pauseOnConnect: false };
+    this.ownReads = options.ownReads === true && this.tls === undefined;
+    // Adoption needs a socket that has read nothing yet.
+    const serverOptions = { allowHalfOpen: true, noDelay: true, pauseOnConnect: this.ownReads };
     if (this.tls === undefined) {
       this.server = net.createServer(serverOptions);
       this.server.on('connection', this.onConnection);
@@ -189,11 +198,12 @@ export class Route {
     if (this.sessions.size === 0) this.drained?.();
   }
 
-  private readonly onConnection = (socket: net.Socket): void => {
+  private readonly onConnection = (accepted: net.Socket): void => {
     if (this.state !== 'listening') {
-      socket.destroy();
+      accepted.destroy();
       return;
     }
+    const socket = this.ownReads ? adoptOwnReads(accepted) : accepted;
     const session = this.createSession(this, this.nextSessionId++, socket);
     this.sessions.add(session);
     this.observer.opened();

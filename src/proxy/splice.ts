@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { codeOf } from '../errors.js';
+import { CHUNK_KEPT, READ_MORE, READ_PAUSE, readWith, stopReading } from '../net/reads.js';
 
 /** How a splice ended, for the session's log line and metrics. */
 export interface SpliceOutcome {
@@ -54,9 +55,14 @@ export class Splice {
 
   /**
    * Starts relaying. `early` holds what the downstream sent before the splice began (and
-   * whether its FIN came too): it goes upstream first.
+   * whether its FIN came too): it goes upstream first. `greeting` holds what the upstream
+   * sent before (on an idle link): it goes downstream first.
    */
-  start(timeouts: SpliceTimeouts, early?: { chunks: Buffer[]; ended: boolean }): void {
+  start(
+    timeouts: SpliceTimeouts,
+    early?: { chunks: Buffer[]; ended: boolean },
+    greeting?: Buffer[],
+  ): void {
     const down = this.down as Spliced;
     const up = this.up as Spliced;
     const { idleTimeoutMs, halfCloseTimeoutMs } = timeouts;
@@ -71,12 +77,16 @@ export class Splice {
         this.startHalfCloseTimer();
       }
     }
+    if (greeting !== undefined) {
+      for (const chunk of greeting) {
+        this.bytesDown += chunk.length;
+        down.write(chunk);
+      }
+    }
     // The listeners are shared functions that find their splice on the socket: a session
     // costs no closures, which shows at tens of thousands of connections.
     down[kSplice] = this;
     up[kSplice] = this;
-    down.on('data', onDownData);
-    up.on('data', onUpData);
     down.on('end', onDownEnd);
     up.on('end', onUpEnd);
     down.on('drain', onDownDrain);
@@ -90,8 +100,8 @@ export class Splice {
     if (down.destroyed) this.downClose();
     else if (up.destroyed) this.upClose();
     else {
-      down.resume();
-      up.resume();
+      readWith(down, onDownBytes);
+      readWith(up, onUpBytes);
     }
   }
 
@@ -105,14 +115,14 @@ export class Splice {
     this.up.destroy();
   }
 
-  downData(chunk: Buffer): void {
+  downData(chunk: Buffer): number {
     this.bytesUp += chunk.length;
-    if (!this.up.write(chunk)) this.down.pause();
+    return relay(chunk, this.up);
   }
 
-  upData(chunk: Buffer): void {
+  upData(chunk: Buffer): number {
     this.bytesDown += chunk.length;
-    if (!this.down.write(chunk)) this.up.pause();
+    return relay(chunk, this.down);
   }
 
   /** The app read what we wrote: the upstream may be read again. */
@@ -176,8 +186,8 @@ export class Splice {
     if (this.halfCloseTimer !== undefined) clearTimeout(this.halfCloseTimer);
     const down = this.down as Spliced;
     const up = this.up as Spliced;
-    down.off('data', onDownData);
-    up.off('data', onUpData);
+    stopReading(down);
+    stopReading(up);
     down.off('end', onDownEnd);
     up.off('end', onUpEnd);
     down.off('drain', onDownDrain);
@@ -199,11 +209,22 @@ function splice(socket: Spliced): Splice {
   return socket[kSplice] as Splice;
 }
 
-function onDownData(this: Spliced, chunk: Buffer): void {
-  splice(this).downData(chunk);
+function onDownBytes(this: Spliced, chunk: Buffer): number {
+  return splice(this).downData(chunk);
 }
-function onUpData(this: Spliced, chunk: Buffer): void {
-  splice(this).upData(chunk);
+function onUpBytes(this: Spliced, chunk: Buffer): number {
+  return splice(this).upData(chunk);
+}
+
+/**
+ * Writes a chunk on. Bytes the kernel did not take at once stay queued in the chunk's
+ * memory, which must then not be read into again; past the high-water mark they also stop
+ * reading until the other side drains.
+ */
+function relay(chunk: Buffer, to: Duplex): number {
+  const more = to.write(chunk);
+  if (to.writableLength === 0) return READ_MORE;
+  return more ? CHUNK_KEPT : CHUNK_KEPT | READ_PAUSE;
 }
 // A drained side lets the other side read again.
 function onDownDrain(this: Spliced): void {

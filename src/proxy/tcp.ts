@@ -1,5 +1,7 @@
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { codeOf, describe } from '../errors.js';
+import { CHUNK_KEPT, READ_PAUSE, readWith, stopReading } from '../net/reads.js';
 import type { Link } from '../pool/link.js';
 import type { Waiter } from '../pool/pool.js';
 import type { Route, Session } from './route.js';
@@ -46,10 +48,10 @@ export class TcpSession implements Session {
     // a departure: the bytes and the FIN go upstream once a link comes.
     this.early = { chunks: [], bytes: 0, ended: false };
     (this.socket as Waiting)[kSession] = this;
-    this.socket.on('data', onWaitingData);
     this.socket.on('end', onWaitingEnd);
     this.socket.on('error', onWaitingError);
     this.socket.on('close', onWaitingClose);
+    readWith(this.socket, onWaitingBytes);
     this.waiter = this.route.pool.wait((err, link) => this.onLink(err, link));
   }
 
@@ -74,9 +76,8 @@ export class TcpSession implements Session {
   private onLink(err: Error | null, link?: Link): void {
     this.waiter = undefined;
     this.socket.off('close', onWaitingClose);
-    this.socket.off('data', onWaitingData);
     this.socket.off('end', onWaitingEnd);
-    this.socket.pause();
+    stopReading(this.socket);
     if (err !== null || link === undefined) {
       this.refuse(err ?? new Error('no link'));
       return;
@@ -101,7 +102,7 @@ export class TcpSession implements Session {
       );
     }
     this.splice = new Splice(this.socket, link.socket, (outcome) => this.spliceDone(outcome));
-    this.splice.start(this.route.timeouts, this.early);
+    this.splice.start(this.route.timeouts, this.early, link.takeIdleBytes());
     this.early = undefined;
   }
 
@@ -156,11 +157,11 @@ export class TcpSession implements Session {
     this.end();
   }
 
-  waitingData(chunk: Buffer): void {
+  waitingData(chunk: Buffer): number {
     const early = this.early as EarlyBytes;
     early.chunks.push(chunk);
     early.bytes += chunk.length;
-    if (early.bytes >= MAX_EARLY_BYTES) this.socket.pause();
+    return early.bytes >= MAX_EARLY_BYTES ? CHUNK_KEPT | READ_PAUSE : CHUNK_KEPT;
   }
 
   waitingEnd(): void {
@@ -184,8 +185,8 @@ export class TcpSession implements Session {
 const kSession = Symbol('sidepool.tcp-session');
 type Waiting = Socket & { [kSession]?: TcpSession };
 
-function onWaitingData(this: Waiting, chunk: Buffer): void {
-  this[kSession]?.waitingData(chunk);
+function onWaitingBytes(this: Duplex, chunk: Buffer): number {
+  return (this as Waiting)[kSession]?.waitingData(chunk) ?? READ_PAUSE;
 }
 function onWaitingEnd(this: Waiting): void {
   this[kSession]?.waitingEnd();

@@ -80,6 +80,7 @@ export class Destination {
       endpoints: this.endpoints,
       connectTimeout: route.pool.connectTimeout,
       tls: this.tls,
+      ownReads: route.mode === 'tcp',
     });
     if (upstream.dns !== undefined) {
       const dns = parseAddress(upstream.dns) as Address & { kind: 'tcp' };

@@ -2,6 +2,7 @@ import net from 'node:net';
 import type { Address } from '../config/address.js';
 import { formatAddress } from '../config/address.js';
 import { ConnectError, ConnectTimeoutError, NoHealthyEndpointError } from '../errors.js';
+import { connectOwnReads } from '../net/reads.js';
 import type { Connector, Dialed } from '../pool/pool.js';
 import type { Endpoint, EndpointSet } from './endpoints.js';
 import type { TlsOrigination } from './tls.js';
@@ -15,6 +16,11 @@ export interface DialerOptions {
   keepAliveDelay?: number;
   /** TLS to the upstream: every connection is handshaken and verified before use. */
   tls?: TlsOrigination;
+  /**
+   * Links read into buffers sidepool reuses (net/reads.ts). For tcp mode, whose links only
+   * ever feed a splice; not with TLS, whose socket Node's TLS layer reads.
+   */
+  ownReads?: boolean;
 }
 
 /**
@@ -29,6 +35,7 @@ export class Dialer implements Connector {
   private readonly connectTimeout: number;
   private readonly keepAliveDelay: number;
   private readonly tls: TlsOrigination | undefined;
+  private readonly ownReads: boolean;
 
   constructor(options: DialerOptions) {
     this.name = options.name;
@@ -36,6 +43,7 @@ export class Dialer implements Connector {
     this.connectTimeout = options.connectTimeout;
     this.keepAliveDelay = options.keepAliveDelay ?? 30_000;
     this.tls = options.tls;
+    this.ownReads = options.ownReads === true && options.tls === undefined;
   }
 
   /**
@@ -51,7 +59,7 @@ export class Dialer implements Connector {
       try {
         const refused = this.tls?.refusal(endpoint.name);
         if (refused !== undefined) throw refused;
-        socket = await this.connect(endpoint.address);
+        socket = await this.connect(endpoint.address, this.connectTimeout, this.ownReads);
       } catch (err) {
         this.endpoints.failed(endpoint, true);
         lastError = err as Error;
@@ -80,23 +88,28 @@ export class Dialer implements Connector {
   /**
    * One connection to one address, ready to carry bytes (TLS handshaken, when the
    * upstream is TLS); also what active probes use. Rejects with ConnectTimeoutError,
-   * ConnectError or TlsHandshakeError.
+   * ConnectError or TlsHandshakeError. With `ownReads`, the socket reads into our buffers.
    */
-  connect(address: Address, timeoutMs = this.connectTimeout): Promise<net.Socket> {
+  connect(
+    address: Address,
+    timeoutMs = this.connectTimeout,
+    ownReads = false,
+  ): Promise<net.Socket> {
     const name = formatAddress(address);
     const startedAt = performance.now();
     return new Promise((resolve, reject) => {
-      const socket =
+      const options: net.NetConnectOpts =
         address.kind === 'unix'
-          ? net.connect({ path: address.path, allowHalfOpen: true })
-          : net.connect({
+          ? { path: address.path, allowHalfOpen: true }
+          : {
               host: address.host,
               port: address.port,
               allowHalfOpen: true,
               noDelay: true,
               keepAlive: true,
               keepAliveInitialDelay: this.keepAliveDelay,
-            });
+            };
+      const socket = ownReads ? connectOwnReads(options) : net.connect(options);
       const timer =
         timeoutMs > 0
           ? setTimeout(() => {

@@ -1,14 +1,22 @@
 import net from 'node:net';
+import { adoptOwnReads, connectOwnReads } from '../../src/net/reads.js';
 
-/** Two ends of one real loopback TCP connection, both allowing half-close. */
-export async function socketPair(): Promise<[net.Socket, net.Socket]> {
-  const server = net.createServer({ allowHalfOpen: true });
+/**
+ * Two ends of one real loopback TCP connection, both allowing half-close. `ownReads`
+ * makes one end read into sidepool's buffers as the proxy's sockets do: the connecting
+ * end (as a link) or the accepting end (as a downstream).
+ */
+export async function socketPair(
+  ownReads?: 'client' | 'server',
+): Promise<[net.Socket, net.Socket]> {
+  const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: ownReads === 'server' });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as net.AddressInfo).port;
   const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
-  const client = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  const options = { port, host: '127.0.0.1', allowHalfOpen: true };
+  const client = ownReads === 'client' ? connectOwnReads(options) : net.connect(options);
   await new Promise<void>((resolve) => client.once('connect', resolve));
   const serverSide = await accepted;
   server.close();
-  return [client, serverSide];
+  return [client, ownReads === 'server' ? adoptOwnReads(serverSide) : serverSide];
 }
