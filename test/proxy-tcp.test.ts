@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { startProxy } from './helpers/app.js';
 import {
   connectAndWaitClose,
@@ -150,15 +150,21 @@ void t.test('a full queue closes new downstreams at once', async (t) => {
   holder.destroy();
 });
 
+/** A proxy to an echo server with one link, held by `holder`: the next downstream queues. */
+async function oneLinkHeld(t: Test) {
+  const upstream = await startEcho();
+  t.teardown(() => upstream.close());
+  const proxy = await startProxy(upstream.address, { minIdle: 0, maxSize: 1 });
+  t.teardown(() => proxy.app.stop(100));
+  const holder = net.connect(proxy.port, '127.0.0.1');
+  await until(() => proxy.pool.stats().active === 1);
+  return { proxy, holder };
+}
+
 void t.test(
   'a queued downstream that half-closes gets its request through when a link comes',
   async (t) => {
-    const upstream = await startEcho();
-    t.teardown(() => upstream.close());
-    const proxy = await startProxy(upstream.address, { minIdle: 0, maxSize: 1 });
-    t.teardown(() => proxy.app.stop(100));
-    const holder = net.connect(proxy.port, '127.0.0.1');
-    await until(() => proxy.pool.stats().active === 1);
+    const { proxy, holder } = await oneLinkHeld(t);
     const queued = roundTrip(proxy.port, 'early bytes');
     await until(() => proxy.pool.stats().waiters === 1);
     await sleep(20);
@@ -171,12 +177,7 @@ void t.test(
 void t.test(
   'what a queued downstream sends in many reads of mixed sizes reaches the upstream intact',
   async (t) => {
-    const upstream = await startEcho();
-    t.teardown(() => upstream.close());
-    const proxy = await startProxy(upstream.address, { minIdle: 0, maxSize: 1 });
-    t.teardown(() => proxy.app.stop(100));
-    const holder = net.connect(proxy.port, '127.0.0.1');
-    await until(() => proxy.pool.stats().active === 1);
+    const { proxy, holder } = await oneLinkHeld(t);
     // The queued session keeps each chunk it reads until a link comes; the proxy reads
     // small ones into a shared buffer and large ones into a buffer of the socket's own.
     const client = net.connect(proxy.port, '127.0.0.1');
