@@ -68,21 +68,13 @@ export class Splice {
     const { idleTimeoutMs, halfCloseTimeoutMs } = timeouts;
     this.halfCloseTimeoutMs = halfCloseTimeoutMs;
     if (early !== undefined) {
-      for (const chunk of early.chunks) {
-        this.bytesUp += chunk.length;
-        up.write(chunk);
-      }
+      this.bytesUp += sendAhead(early.chunks, up);
       if (early.ended) {
         up.end();
         this.startHalfCloseTimer();
       }
     }
-    if (greeting !== undefined) {
-      for (const chunk of greeting) {
-        this.bytesDown += chunk.length;
-        down.write(chunk);
-      }
-    }
+    if (greeting !== undefined) this.bytesDown += sendAhead(greeting, down);
     // The listeners are shared functions that find their splice on the socket: a session
     // costs no closures, which shows at tens of thousands of connections.
     down[kSplice] = this;
@@ -214,6 +206,16 @@ function onDownBytes(this: Spliced, chunk: Buffer): number {
 }
 function onUpBytes(this: Spliced, chunk: Buffer): number {
   return splice(this).upData(chunk);
+}
+
+/** Writes what one side sent before the splice began; returns its byte count. */
+function sendAhead(chunks: Buffer[], to: Duplex): number {
+  let bytes = 0;
+  for (const chunk of chunks) {
+    bytes += chunk.length;
+    to.write(chunk);
+  }
+  return bytes;
 }
 
 /**
