@@ -329,7 +329,6 @@ export async function waitListening(port, { child, timeoutMs = 15_000 } = {}) {
   );
 }
 
-/** Socket inodes held by a process. */
 /** `pid` and its descendants (sidepool with workers is a primary and its worker processes). */
 export function processTree(pid) {
   const pids = [pid];
@@ -346,6 +345,7 @@ export function processTree(pid) {
   return pids;
 }
 
+/** Socket inodes held by a process and its descendants. */
 function socketInodes(rootPid) {
   const inodes = new Set();
   for (const pid of processTree(rootPid)) addSocketInodes(pid, inodes);
@@ -423,6 +423,28 @@ export function procStats(rootPid) {
     }
   }
   return total;
+}
+
+let clockTicks;
+/**
+ * CPU seconds (user + system) that a process and its descendants (workers) have used so
+ * far, all threads included; null when the process is gone.
+ */
+export async function cpuSeconds(rootPid) {
+  clockTicks ??=
+    Number((await runCommand('getconf', 'getconf', ['CLK_TCK'], { timeoutMs: 5000 })).stdout) ||
+    100;
+  let ticks = null;
+  for (const pid of processTree(rootPid)) {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks = (ticks ?? 0) + Number(fields[11]) + Number(fields[12]);
+    } catch {
+      if (pid === rootPid) return null;
+    }
+  }
+  return ticks === null ? null : ticks / clockTicks;
 }
 
 /** { soft, hard } open-file limit of this process (children inherit it). */
@@ -565,7 +587,10 @@ export function comparisonTable(
   { targets, baseline = 'direct', labels = {}, metricLabel = 'metric' },
 ) {
   const others = targets.filter((t) => t !== baseline);
-  const paired = targets.includes('haproxy') ? targets.filter((t) => t.startsWith('sidepool')) : [];
+  const paired =
+    baseline !== 'haproxy' && targets.includes('haproxy')
+      ? targets.filter((t) => t.startsWith('sidepool'))
+      : [];
   const header = [
     metricLabel,
     labels[baseline] ?? baseline,

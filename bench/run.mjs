@@ -534,7 +534,7 @@ function render({
   );
   out.push('');
   out.push(
-    'Targets: **direct** (client → server), **sidepool** (dist/cli.js, tcp mode), **haproxy** (mode tcp), **naive relay** (bench/naive-relay.mjs, `net` + `pipe`). All traffic is on 127.0.0.1.',
+    'Targets: **direct** (client → server), **sidepool** (dist/cli.js, tcp mode), **haproxy** (mode tcp), **naive relay** (bench/naive-relay.mjs, `net` + `pipe`), **floor relay** (workload 2: bench/floor-relay.mjs, `onread` + copy + write, nothing else). All traffic is on 127.0.0.1.',
     '',
   );
 

@@ -226,7 +226,11 @@ export async function startHaproxy(
 
 /** Column names of the comparison tables. */
 export function targetLabels(ctx) {
-  return { naive: 'naive relay', sidepool2: `sidepool ×${ctx.workers} workers` };
+  return {
+    naive: 'naive relay',
+    floor: 'floor relay',
+    sidepool2: `sidepool ×${ctx.workers} workers`,
+  };
 }
 
 /** The 20-line `net` + `pipe` relay, for context. */
@@ -239,13 +243,23 @@ export async function startNaive(ctx, { upstreamPort }) {
   );
 }
 
+/** The floor relay: only Node's own read-and-write per chunk, for context. */
+export async function startFloor(ctx, { upstreamPort }) {
+  return startNodeServer(
+    ctx,
+    'floor-relay.mjs',
+    ['--upstream', `${HOST}:${upstreamPort}`],
+    'floor-relay',
+  );
+}
+
 /**
  * The set of targets in front of one upstream: direct, sidepool, haproxy (when installed),
- * naive (when asked). Returns { targets: {name: Target|{port}}, names, stop() }.
+ * naive and floor (when asked). Returns { targets: {name: Target|{port}}, names, stop() }.
  */
 export async function startTargets(
   ctx,
-  { upstreamPort, sidepool, haproxy = true, naive = false, workers = false, label },
+  { upstreamPort, sidepool, haproxy = true, naive = false, floor = false, workers = false, label },
 ) {
   const targets = { direct: { kind: 'direct', port: upstreamPort } };
   const started = [];
@@ -275,6 +289,10 @@ export async function startTargets(
     if (naive) {
       targets.naive = await startNaive(ctx, { upstreamPort });
       started.push(targets.naive);
+    }
+    if (floor) {
+      targets.floor = await startFloor(ctx, { upstreamPort });
+      started.push(targets.floor);
     }
   } catch (err) {
     await Promise.all(started.map((t) => t.stop()));

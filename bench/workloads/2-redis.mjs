@@ -2,7 +2,7 @@
 // a real redis-server, without and with pipelining (-P 16).
 import { comparisonTable, sleep, summarise } from '../lib.mjs';
 import { logSkip, startRedis, startTargets, targetLabels } from '../targets.mjs';
-import { redisLoad } from './redis-load.mjs';
+import { cpuSection, redisLoad } from './redis-load.mjs';
 
 export default {
   id: '2',
@@ -34,6 +34,7 @@ export default {
       upstreamPort: redis.port,
       sidepool,
       naive: true,
+      floor: true,
       label: 'w2-redis',
     });
     let result;
@@ -47,6 +48,12 @@ export default {
       await redis.stop();
     }
     const summary = summarise(result.samples, { pairs: [['sidepool', 'haproxy']] });
+    const cpu = cpuSection(
+      ctx,
+      stack,
+      result.cpu,
+      '2b. Proxy CPU per request, 50 persistent clients (µs; lower is better)',
+    );
     return {
       sections: [
         {
@@ -59,11 +66,13 @@ export default {
           notes: [
             `redis-benchmark -c 50 -n ${n} -t ping,set,get; and -c 50 -n ${nPipelined} -P 16 -t ping,set,get (more requests so the pipelined run lasts long enough to measure)`,
             'redis-benchmark and redis-server are single-threaded C; the proxy is a third busy process on 2 cores',
+            'floor relay (bench/floor-relay.mjs): both sockets read through `onread` into one buffer, each chunk copied out and written on, nothing else: the work per chunk any Node relay does, against which what sidepool adds shows',
             ...result.problems.map((p) => `problem: ${p}`),
           ],
         },
+        cpu.section,
       ],
-      raw: { variants, summary, runs: result.raw },
+      raw: { variants, summary, cpu: cpu.summary, runs: result.raw },
     };
   },
 };

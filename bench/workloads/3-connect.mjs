@@ -2,7 +2,7 @@
 // per-connection cost of the proxy shows. sidepool runs with a large warm pool.
 import { comparisonTable, sleep, summarise, timeWaitCount } from '../lib.mjs';
 import { logSkip, startRedis, startTargets, targetLabels } from '../targets.mjs';
-import { redisLoad } from './redis-load.mjs';
+import { cpuSection, redisLoad } from './redis-load.mjs';
 
 export default {
   id: '3',
@@ -44,6 +44,12 @@ export default {
       await redis.stop();
     }
     const summary = summarise(result.samples, { pairs: [['sidepool', 'haproxy']] });
+    const cpu = cpuSection(
+      ctx,
+      stack,
+      result.cpu,
+      '3b. Proxy CPU per request, new connection per request (µs; lower is better)',
+    );
     return {
       sections: [
         {
@@ -60,8 +66,9 @@ export default {
             ...result.problems.map((p) => `problem: ${p}`),
           ],
         },
+        cpu.section,
       ],
-      raw: { variants, sidepool, timeWait, summary, runs: result.raw },
+      raw: { variants, sidepool, timeWait, summary, cpu: cpu.summary, runs: result.raw },
     };
   },
 };

@@ -16,6 +16,7 @@ import tls from 'node:tls';
 import {
   HOST,
   comparisonTable,
+  cpuSeconds,
   fmt,
   freePort,
   mdTable,
@@ -176,17 +177,6 @@ const direct = (port, ca) => () => ({
   socket: tls.connect({ host: HOST, port, ca, servername: SERVERNAME, noDelay: true }),
   ready: 'secureConnect',
 });
-
-/** CPU seconds (user + system) a process has used so far. */
-let clockTicks;
-async function cpuSeconds(pid) {
-  clockTicks ??=
-    Number((await runCommand('getconf', 'getconf', ['CLK_TCK'], { timeoutMs: 5000 })).stdout) ||
-    100;
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / clockTicks;
-}
 
 /** The TLS server's handshake counts so far (full, resumed). */
 async function handshakeCounts(server) {
