@@ -8,8 +8,10 @@ import { parseAddress, type Address } from './config/address.js';
 import { destinationKey, destinationName } from './config/load.js';
 import type { Config, RouteConfig } from './config/schema.js';
 import { ResolveError, codeOf, reloadProblems } from './errors.js';
-import { Pool } from './pool/pool.js';
+import { Pool, type Connector, type PoolSettings } from './pool/pool.js';
 import { httpSessionFactory, httpSettings } from './proxy/http/mode.js';
+import type { ModeContext } from './proxy/mode.js';
+import { MODES, NEGOTIATES_TLS } from './proxy/modes.js';
 import { Route } from './proxy/route.js';
 import { TlsTermination } from './proxy/tls-listener.js';
 import { earliestExpiries, type CertificateOwner } from './tls/material.js';
@@ -44,12 +46,14 @@ export class App {
   readonly metrics: Metrics;
   private readonly tlsObserver: TlsObserver;
   admin: AdminServer | undefined;
-  /** Pools by destination key. */
+  /** Destination pools (tcp, http) by destination key. Modes keep their own: see allPools(). */
   readonly pools = new Map<string, Pool>();
   /** Where each pool's links go, by the same key. */
   readonly destinations = new Map<string, Destination>();
   /** Routes by name. */
   readonly routes = new Map<string, Route>();
+  /** The destination key of each route (live or retiring). */
+  private readonly routeDestinations = new Map<Route, string>();
   /** Routes removed by a reload, finishing their sessions. */
   private readonly retiring = new Set<Route>();
   private readonly options: AppOptions;
@@ -65,7 +69,7 @@ export class App {
     this.metrics = options.metrics ?? new Metrics();
     this.tlsObserver = options.tlsObserver ?? this.metrics.tlsObserver();
     this.metrics.attach({
-      pools: () => this.pools.values(),
+      pools: () => this.allPools(),
       routes: () => [...this.routes.values(), ...this.retiring],
       isDraining: () => this.state === 'draining' || this.state === 'stopped',
       endpoints: () => this.endpointStates(),
@@ -92,6 +96,14 @@ export class App {
     return earliestExpiries(owners);
   }
 
+  /** Every pool: the destination pools, and those of the modes of live and retiring routes. */
+  *allPools(): Iterable<Pool> {
+    yield* this.pools.values();
+    for (const route of [...this.routes.values(), ...this.retiring]) {
+      if (route.mode !== undefined) yield* route.mode.pools();
+    }
+  }
+
   /** Resolves upstreams, builds pools and routes, binds every listener, starts warming. */
   async start(): Promise<void> {
     await checkResolvable(this.config.routes);
@@ -116,6 +128,7 @@ export class App {
       throw err;
     }
     for (const pool of this.pools.values()) pool.start();
+    for (const route of this.routes.values()) route.mode?.start();
     for (const destination of this.destinations.values()) destination.startProbes();
     this.state = 'running';
   }
@@ -139,25 +152,28 @@ export class App {
       if (!route.isListening) reasons.push(`route ${route.name} is not listening`);
       const wantsUpstream =
         this.config.routes.find((r) => r.name === route.name)?.readyWhen === 'upstreamHealthy';
-      if (wantsUpstream && !this.upstreamHealthy(route.pool)) {
-        reasons.push(`route ${route.name}: upstream ${route.pool.name} is not healthy`);
+      if (wantsUpstream && !this.upstreamHealthy(route)) {
+        const upstream = this.destinationOfRoute(route)?.name ?? route.name;
+        reasons.push(`route ${route.name}: upstream ${upstream} is not healthy`);
       }
     }
     return { ready: reasons.length === 0, reasons };
   }
 
   /** Some endpoint is up, and something proves it: a passed probe, or a link dialed. */
-  private upstreamHealthy(pool: Pool): boolean {
-    const destination = this.destinationOf(pool);
+  private upstreamHealthy(route: Route): boolean {
+    const destination = this.destinationOfRoute(route);
     if (destination === undefined || destination.isDown()) return false;
-    return destination.hasProbes
-      ? destination.endpoints.all.some((e) => e.health === 'healthy' && e.probeSuccesses > 0)
-      : pool.totals.dials > 0 || pool.options.minIdle === 0;
+    if (destination.hasProbes) {
+      return destination.endpoints.all.some((e) => e.health === 'healthy' && e.probeSuccesses > 0);
+    }
+    const pools = [...route.pools()];
+    return pools.length === 0 || pools.some((p) => p.totals.dials > 0 || p.options.minIdle === 0);
   }
 
-  private destinationOf(pool: Pool): Destination | undefined {
-    for (const [key, p] of this.pools) if (p === pool) return this.destinations.get(key);
-    return undefined;
+  private destinationOfRoute(route: Route): Destination | undefined {
+    const key = this.routeDestinations.get(route);
+    return key === undefined ? undefined : this.destinations.get(key);
   }
 
   private *endpointStates(): Iterable<{ pool: string; endpoint: string; up: boolean }> {
@@ -171,15 +187,32 @@ export class App {
 
   /** A JSON-ready picture of every pool, for `/pools`. */
   poolsView(): unknown {
-    return [...this.pools.entries()].map(([key, pool]) => ({
+    const live = [...this.routes.values()];
+    const destinationPools = [...this.pools.entries()].map(([key, pool]) => ({
       pool: pool.name,
       destination: key,
-      routes: [...this.routes.values()].filter((r) => r.pool === pool).map((r) => r.name),
+      routes: live.filter((r) => [...r.pools()].includes(pool)).map((r) => r.name),
       warm: pool.isWarm,
       ...pool.stats(),
       totals: { ...pool.totals },
       endpoints: this.destinations.get(key)?.view() ?? [],
     }));
+    const modePools = live.flatMap((route) => {
+      const mode = route.mode;
+      if (mode === undefined) return [];
+      const key = this.routeDestinations.get(route) ?? '';
+      return [...mode.pools()].map((pool) => ({
+        pool: pool.name,
+        destination: key,
+        routes: [route.name],
+        warm: pool.isWarm,
+        ...pool.stats(),
+        totals: { ...pool.totals },
+        ...mode.view?.(pool),
+        endpoints: this.destinations.get(key)?.view() ?? [],
+      }));
+    });
+    return [...destinationPools, ...modePools];
   }
 
   /**
@@ -278,7 +311,8 @@ export class App {
     );
     for (const route of started) {
       this.routes.set(route.name, route);
-      route.pool.start();
+      if (route.mode !== undefined) route.mode.start();
+      else route.pool.start();
     }
     for (const [key, destination] of this.destinations)
       if (!known.has(key)) destination.startProbes();
@@ -288,9 +322,11 @@ export class App {
         idleTimeoutMs: routeConfig.idleTimeout,
         halfCloseTimeoutMs: routeConfig.halfCloseTimeout,
       };
-      if (!isDeepStrictEqual(route.pool.options, pickPool(routeConfig))) {
-        route.pool.configure(routeConfig.pool);
-        this.log.info({ pool: route.pool.name, ...routeConfig.pool }, 'pool settings changed');
+      for (const pool of route.pools()) {
+        if (!isDeepStrictEqual(pool.options, pickPool(routeConfig))) {
+          pool.configure(routeConfig.pool);
+          this.log.info({ pool: pool.name, ...routeConfig.pool }, 'pool settings changed');
+        }
       }
     }
     if (next.log.level !== this.config.log.level) this.log.level = next.log.level;
@@ -307,10 +343,13 @@ export class App {
       { route: route.name, activeSessions: route.activeSessions },
       'route removed: draining',
     );
-    void route.close().then(() => {
-      this.retiring.delete(route);
-      this.closeUnusedPools();
-    });
+    void route
+      .close()
+      .then(() => route.mode?.close())
+      .then(() => {
+        this.retiring.delete(route);
+        this.closeUnusedPools();
+      });
   }
 
   /** Pools that no route (live or draining) uses any more close gracefully. */
@@ -318,14 +357,28 @@ export class App {
     // Mid-reload, new pools exist before their routes are in place: wait for the end.
     if (this.applying) return;
     const used = new Set<Pool>();
-    for (const route of [...this.routes.values(), ...this.retiring]) used.add(route.pool);
+    const usedDestinations = new Set<string>();
+    for (const route of [...this.routes.values(), ...this.retiring]) {
+      for (const pool of route.pools()) used.add(pool);
+      const key = this.routeDestinations.get(route);
+      if (key !== undefined) usedDestinations.add(key);
+    }
+    for (const [route] of this.routeDestinations) {
+      if (this.routes.get(route.name) !== route && !this.retiring.has(route)) {
+        this.routeDestinations.delete(route);
+      }
+    }
     for (const [key, pool] of this.pools) {
       if (!used.has(pool)) {
         this.pools.delete(key);
-        this.destinations.get(key)?.close();
-        this.destinations.delete(key);
         void pool.close();
         this.log.info({ pool: pool.name }, 'pool closed: no route uses it');
+      }
+    }
+    for (const [key, destination] of this.destinations) {
+      if (!usedDestinations.has(key)) {
+        destination.close();
+        this.destinations.delete(key);
       }
     }
   }
@@ -348,7 +401,10 @@ export class App {
       for (const route of routes) route.destroySessions();
       await closed;
     }
-    await Promise.all([...this.pools.values()].map((pool) => pool.destroy()));
+    await Promise.all([
+      ...[...this.pools.values()].map((pool) => pool.destroy()),
+      ...routes.map((route) => route.mode?.destroy()),
+    ]);
     for (const destination of this.destinations.values()) destination.close();
     await this.admin?.close();
     this.state = 'stopped';
@@ -374,19 +430,23 @@ export class App {
   }
 
   private makeRoute(routeConfig: RouteConfig): Route {
-    const pool = this.poolFor(routeConfig);
-    return new Route({
+    const modeFactory = MODES[routeConfig.mode];
+    const destination = this.destinationFor(routeConfig);
+    const mode = modeFactory?.(this.modeContext(routeConfig, destination));
+    const pool = mode === undefined ? this.poolFor(routeConfig, destination) : undefined;
+    const route = new Route({
       name: routeConfig.name,
       listen: listenAddress(routeConfig.listen),
       pool,
+      mode,
       timeouts: {
         idleTimeoutMs: routeConfig.idleTimeout,
         halfCloseTimeoutMs: routeConfig.halfCloseTimeout,
       },
-      logger: this.log.child({ route: routeConfig.name, pool: pool.name }),
+      logger: this.log.child({ route: routeConfig.name, pool: pool?.name ?? routeConfig.name }),
       observer: this.metrics.routeObserver(routeConfig.name),
       createSession:
-        routeConfig.mode === 'http'
+        routeConfig.mode === 'http' && pool !== undefined
           ? httpSessionFactory({
               settings: httpSettings(routeConfig),
               observer: this.metrics.httpObserver(routeConfig.name, pool.name),
@@ -403,39 +463,76 @@ export class App {
               observer: this.tlsObserver,
             }),
     });
+    this.routeDestinations.set(route, destinationKey(routeConfig));
+    return route;
   }
 
-  private poolFor(route: RouteConfig): Pool {
+  /** The destination of a route's upstream: shared by the routes with the same key. */
+  private destinationFor(route: RouteConfig): Destination {
+    const key = destinationKey(route);
+    let destination = this.destinations.get(key);
+    if (destination === undefined) {
+      // Readable (`db:5432+tls`) unless another destination has that name already.
+      const readable = destinationName(route);
+      const taken = [...this.destinations.values()].some((d) => d.name === readable);
+      const name = taken ? key : readable;
+      destination = new Destination(
+        name,
+        route,
+        this.log.child({ pool: name }),
+        this.metrics.destinationObserver(name),
+        this.tlsObserver,
+        NEGOTIATES_TLS.has(route.mode),
+      );
+      this.destinations.set(key, destination);
+    }
+    return destination;
+  }
+
+  private poolFor(route: RouteConfig, destination: Destination): Pool {
     const key = destinationKey(route);
     let pool = this.pools.get(key);
     if (pool === undefined) {
-      // Readable (`db:5432+tls`) unless another pool to the same endpoints has it already.
-      const readable = destinationName(route);
-      const name = [...this.pools.values()].some((p) => p.name === readable) ? key : readable;
-      const log = this.log.child({ pool: name });
-      const destination = new Destination(
-        name,
-        route,
-        log,
-        this.metrics.destinationObserver(name),
-        this.tlsObserver,
-      );
-      pool = new Pool({
-        name,
-        ...route.pool,
-        connector: destination.dialer,
-        logger: log,
-        observer: this.metrics.poolObserver(name),
+      pool = this.makePool(destination, destination.name, destination.dialer, route.pool, {
         // Bytes on an idle http link are a broken upstream, not a greeting to replay; and
         // reused links are taken newest first, so that the excess idles out.
         keepIdleBytes: route.mode !== 'http',
         newestIdleFirst: route.mode === 'http',
       });
-      destination.attach(pool);
       this.pools.set(key, pool);
-      this.destinations.set(key, destination);
     }
     return pool;
+  }
+
+  private makePool(
+    destination: Destination,
+    name: string,
+    connector: Connector,
+    settings: PoolSettings,
+    options: { keepIdleBytes?: boolean; newestIdleFirst?: boolean } = {},
+  ): Pool {
+    const pool = new Pool({
+      name,
+      ...settings,
+      connector,
+      logger: this.log.child({ pool: name }),
+      observer: this.metrics.poolObserver(name),
+      ...options,
+    });
+    destination.attach(pool);
+    return pool;
+  }
+
+  private modeContext(route: RouteConfig, destination: Destination): ModeContext {
+    return {
+      route,
+      destination,
+      log: this.log.child({ route: route.name }),
+      metrics: this.metrics,
+      makePool: (suffix, connector, settings, options) =>
+        this.makePool(destination, `${route.name}/${suffix}`, connector, settings, options),
+      forgetPool: (pool) => destination.detach(pool),
+    };
   }
 }
 
@@ -446,8 +543,14 @@ function sameShape(a: RouteConfig, b: RouteConfig): boolean {
     a.mode === b.mode &&
     destinationKey(a) === destinationKey(b) &&
     (a.mode !== 'http' || isDeepStrictEqual(httpSettings(a), httpSettings(b))) &&
+    isDeepStrictEqual(modeSettings(a), modeSettings(b)) &&
     isDeepStrictEqual(a.tls, b.tls)
   );
+}
+
+/** A protocol mode's own settings (the route's key named like the mode), if it has any. */
+function modeSettings(route: RouteConfig): unknown {
+  return (route as unknown as Record<string, unknown>)[route.mode];
 }
 
 function pickPool(route: RouteConfig) {

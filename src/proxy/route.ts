@@ -3,9 +3,10 @@ import net from 'node:net';
 import type { Logger } from 'pino';
 import type { Address } from '../config/address.js';
 import { boundAddress, boundPort, formatAddress } from '../config/address.js';
-import { ListenError, codeOf, describe } from '../errors.js';
+import { ListenError, SidepoolError, codeOf, describe } from '../errors.js';
 import { adoptOwnReads } from '../net/reads.js';
 import type { Pool } from '../pool/pool.js';
+import type { RouteMode } from './mode.js';
 import type { SpliceOutcome, SpliceTimeouts } from './splice.js';
 import type { TlsTermination } from './tls-listener.js';
 import { TcpSession } from './tcp.js';
@@ -45,12 +46,15 @@ const NO_OBSERVER: RouteObserver = { opened() {}, closed() {}, refused() {} };
 export interface RouteOptions {
   name: string;
   listen: Address;
-  pool: Pool;
+  /** The destination's pool, for modes that use one (tcp, http). */
+  pool?: Pool;
+  /** A protocol mode with pools of its own (postgres, redis); it makes the sessions. */
+  mode?: RouteMode;
   logger: Logger;
   /** Session idle and half-close timeouts. */
   timeouts: SpliceTimeouts;
   observer?: RouteObserver;
-  /** The route's mode; tcp when not given. */
+  /** The route's mode when it uses the destination's pool; tcp when not given. */
   createSession?: SessionFactory;
   /** TLS termination: downstreams speak TLS to the listener. The route owns it. */
   tls?: TlsTermination;
@@ -69,7 +73,9 @@ type RouteState = 'new' | 'listening' | 'closing' | 'closed';
  */
 export class Route {
   readonly name: string;
-  readonly pool: Pool;
+  /** The protocol mode holding pools of its own, when the route has one. */
+  readonly mode: RouteMode | undefined;
+  private readonly destinationPool: Pool | undefined;
   readonly log: Logger;
   readonly observer: RouteObserver;
   /** Applied to sessions that start from now on (a reload may change them). */
@@ -90,11 +96,12 @@ export class Route {
 
   constructor(options: RouteOptions) {
     this.name = options.name;
-    this.pool = options.pool;
+    this.mode = options.mode;
+    this.destinationPool = options.pool;
     this.log = options.logger;
     this.observer = options.observer ?? NO_OBSERVER;
     this.timeouts = options.timeouts;
-    this.createSession = options.createSession ?? tcpSession;
+    this.createSession = options.mode?.createSession ?? options.createSession ?? tcpSession;
     this.listenAddress = options.listen;
     this.tls = options.tls;
     this.ownReads = options.ownReads === true && this.tls === undefined;
@@ -132,6 +139,23 @@ export class Route {
     this.state = 'listening';
     this.tls?.watch();
     this.log.info({ listen: this.address, tls: this.tls !== undefined }, 'route listening');
+  }
+
+  /** The destination's pool of a tcp or http route. */
+  get pool(): Pool {
+    if (this.destinationPool === undefined) {
+      throw new SidepoolError(
+        'SIDEPOOL_NO_ROUTE_POOL',
+        `route ${this.name} has pools per session key, not one destination pool`,
+      );
+    }
+    return this.destinationPool;
+  }
+
+  /** Every pool the route's sessions take links from. */
+  pools(): Iterable<Pool> {
+    if (this.mode !== undefined) return this.mode.pools();
+    return this.destinationPool === undefined ? [] : [this.destinationPool];
   }
 
   get isListening(): boolean {

@@ -29,7 +29,8 @@ export class Destination {
   readonly tls: TlsOrigination | undefined;
   private readonly discovery: DnsDiscovery | undefined;
   private readonly prober: Prober | undefined;
-  private pool: Pool | undefined;
+  /** The pools whose links go here: one per destination, or several for a mode's keys. */
+  private readonly pools = new Set<Pool>();
 
   constructor(
     name: string,
@@ -37,6 +38,8 @@ export class Destination {
     private readonly log: Logger,
     observer: DestinationObserver = { probed() {}, ejected() {} },
     tlsObserver: TlsObserver = NO_TLS_OBSERVER,
+    /** The mode starts TLS inside its protocol (postgres): the dialer makes plain TCP. */
+    tlsByMode = false,
   ) {
     this.name = name;
     const { upstream } = route;
@@ -44,14 +47,13 @@ export class Destination {
     this.endpoints = new EndpointSet(addresses, upstream.balance, route.outlier, {
       down: (endpoint, reason) => {
         this.log.warn({ endpoint: endpoint.name, reason }, 'endpoint takes no new dials');
-        this.pool?.evictIdle(
-          endpoint.name,
-          reason === 'removed' ? 'endpoint_removed' : 'unhealthy',
-        );
+        for (const pool of this.pools) {
+          pool.evictIdle(endpoint.name, reason === 'removed' ? 'endpoint_removed' : 'unhealthy');
+        }
       },
       up: (endpoint) => {
         this.log.info({ endpoint: endpoint.name }, 'endpoint takes dials');
-        this.pool?.poke();
+        for (const pool of this.pools) pool.poke();
       },
       ejected: (endpoint, forMs) => {
         this.log.warn(
@@ -79,7 +81,7 @@ export class Destination {
       name,
       endpoints: this.endpoints,
       connectTimeout: route.pool.connectTimeout,
-      tls: this.tls,
+      tls: tlsByMode ? undefined : this.tls,
       ownReads: route.mode === 'tcp',
     });
     if (upstream.dns !== undefined) {
@@ -104,9 +106,13 @@ export class Destination {
     }
   }
 
-  /** The pool whose idle links this destination evicts when an endpoint goes down. */
+  /** A pool whose idle links this destination evicts when an endpoint goes down. */
   attach(pool: Pool): void {
-    this.pool = pool;
+    this.pools.add(pool);
+  }
+
+  detach(pool: Pool): void {
+    this.pools.delete(pool);
   }
 
   /** Resolves DNS (rejecting with ResolveError when it fails), then starts probing. */
