@@ -454,7 +454,7 @@ export class App {
           : undefined,
       ownReads: routeConfig.mode === 'tcp',
       tls:
-        routeConfig.tls === undefined
+        routeConfig.tls === undefined || NEGOTIATES_TLS.has(routeConfig.mode)
           ? undefined
           : new TlsTermination({
               route: routeConfig.name,

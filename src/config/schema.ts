@@ -277,6 +277,58 @@ function withHttpDefaults<R extends HttpRouteKeys & { pool: { idleTimeout: numbe
   };
 }
 
+/** PgBouncer's default auth_query. */
+export const DEFAULT_AUTH_QUERY = 'SELECT usename, passwd FROM pg_shadow WHERE usename = $1';
+
+/** postgres mode: PostgreSQL wire protocol, pools per (database, user). */
+export const postgresSchema = z
+  .strictObject({
+    /** session: a client keeps its backend until it leaves; transaction: per transaction. */
+    poolMode: z.enum(['session', 'transaction']).default('transaction'),
+    /** How clients prove who they are to sidepool. `trust` checks nothing. */
+    authType: z.enum(['scram-sha-256', 'md5', 'password', 'trust']).default('scram-sha-256'),
+    /** Users and secrets, in PgBouncer's auth_file format; re-read when it changes. */
+    authFile: readableFile.optional(),
+    /** With authQuery: the user (in authFile) that looks up the secrets of other users. */
+    authUser: z.string().min(1).optional(),
+    /** Run as authUser for a user not in authFile: returns (name, secret). */
+    authQuery: z.string().min(1).default(DEFAULT_AUTH_QUERY),
+    /** (database, user) pools warmed at start; others are made on first use. */
+    pools: z
+      .array(z.strictObject({ database: z.string().min(1), user: z.string().min(1) }))
+      .default([]),
+    /** Run on a backend before it serves another client, after a session (or pin) ends. */
+    resetQuery: z.string().default('DISCARD ALL'),
+    /** Backends idle longer than this are checked with an empty query before reuse; 0 = never. */
+    checkAfter: duration.default(30_000),
+    /** A client with session state in transaction mode: pin it to its backend, or refuse. */
+    onSessionState: z.enum(['pin', 'error']).default('pin'),
+    /** A client idle inside a transaction longer than this is disconnected; 0 = never. */
+    idleTransactionTimeout: duration.default(0),
+    /** A query running longer than this is cancelled and the client disconnected; 0 = never. */
+    queryTimeout: duration.default(0),
+    /** A client idle between transactions longer than this is disconnected; 0 = never. */
+    clientIdleTimeout: duration.default(0),
+  })
+  .superRefine((value, ctx) => {
+    if (value.authType !== 'trust' && value.authFile === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['authFile'],
+        message: `authType ${value.authType} needs authFile (the users' secrets)`,
+      });
+    }
+    if (value.authUser !== undefined && value.authFile === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['authFile'],
+        message: 'authUser needs authFile (its own secret)',
+      });
+    }
+  });
+
+export type PostgresConfig = z.output<typeof postgresSchema>;
+
 const routeObject = z.strictObject({
   /** A name for logs and metrics; defaults to the listen address. */
   name: z
@@ -286,7 +338,7 @@ const routeObject = z.strictObject({
   /** host:port, or a unix socket path. */
   listen: address('listen'),
   /** What sidepool understands of the bytes. */
-  mode: z.enum(['tcp', 'http']).default('tcp'),
+  mode: z.enum(['tcp', 'http', 'postgres']).default('tcp'),
   upstream: upstreamSchema,
   /** TLS termination: downstreams speak TLS to the listener; plain TCP when not given. */
   tls: routeTlsSchema.optional(),
@@ -311,9 +363,44 @@ const routeObject = z.strictObject({
   outlier: outlierSchema.prefault({}),
   /** `/readyz` waits for the listener only, or also for a healthy upstream. */
   readyWhen: z.enum(['listening', 'upstreamHealthy']).default('listening'),
+  /** postgres mode's settings. */
+  postgres: postgresSchema.optional(),
 });
 
-export const routeSchema = routeObject.superRefine(httpOnlyKeys).transform(withHttpDefaults);
+/** `postgres:` only on postgres routes, where it gets its defaults; `password` needs TLS. */
+function postgresKeys(route: z.output<typeof routeObject>, ctx: z.RefinementCtx): void {
+  if (route.mode !== 'postgres') {
+    if (route.postgres !== undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['postgres'],
+        message: `only for mode: postgres (this route is mode: ${route.mode})`,
+      });
+    }
+    return;
+  }
+  const settings = route.postgres ?? postgresSchema.parse({ authType: 'trust' });
+  if (route.postgres === undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['postgres'],
+      message: 'a postgres route needs postgres: { authFile } (or authType: trust)',
+    });
+  }
+  const unix = !/:\d+$/.test(route.listen);
+  if (settings.authType === 'password' && route.tls === undefined && !unix) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['postgres', 'authType'],
+      message: 'password sends it in clear: only with tls on the route, or on a unix socket',
+    });
+  }
+}
+
+export const routeSchema = routeObject
+  .superRefine(httpOnlyKeys)
+  .superRefine(postgresKeys)
+  .transform(withHttpDefaults);
 
 export const configSchema = z
   .strictObject({
@@ -343,6 +430,16 @@ export const configSchema = z
      */
     workers: z.number().int().min(1).max(64).default(1),
     routes: z.array(routeSchema).min(1, 'expected at least one route'),
+  })
+  .superRefine((config, ctx) => {
+    if (config.workers > 1 && config.routes.some((r) => r.mode === 'postgres')) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['workers'],
+        message:
+          'a postgres route needs workers: 1: each worker would hold its own share of every pool, so maxSize would be split (limits are not shared across workers yet)',
+      });
+    }
   })
   .transform((config) => ({
     ...config,

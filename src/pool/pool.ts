@@ -195,6 +195,14 @@ export class Pool extends EventEmitter implements LinkOwner {
     };
   }
 
+  /** How many idle links have been idle longer than `ms`. */
+  idleLongerThan(ms: number): number {
+    const before = Date.now() - ms;
+    let n = 0;
+    for (const link of this.idle) if (link.idleSince < before) n++;
+    return n;
+  }
+
   get isWarm(): boolean {
     return this.warm;
   }

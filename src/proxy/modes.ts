@@ -1,10 +1,13 @@
 import type { ModeFactory } from './mode.js';
+import { postgresMode } from './postgres/mode.js';
 
 /**
  * The protocol modes that hold pools of their own, by `mode` name. tcp and http use the
  * destination's one pool and are wired in app.ts.
  */
-export const MODES: Readonly<Record<string, ModeFactory | undefined>> = {};
+export const MODES: Readonly<Record<string, ModeFactory | undefined>> = {
+  postgres: postgresMode,
+};
 
 /** Modes whose protocol starts TLS itself (postgres: SSLRequest), so the dialer must not. */
 export const NEGOTIATES_TLS: ReadonlySet<string> = new Set(['postgres']);

@@ -1,0 +1,1188 @@
+import { randomBytes, randomInt } from 'node:crypto';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import tls from 'node:tls';
+import { codeOf, describe } from '../../errors.js';
+import { CHUNK_KEPT, READ_MORE, READ_PAUSE, readWith, stopReading } from '../../net/reads.js';
+import type { Link } from '../../pool/link.js';
+import type { Waiter } from '../../pool/pool.js';
+import type { Session } from '../route.js';
+import { MECHANISM, ScramServer, keysFromPassword, makeVerifier } from './auth/scram.js';
+import { md5Response, md5Secret, type Secret } from './auth/secrets.js';
+import { Backend, type BackendSink } from './backend.js';
+import type { CancelTarget, ClientCount, PgContext, PgPool } from './context.js';
+import { Framer } from './framer.js';
+import { loginOf } from './login.js';
+import {
+  AuthKind,
+  BodyReader,
+  Code,
+  ProtocolViolation,
+  authSasl,
+  authentication,
+  backendKeyData,
+  errorResponse,
+  negotiateProtocolVersion,
+  parameterStatus,
+  readStartup,
+  readyForQuery,
+  type ErrorFields,
+} from './messages.js';
+import type { Outstanding } from './outstanding.js';
+import { clientParameters, setParametersSql } from './params.js';
+import { sessionEffect, type PinReason } from './sql.js';
+import type { AuthFailure } from './metrics.js';
+
+/**
+ * A client's life:
+ *
+ *   startup ──▶ auth ──▶ welcome ──▶ idle ⇄ waiting ──▶ bound ──▶ idle …
+ *      │         │          │          │        │          │
+ *      └─────────┴──────────┴──────────┴────────┴──────────┴──▶ ended
+ *
+ * startup: the startup packet (after SSLRequest and TLS, maybe); auth: sidepool's own
+ * authentication; welcome: waiting for the pool's server parameters; idle: no backend;
+ * waiting: a message arrived, queued for a backend (held in the framer); bound: a backend
+ * relays, until ReadyForQuery idle with nothing outstanding (transaction pooling) or until
+ * the client leaves (session pooling, or pinned).
+ */
+type ClientState = 'startup' | 'auth' | 'welcome' | 'idle' | 'waiting' | 'bound' | 'ended';
+
+/** Shared backends, or one held for the rest of the session, and why. */
+type PinState = { kind: 'shared' } | { kind: 'pinned'; reason: PinReason | 'session' };
+
+/** Startup packets are at most this long (PostgreSQL's own MAX_STARTUP_PACKET_LENGTH). */
+const MAX_STARTUP = 10_000;
+/** Messages decoded whole (Query, Parse, …) are at most this long. */
+const MAX_DECODED = 32 * 1024 * 1024;
+/** Client messages decoded whole; the rest (Bind, CopyData, …) stream through. */
+const DECODED = new Set<number>([
+  Code.Query,
+  Code.Parse,
+  Code.Sync,
+  Code.Flush,
+  Code.Terminate,
+  Code.CopyDone,
+  Code.CopyFail,
+  Code.Password,
+]);
+/** Frontend message types: requests (answered) and the rest. */
+const REQUESTS = new Set<number>([
+  Code.Query,
+  Code.Parse,
+  Code.Bind,
+  Code.Describe,
+  Code.Execute,
+  Code.Close,
+  Code.Sync,
+  Code.FunctionCall,
+]);
+const CLIENT_CODES = new Set<number>([
+  ...REQUESTS,
+  Code.Flush,
+  Code.Terminate,
+  Code.CopyData,
+  Code.CopyDone,
+  Code.CopyFail,
+]);
+/** PostgreSQL's own bound on a message (PQ_LARGE_MESSAGE_LIMIT). */
+const MAX_STREAMED = 0x3fffffff;
+/** Past this many bytes queued toward a peer, stop reading the other side until it drains. */
+const HIGH_WATER = 256 * 1024;
+
+let nextPid = randomInt(1 << 20, 1 << 30);
+
+/** A PostgreSQL client of a postgres route. */
+export class PgSession implements Session, CancelTarget {
+  private state: ClientState = 'startup';
+  private pin: PinState = { kind: 'shared' };
+  private socket: Socket;
+  private framer: Framer;
+  private database = '';
+  private user = '';
+  private pgPool: PgPool | undefined;
+  private counted: ClientCount | undefined;
+  /** What this client expects its backend to run with: lower-case name → name and value. */
+  private params = new Map<string, { name: string; value: string }>();
+  private backend: Backend | undefined;
+  private waiter: Waiter | undefined;
+  /** A secret proved by this client's login, and what it taught us for upstream. */
+  private secret: Secret | undefined;
+  private scram: ScramServer | undefined;
+  private md5Salt: Buffer | undefined;
+  private authMethod: 'scram' | 'md5' | 'password' | undefined;
+  readonly cancelKey = randomBytes(4).readInt32BE();
+  private readonly pid = nextPid++;
+  private boundAt = 0;
+  private waitStartedAt = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private draining = false;
+  private loggedPin = false;
+  /** A streamed server message the client is not to see (a swallowed reply). */
+  private swallowing = false;
+  /** After a refused Parse (onSessionState: error): drop client messages until Sync. */
+  private skippingToSync = false;
+  private bytesUpBefore = 0;
+  private bytesDownBefore = 0;
+  private readonly startedAt = performance.now();
+
+  constructor(
+    private readonly ctx: PgContext,
+    readonly id: number,
+    socket: Socket,
+  ) {
+    this.socket = socket;
+    this.framer = this.startupFramer();
+  }
+
+  get bytesUp(): number {
+    return this.bytesUpBefore + this.socket.bytesRead;
+  }
+
+  get bytesDown(): number {
+    return this.bytesDownBefore + this.socket.bytesWritten;
+  }
+
+  start(): void {
+    this.listen(this.socket);
+    this.armTimer();
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  /** The route is draining: between transactions the client goes now, else at the next. */
+  drain(): void {
+    this.draining = true;
+    if (this.state === 'idle' || this.state === 'startup' || this.state === 'auth') {
+      this.fatal({
+        severity: 'FATAL',
+        code: '57P01',
+        message: 'terminating connection due to administrator command',
+      });
+    }
+  }
+
+  cancelTarget(): { endpoint: string; pid: number; secretKey: number } | undefined {
+    const backend = this.backend;
+    if (backend === undefined || this.state !== 'bound') return undefined;
+    return { endpoint: backend.link.endpoint, pid: backend.pid, secretKey: backend.secretKey };
+  }
+
+  // ── the client socket ───────────────────────────────────────────────────
+
+  private listen(socket: Socket): void {
+    (socket as Tagged)[kSession] = this;
+    // A client's FIN is its departure (the listener allows half-open sockets for tcp mode).
+    socket.on('end', onClientClose);
+    socket.on('close', onClientClose);
+    socket.on('error', onClientError);
+    socket.on('drain', onClientDrain);
+    readWith(socket, onClientBytes);
+  }
+
+  clientBytes(chunk: Buffer): number {
+    if (this.state === 'ended') return READ_PAUSE;
+    const backend = this.backend;
+    backend?.socket.cork();
+    let consumed: boolean;
+    try {
+      consumed = this.framer.push(chunk);
+    } catch (err) {
+      backend?.socket.uncork();
+      this.protocolViolation(err);
+      return READ_PAUSE;
+    }
+    backend?.socket.uncork();
+    if (!consumed) return READ_PAUSE | CHUNK_KEPT;
+    if (this.backend !== undefined && this.backend.socket.writableLength > HIGH_WATER) {
+      this.backend.socket.once('drain', () => this.resumeClient());
+      return READ_PAUSE;
+    }
+    return READ_MORE;
+  }
+
+  private resumeClient(): void {
+    if (this.state === 'ended' || this.socket.destroyed) return;
+    if (this.framer.isPaused) {
+      let consumed: boolean;
+      try {
+        consumed = this.framer.resume();
+      } catch (err) {
+        this.protocolViolation(err);
+        return;
+      }
+      if (!consumed) return;
+    }
+    if ((this.state as ClientState) === 'ended') return;
+    readWith(this.socket, onClientBytes);
+  }
+
+  clientDrained(): void {
+    this.backend?.resume();
+  }
+
+  clientClosed(): void {
+    if (this.state === 'ended') return;
+    this.leave();
+  }
+
+  // ── startup ─────────────────────────────────────────────────────────────
+
+  private startupFramer(): Framer {
+    return new Framer(
+      {
+        message: (code, msg) => this.onClientMessage(code, msg),
+        streamStart: (code, length) => this.onClientStreamStart(code, length),
+        streamBytes: (bytes) => this.onClientStreamBytes(bytes),
+        streamEnd: () => {},
+      },
+      {
+        decode: (code) => DECODED.has(code) || this.state !== 'bound',
+        maxDecoded: MAX_DECODED,
+        untypedFirst: true,
+      },
+    );
+  }
+
+  private onStartupPacket(packet: Buffer): boolean {
+    if (packet.length > MAX_STARTUP) throw new ProtocolViolation('startup packet too long');
+    const request = readStartup(packet);
+    switch (request.kind) {
+      case 'ssl':
+        return this.startTls();
+      case 'gssenc':
+        // GSSAPI encryption is not offered; the client goes on in the clear (or with SSLRequest).
+        this.socket.write(Buffer.from('N'));
+        this.framer.expectUntyped();
+        return true;
+      case 'cancel':
+        this.ctx.cancel(request.pid, request.key);
+        this.leave();
+        return false;
+      case 'unsupported':
+        this.refuseLogin('protocol', {
+          severity: 'FATAL',
+          code: '0A000',
+          message: `unsupported frontend protocol ${request.version >>> 16}.${request.version & 0xffff}: sidepool supports 3.0`,
+        });
+        return false;
+      case 'startup':
+        break;
+    }
+    if (request.minor > 0 || request.options.length > 0) {
+      this.socket.write(negotiateProtocolVersion(0, request.options));
+    }
+    const user = request.params.get('user');
+    if (user === undefined || user === '') {
+      this.refuseLogin('protocol', {
+        severity: 'FATAL',
+        code: '28000',
+        message: 'no PostgreSQL user name specified in startup packet',
+      });
+      return false;
+    }
+    if (request.params.has('replication') && request.params.get('replication') !== 'false') {
+      this.refuseLogin('protocol', {
+        severity: 'FATAL',
+        code: '0A000',
+        message: 'sidepool does not pool replication connections',
+      });
+      return false;
+    }
+    this.user = user;
+    this.database = request.params.get('database') || user;
+    let parsed;
+    try {
+      parsed = clientParameters(request.params);
+    } catch (err) {
+      this.refuseLogin('protocol', {
+        severity: 'FATAL',
+        code: '22023',
+        message: (err as Error).message,
+      });
+      return false;
+    }
+    this.params = parsed;
+    if (this.ctx.isDraining()) {
+      this.fatal({
+        severity: 'FATAL',
+        code: '57P01',
+        message: 'terminating connection due to administrator command',
+      });
+      return false;
+    }
+    this.state = 'auth';
+    void this.authenticate();
+    return true;
+  }
+
+  /** SSLRequest: S and a TLS handshake when the route has tls, else N and go on in the clear. */
+  private startTls(): boolean {
+    const options = this.ctx.tls;
+    if (options === undefined || this.socket instanceof tls.TLSSocket) {
+      this.socket.write(Buffer.from('N'));
+      this.framer.expectUntyped();
+      return true;
+    }
+    if (this.framer.unreadBytes > 0) {
+      // Bytes after SSLRequest, before the handshake, would be read as if they came
+      // encrypted (CVE-2021-23214): refused.
+      throw new ProtocolViolation('bytes after SSLRequest before the TLS handshake');
+    }
+    stopReading(this.socket);
+    this.socket.write(Buffer.from('S'));
+    const plain = this.socket;
+    plain.off('end', onClientClose);
+    plain.off('close', onClientClose);
+    plain.off('error', onClientError);
+    plain.off('drain', onClientDrain);
+    const secure = new tls.TLSSocket(plain, { isServer: true, secureContext: options });
+    secure.once('secure', () => {
+      this.socket = secure;
+      this.restartStartup(secure);
+    });
+    secure.on('error', (err) => {
+      this.ctx.log.info({ session: this.id, err: describe(err) }, 'client TLS handshake failed');
+      secure.destroy();
+    });
+    secure.once('close', () => {
+      if (this.socket !== secure) this.end();
+    });
+    return true;
+  }
+
+  private restartStartup(socket: Socket): void {
+    this.framer = this.startupFramer();
+    this.listen(socket);
+  }
+
+  // ── authentication ─────────────────────────────────────────────────────
+
+  private async authenticate(): Promise<void> {
+    const { settings, credentials } = this.ctx;
+    if (settings.authType === 'trust') {
+      this.secret = credentials.known(this.user);
+      this.authenticated();
+      return;
+    }
+    let secret: Secret | undefined;
+    try {
+      secret = await credentials.lookup(this.user, this.database);
+    } catch (err) {
+      this.ctx.log.warn(
+        { session: this.id, user: this.user, err: describe(err) },
+        'authQuery failed',
+      );
+      this.refuseLogin('upstream_refused', {
+        severity: 'FATAL',
+        code: '08006',
+        message: `cannot look up user "${this.user}": ${describe(err)}`,
+      });
+      return;
+    }
+    if (this.state !== 'auth') return;
+    if (secret === undefined) {
+      this.refuseLogin('unknown_user', {
+        severity: 'FATAL',
+        code: '28000',
+        message: `role "${this.user}" does not exist`,
+      });
+      return;
+    }
+    this.secret = secret;
+    const type = settings.authType;
+    if (type === 'password') {
+      const tlsOn = this.socket instanceof tls.TLSSocket;
+      if (!tlsOn && !this.ctx.unixListener) {
+        this.refuseLogin('tls_required', {
+          severity: 'FATAL',
+          code: '28000',
+          message: 'password authentication needs TLS: connect with sslmode=require',
+        });
+        return;
+      }
+      this.authMethod = 'password';
+      this.socket.write(authentication(AuthKind.CleartextPassword));
+      return;
+    }
+    const verifier =
+      secret.kind === 'scram'
+        ? secret.verifier
+        : secret.kind === 'plain' && type === 'scram-sha-256'
+          ? makeVerifier(secret.password)
+          : undefined;
+    if (verifier !== undefined) {
+      this.authMethod = 'scram';
+      this.scram = new ScramServer(verifier);
+      this.socket.write(authSasl([MECHANISM]));
+      return;
+    }
+    this.authMethod = 'md5';
+    this.md5Salt = randomBytes(4);
+    this.socket.write(authentication(AuthKind.MD5Password, this.md5Salt));
+  }
+
+  private onPassword(msg: Buffer): void {
+    const secret = this.secret as Secret;
+    const r = new BodyReader(msg, 5);
+    switch (this.authMethod) {
+      case 'password': {
+        const password = r.cstring();
+        if (!passwordMatches(secret, password, this.user)) return this.wrongPassword();
+        this.ctx.credentials.learn(this.user, secret, { password });
+        return this.authenticated();
+      }
+      case 'md5': {
+        const answer = r.cstring();
+        const hash =
+          secret.kind === 'md5'
+            ? secret.hash
+            : md5Secret(secret.kind === 'plain' ? secret.password : '', this.user);
+        if (answer !== md5Response(hash, this.md5Salt as Buffer)) return this.wrongPassword();
+        return this.authenticated();
+      }
+      case 'scram': {
+        const scram = this.scram as ScramServer;
+        if (this.md5Salt === undefined) {
+          // SASLInitialResponse: mechanism, length, client-first-message.
+          const mechanism = r.cstring();
+          const length = r.int32();
+          if (mechanism !== MECHANISM) {
+            this.refuseLogin('unsupported_method', {
+              severity: 'FATAL',
+              code: '28000',
+              message: `SASL mechanism ${mechanism} is not supported: use ${MECHANISM}`,
+            });
+            return;
+          }
+          const serverFirst = scram.start(r.bytes(length).toString());
+          this.md5Salt = Buffer.alloc(0); // marks: the first message was read
+          this.socket.write(authentication(AuthKind.SASLContinue, Buffer.from(serverFirst)));
+          return;
+        }
+        const result = scram.finish(r.rest().toString());
+        if (result === undefined) return this.wrongPassword();
+        if (secret.kind === 'scram') {
+          const v = secret.verifier;
+          this.ctx.credentials.learn(this.user, secret, {
+            keys: {
+              iterations: v.iterations,
+              salt: v.salt,
+              clientKey: result.clientKey,
+              serverKey: v.serverKey,
+            },
+          });
+        } else if (secret.kind === 'plain') {
+          this.ctx.credentials.learn(this.user, secret, { password: secret.password });
+        }
+        this.socket.write(authentication(AuthKind.SASLFinal, Buffer.from(result.serverFinal)));
+        return this.authenticated();
+      }
+      default:
+        throw new ProtocolViolation('a password message before authentication was asked for');
+    }
+  }
+
+  private wrongPassword(): void {
+    this.refuseLogin('wrong_password', {
+      severity: 'FATAL',
+      code: '28P01',
+      message: `password authentication failed for user "${this.user}"`,
+    });
+  }
+
+  private authenticated(): void {
+    if (this.state !== 'auth') return;
+    this.scram = undefined;
+    this.socket.write(authentication(AuthKind.Ok));
+    this.state = 'welcome';
+    const pgPool = this.ctx.poolFor(this.database, this.user);
+    this.pgPool = pgPool;
+    this.ctx.registerCancel(this.pid, this);
+    if (pgPool.params !== undefined) {
+      this.welcome();
+      return;
+    }
+    // The pool has not logged in yet: its first backend tells us the server's parameters.
+    this.countClient('waiting');
+    this.waitStartedAt = performance.now();
+    const link = pgPool.pool.tryAcquire();
+    if (link !== undefined) {
+      this.welcomeWith(link);
+      return;
+    }
+    this.waiter = pgPool.pool.wait((err, got) => {
+      this.waiter = undefined;
+      if (err !== null || got === undefined) this.noBackend(err ?? new Error('no backend'));
+      else this.welcomeWith(got);
+    });
+  }
+
+  private welcomeWith(link: Link): void {
+    const pgPool = this.pgPool as PgPool;
+    pgPool.params ??= new Map(loginOf(link.socket)?.params);
+    pgPool.pool.release(link, true);
+    if (this.state === 'welcome') this.welcome();
+  }
+
+  private welcome(): void {
+    const pgPool = this.pgPool as PgPool;
+    const server = pgPool.params ?? new Map<string, string>();
+    const out: Buffer[] = [];
+    for (const [name, value] of server) {
+      const mine = this.params.get(name.toLowerCase());
+      out.push(parameterStatus(name, mine?.value ?? value));
+      if (mine !== undefined) mine.name = name;
+    }
+    // The client's view starts as the server's, with its own parameters on top.
+    for (const [name, value] of server) {
+      if (!this.params.has(name.toLowerCase()))
+        this.params.set(name.toLowerCase(), { name, value });
+    }
+    out.push(backendKeyData(this.pid, this.cancelKey));
+    out.push(readyForQuery('I'));
+    this.socket.write(Buffer.concat(out));
+    this.state = 'idle';
+    this.countClient('idle');
+    this.armTimer();
+    this.ctx.log.debug(
+      { session: this.id, database: this.database, user: this.user },
+      'client logged in',
+    );
+  }
+
+  private refuseLogin(reason: AuthFailure, fields: ErrorFields): void {
+    const observer = this.pgPool?.observer;
+    if (observer !== undefined) observer.authFailed(reason);
+    else this.ctx.metricsAuthFailed(this.database, this.user, reason);
+    this.ctx.log.info(
+      { session: this.id, database: this.database, user: this.user, reason, sqlstate: fields.code },
+      'client login refused',
+    );
+    this.fatal(fields);
+  }
+
+  // ── client messages ─────────────────────────────────────────────────────
+
+  private onClientMessage(code: number, msg: Buffer): boolean {
+    switch (this.state) {
+      case 'startup':
+        return this.onStartupPacket(msg);
+      case 'auth':
+        if (code !== Code.Password || this.authMethod === undefined) {
+          throw new ProtocolViolation(
+            `expected a password message during authentication, got ${printable(code)}`,
+          );
+        }
+        this.onPassword(msg);
+        return true;
+      case 'welcome':
+      case 'waiting':
+        return false;
+      case 'idle':
+        if (code === Code.Terminate) {
+          this.close();
+          return false;
+        }
+        if (code === Code.Flush) return true;
+        if (code === Code.Sync && !this.skippingToSync) {
+          this.socket.write(readyForQuery('I'));
+          return true;
+        }
+        if (!this.bindForMessage()) return false;
+        this.relay(code, msg);
+        return true;
+      case 'bound':
+        this.relay(code, msg);
+        return true;
+      case 'ended':
+        return false;
+    }
+  }
+
+  private onClientStreamStart(code: number, length: number): boolean {
+    if (this.state === 'idle' && !this.bindForMessage()) return false;
+    if (this.state !== 'bound') return false;
+    const backend = this.backend as Backend;
+    if (this.skippingToSync) {
+      this.streamDropped = true;
+      return true;
+    }
+    this.streamDropped = false;
+    if (!CLIENT_CODES.has(code))
+      throw new ProtocolViolation(`unknown message type ${printable(code)}`);
+    if (length > MAX_STREAMED) throw new ProtocolViolation(`message of ${length} bytes`);
+    if (code === Code.Execute) this.observer.query();
+    if (REQUESTS.has(code)) this.enqueue(backend, code);
+    return true;
+  }
+
+  private streamDropped = false;
+
+  private onClientStreamBytes(bytes: Buffer): void {
+    if (!this.streamDropped) this.backend?.write(bytes);
+  }
+
+  /** A whole client message while bound: note what it does, then pass it on. */
+  private relay(code: number, msg: Buffer): void {
+    const backend = this.backend as Backend;
+    if (this.skippingToSync && code !== Code.Sync) return;
+    switch (code) {
+      case Code.Query: {
+        const sql = msg.toString('utf8', 5, msg.length - 1);
+        this.observer.query();
+        if (!this.checkSql(sql, backend, 'query')) return;
+        break;
+      }
+      case Code.Parse: {
+        const r = new BodyReader(msg, 5);
+        const name = r.cstring();
+        const sql = r.cstring();
+        if (name !== '' && !this.noteSessionState('prepared', `Parse ${name}`, backend, 'parse')) {
+          return;
+        }
+        if (!this.checkSql(sql, backend, 'parse')) return;
+        break;
+      }
+      case Code.Sync:
+        this.skippingToSync = false;
+        break;
+      case Code.Execute:
+        this.observer.query();
+        break;
+      case Code.Terminate:
+        this.leave();
+        return;
+      case Code.CopyDone:
+      case Code.CopyFail:
+        backend.queue.copyInEnded();
+        break;
+      default:
+        if (!CLIENT_CODES.has(code)) {
+          throw new ProtocolViolation(`unknown message type ${printable(code)}`);
+        }
+    }
+    if (REQUESTS.has(code)) this.enqueue(backend, code);
+    backend.write(msg);
+  }
+
+  private enqueue(backend: Backend, code: number): void {
+    if (backend.queue.isEmpty) this.armTimer();
+    backend.queue.push(code);
+  }
+
+  /** SQL that leaves session state pins the client (or is refused). False: not forwarded. */
+  private checkSql(sql: string, backend: Backend, via: 'query' | 'parse'): boolean {
+    const effect = sessionEffect(sql);
+    if (effect === undefined) return true;
+    if (effect.resetsParameters === true) backend.applied.clear();
+    if (effect.pin === undefined) return true;
+    return this.noteSessionState(effect.pin.reason, effect.pin.statement, backend, via);
+  }
+
+  /**
+   * The one place that decides about session state in transaction pooling: pin the client
+   * to its backend, or (onSessionState: error) refuse the statement.
+   */
+  private noteSessionState(
+    reason: PinReason,
+    statement: string,
+    backend: Backend,
+    via: 'query' | 'parse',
+  ): boolean {
+    if (this.pin.kind === 'pinned') return true;
+    if (this.ctx.settings.onSessionState === 'error') {
+      const error = errorResponse({
+        severity: 'ERROR',
+        code: '0A000',
+        message: `sidepool: ${statement.toUpperCase()} keeps session state, which transaction pooling cannot hold (onSessionState: error)`,
+        hint:
+          reason === 'set'
+            ? 'Use SET LOCAL inside a transaction.'
+            : 'Use session pooling for this client.',
+      });
+      const answer =
+        via === 'query' ? Buffer.concat([error, readyForQuery(backend.status)]) : error;
+      if (via === 'parse') this.skippingToSync = true;
+      backend.queue.push(Code.Query, 'answer', answer);
+      this.answerQueued(backend);
+      return false;
+    }
+    this.pin = { kind: 'pinned', reason };
+    this.observer.pinned(reason);
+    if (!this.loggedPin) {
+      this.loggedPin = true;
+      this.ctx.log.info(
+        { session: this.id, database: this.database, user: this.user, reason, statement },
+        'client pinned to its backend',
+      );
+    }
+    return true;
+  }
+
+  // ── binding a backend ───────────────────────────────────────────────────
+
+  /**
+   * A message that needs a backend arrived while idle. With an idle backend that needs no
+   * check and no SET, it is bound at once and the message goes on (true); otherwise the
+   * message is held and the client waits (false).
+   */
+  private bindForMessage(): boolean {
+    const pgPool = this.pgPool as PgPool;
+    this.clearTimer();
+    this.waitStartedAt = performance.now();
+    const link = pgPool.pool.tryAcquire();
+    if (link !== undefined) {
+      const backend = Backend.of(link);
+      if (
+        !this.needsCheck(link, backend) &&
+        setParametersSql(this.params, backend, false) === undefined
+      ) {
+        this.attachBackend(backend);
+        return true;
+      }
+    }
+    this.state = 'waiting';
+    this.countClient('waiting');
+    if (link !== undefined) {
+      void this.bind(link);
+      return false;
+    }
+    this.waiter = pgPool.pool.wait((err, got) => {
+      this.waiter = undefined;
+      if (err !== null || got === undefined) this.noBackend(err ?? new Error('no backend'));
+      else void this.bind(got);
+    });
+    return false;
+  }
+
+  private needsCheck(link: Link, backend: Backend): boolean {
+    const after = this.ctx.settings.checkAfter;
+    return after > 0 && link.uses > 1 && Date.now() - backend.releasedAt > after;
+  }
+
+  private noBackend(err: Error): void {
+    if (this.state === 'ended') return;
+    const pgPool = this.pgPool as PgPool;
+    const stats = pgPool.pool.stats();
+    const refusal = pgPool.connector.lastRefusal;
+    const code = codeOf(err);
+    let fields: ErrorFields;
+    if (code === 'SIDEPOOL_UPSTREAM_DOWN' && refusal !== undefined) {
+      fields = { severity: 'FATAL', code: refusal.sqlstate, message: refusal.serverMessage };
+    } else if (code === 'SIDEPOOL_ACQUIRE_TIMEOUT' || code === 'SIDEPOOL_POOL_OVERFLOW') {
+      fields = {
+        severity: 'FATAL',
+        code: '53300',
+        message: `sidepool: no backend in pool ${pgPool.pool.name} (${code === 'SIDEPOOL_ACQUIRE_TIMEOUT' ? `waited ${pgPool.pool.options.acquireTimeout}ms` : 'queue full'}; ${stats.active + stats.idle + stats.connecting}/${stats.maxSize} backends, ${stats.waiters} waiting)`,
+      };
+    } else if (code === 'SIDEPOOL_POOL_CLOSED') {
+      fields = {
+        severity: 'FATAL',
+        code: '57P01',
+        message: 'terminating connection due to administrator command',
+      };
+    } else {
+      fields = {
+        severity: 'FATAL',
+        code: '08006',
+        message: `sidepool: cannot reach the server: ${describe(err)}`,
+      };
+    }
+    this.ctx.log.info(
+      { session: this.id, code, sqlstate: fields.code },
+      'client closed without a backend',
+    );
+    this.fatal(fields);
+  }
+
+  /** Binds a backend after its check and SET, then lets the held message go on. */
+  private async bind(link: Link): Promise<void> {
+    const pgPool = this.pgPool as PgPool;
+    // Never within the message callback that asked: the framer must hold the message first.
+    await Promise.resolve();
+    if (this.state !== 'waiting') {
+      pgPool.pool.release(link, true);
+      return;
+    }
+    const backend = Backend.of(link);
+    try {
+      if (this.needsCheck(link, backend)) {
+        const checked = await backend.run('', 5000);
+        if (checked.status !== 'I' || checked.error !== undefined) throw new Error('check failed');
+      }
+      const sql = setParametersSql(this.params, backend);
+      if (sql !== undefined) {
+        const result = await backend.run(sql);
+        if (result.error !== undefined) {
+          backend.applied.clear();
+          pgPool.pool.release(link, false);
+          if (this.state === 'waiting') {
+            this.fatal({
+              severity: 'FATAL',
+              code: result.error.get('C') ?? '22023',
+              message: result.error.get('M') ?? 'invalid startup parameter',
+            });
+          }
+          return;
+        }
+        this.noteApplied(backend);
+      }
+    } catch (err) {
+      this.ctx.log.info(
+        { session: this.id, link: link.id, err: describe(err) },
+        'backend failed its check: closed',
+      );
+      pgPool.pool.release(link, false);
+      if (this.state === 'waiting') {
+        this.state = 'idle';
+        if (!this.bindForMessage()) return;
+        this.resumeClient();
+      }
+      return;
+    }
+    if (this.state !== 'waiting') {
+      pgPool.pool.release(link, true);
+      return;
+    }
+    this.attachBackend(backend);
+    this.resumeClient();
+  }
+
+  private attachBackend(backend: Backend): void {
+    this.observer.waited((performance.now() - this.waitStartedAt) / 1000);
+    this.backend = backend;
+    this.state = 'bound';
+    this.boundAt = performance.now();
+    this.countClient('active');
+    if (this.ctx.settings.poolMode === 'session' && this.pin.kind === 'shared') {
+      this.pin = { kind: 'pinned', reason: 'session' };
+    }
+    backend.attach(this.backendSink);
+  }
+
+  /** After a SET on bind: the server's reported values become the client's view. */
+  private noteApplied(backend: Backend): void {
+    const changed: Buffer[] = [];
+    for (const [name, value] of backend.params) {
+      const mine = this.params.get(name.toLowerCase());
+      if (mine !== undefined && mine.value !== value) {
+        mine.value = value;
+        changed.push(parameterStatus(name, value));
+      }
+    }
+    if (changed.length > 0) this.socket.write(Buffer.concat(changed));
+  }
+
+  private get observer() {
+    return (this.pgPool as PgPool).observer;
+  }
+
+  // ── backend messages ────────────────────────────────────────────────────
+
+  private readonly backendSink: BackendSink = {
+    message: (code, msg, request) => this.onBackendMessage(code, msg, request),
+    streamStart: (code, _length, request) => {
+      this.swallowing = request !== undefined && request.action === 'swallow';
+    },
+    streamBytes: (bytes) => {
+      if (!this.swallowing) this.socket.write(bytes);
+    },
+    streamEnd: () => {
+      this.swallowing = false;
+    },
+    backendLost: (err) => this.backendLost(err),
+    chunkStart: () => this.socket.cork(),
+    chunkEnd: () => {
+      this.socket.uncork();
+      return this.socket.writableLength > HIGH_WATER;
+    },
+  };
+
+  private onBackendMessage(code: number, msg: Buffer, request: Outstanding | undefined): void {
+    const backend = this.backend as Backend;
+    if (request === undefined || request.action === 'forward') this.socket.write(msg);
+    if (code === Code.ParameterStatus) {
+      const r = new BodyReader(msg, 5);
+      const name = r.cstring();
+      const value = r.cstring();
+      const key = name.toLowerCase();
+      const mine = this.params.get(key);
+      if (mine !== undefined) mine.value = value;
+      else this.params.set(key, { name, value });
+      return;
+    }
+    if (code === Code.ErrorResponse && msg.includes('SFATAL\0')) {
+      // The backend is going away (terminated, shutting down): this client goes with it.
+      return;
+    }
+    if (code !== Code.ReadyForQuery) return;
+    this.answerQueued(backend);
+    if (!backend.queue.isEmpty) return;
+    if (backend.status === 'I' && this.pin.kind === 'shared') {
+      this.observer.transaction((performance.now() - this.boundAt) / 1000);
+      this.release();
+    } else {
+      this.armTimer();
+    }
+  }
+
+  /** Replies sidepool gives itself, once everything before them was forwarded. */
+  private answerQueued(backend: Backend): void {
+    for (let head = backend.queue.peek(); head?.action === 'answer'; head = backend.queue.peek()) {
+      backend.queue.reply(Code.ReadyForQuery);
+      this.socket.write(head.answer as Buffer);
+    }
+  }
+
+  /** ReadyForQuery idle, nothing outstanding: the backend goes back to the pool. */
+  private release(): void {
+    const backend = this.backend as Backend;
+    if (!this.framer.atBoundary) return;
+    backend.detach();
+    backend.releasedAt = Date.now();
+    this.backend = undefined;
+    (this.pgPool as PgPool).pool.release(backend.link, true);
+    this.state = 'idle';
+    this.countClient('idle');
+    if (this.draining) {
+      this.fatal({
+        severity: 'FATAL',
+        code: '57P01',
+        message: 'terminating connection due to administrator command',
+      });
+      return;
+    }
+    this.armTimer();
+  }
+
+  private backendLost(err: Error | undefined): void {
+    const backend = this.backend;
+    if (backend === undefined) return;
+    this.backend = undefined;
+    (this.pgPool as PgPool).pool.release(backend.link, false);
+    this.ctx.log.info(
+      { session: this.id, link: backend.link.id, err: err && describe(err) },
+      'backend lost: client closed',
+    );
+    if (err instanceof ProtocolViolation) this.ctx.protocolError('server');
+    this.fatal({
+      severity: 'FATAL',
+      code: '08006',
+      message: 'sidepool: the server connection was lost',
+    });
+  }
+
+  // ── leaving ─────────────────────────────────────────────────────────────
+
+  /** The client is gone (or said Terminate): its backend is cleaned up and reused. */
+  private leave(): void {
+    if (this.state === 'ended') return;
+    const backend = this.backend;
+    this.backend = undefined;
+    this.waiter?.cancel();
+    this.waiter = undefined;
+    const wasBound = this.state === 'bound';
+    this.end();
+    this.socket.destroy();
+    if (backend !== undefined && wasBound) void this.cleanUp(backend);
+  }
+
+  /**
+   * A backend whose client left: idle → back to the pool (reset first if the client held
+   * session state); in a transaction → ROLLBACK first; running a query → cancelled and
+   * closed.
+   */
+  private async cleanUp(backend: Backend): Promise<void> {
+    const pgPool = this.pgPool as PgPool;
+    backend.detach();
+    if (!backend.isQuiet) {
+      this.ctx.cancelBackend(backend.link.endpoint, backend.pid, backend.secretKey);
+      pgPool.pool.release(backend.link, false);
+      return;
+    }
+    try {
+      if (backend.status !== 'I') {
+        const rolled = await backend.run('ROLLBACK', 10_000);
+        if (rolled.status !== 'I') throw new Error('ROLLBACK did not end the transaction');
+      }
+      if (this.pin.kind === 'pinned' && this.ctx.settings.resetQuery !== '') {
+        const reset = await backend.run(this.ctx.settings.resetQuery, 10_000);
+        if (reset.status !== 'I' || reset.error !== undefined)
+          throw new Error('reset query failed');
+        backend.applied.clear();
+      }
+      backend.releasedAt = Date.now();
+      pgPool.pool.release(backend.link, true);
+    } catch (err) {
+      this.ctx.log.info(
+        { link: backend.link.id, err: describe(err) },
+        'backend not reusable after its client left: closed',
+      );
+      pgPool.pool.release(backend.link, false);
+    }
+  }
+
+  private close(): void {
+    this.leave();
+  }
+
+  /** Sends a FATAL ErrorResponse and closes. */
+  private fatal(fields: ErrorFields): void {
+    if (this.state === 'ended') return;
+    if (!this.socket.destroyed && this.socket.writable) {
+      this.socket.end(errorResponse(fields));
+    }
+    this.leave();
+  }
+
+  private protocolViolation(err: unknown): void {
+    this.ctx.protocolError('client');
+    const message = err instanceof ProtocolViolation ? err.message : describe(err);
+    this.ctx.log.info(
+      { session: this.id, state: this.state, problem: message },
+      'protocol violation from the client',
+    );
+    if (this.state === 'startup' || this.state === 'auth') {
+      this.ctx.metricsAuthFailed(this.database, this.user, 'protocol');
+    }
+    // A half-relayed message cannot be finished: the backend is in an unknown state.
+    const backend = this.backend;
+    if (backend !== undefined && !backend.isQuiet) {
+      this.backend = undefined;
+      backend.detach();
+      (this.pgPool as PgPool).pool.release(backend.link, false);
+    }
+    this.fatal({
+      severity: 'FATAL',
+      code: '08P01',
+      message: `invalid message from the client: ${message}`,
+    });
+  }
+
+  private end(): void {
+    if (this.state === 'ended') return;
+    this.state = 'ended';
+    this.countClient(undefined);
+    this.clearTimer();
+    this.ctx.unregisterCancel(this.pid);
+    stopReading(this.socket);
+    this.ctx.route.observer.closed(
+      { bytesUp: this.bytesUp, bytesDown: this.bytesDown, error: undefined, brokenBy: undefined },
+      (performance.now() - this.startedAt) / 1000,
+    );
+    this.ctx.route.sessionEnded(this);
+  }
+
+  private countClient(state: ClientCount | undefined): void {
+    const pgPool = this.pgPool;
+    if (pgPool === undefined) return;
+    if (this.counted !== undefined) pgPool.clients[this.counted]--;
+    this.counted = state;
+    if (state !== undefined) pgPool.clients[state]++;
+    pgPool.lastUsedAt = Date.now();
+  }
+
+  // ── timeouts ────────────────────────────────────────────────────────────
+
+  private armTimer(): void {
+    const { clientIdleTimeout, idleTransactionTimeout, queryTimeout } = this.ctx.settings;
+    let ms = 0;
+    if (this.state === 'idle') ms = clientIdleTimeout;
+    else if (this.state === 'bound') {
+      const backend = this.backend as Backend;
+      ms = backend.queue.isEmpty
+        ? backend.status === 'I'
+          ? clientIdleTimeout
+          : idleTransactionTimeout
+        : queryTimeout;
+    }
+    if (ms <= 0) {
+      this.clearTimer();
+      return;
+    }
+    this.clearTimer();
+    this.timer = setTimeout(onTimeout, ms, this);
+    this.timer.unref();
+  }
+
+  private clearTimer(): void {
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  timedOut(): void {
+    this.timer = undefined;
+    if (this.state === 'idle') {
+      this.fatal({
+        severity: 'FATAL',
+        code: '57P05',
+        message: 'terminating connection due to idle-session timeout (clientIdleTimeout)',
+      });
+      return;
+    }
+    if (this.state !== 'bound') return;
+    const backend = this.backend as Backend;
+    if (backend.queue.isEmpty) {
+      if (backend.status === 'I') {
+        this.fatal({
+          severity: 'FATAL',
+          code: '57P05',
+          message: 'terminating connection due to idle-session timeout (clientIdleTimeout)',
+        });
+      } else {
+        this.fatal({
+          severity: 'FATAL',
+          code: '25P03',
+          message:
+            'terminating connection due to idle-in-transaction timeout (idleTransactionTimeout)',
+        });
+      }
+      return;
+    }
+    this.fatal({
+      severity: 'FATAL',
+      code: '57014',
+      message: 'canceling statement due to statement timeout (queryTimeout)',
+    });
+  }
+}
+
+function passwordMatches(secret: Secret, password: string, user: string): boolean {
+  switch (secret.kind) {
+    case 'plain':
+      return secret.password === password;
+    case 'md5':
+      return secret.hash === md5Secret(password, user);
+    case 'scram': {
+      const v = secret.verifier;
+      const keys = keysFromPassword(password, v.salt, v.iterations);
+      return keys.serverKey.equals(v.serverKey);
+    }
+  }
+}
+
+function printable(code: number): string {
+  return code >= 0x20 && code < 0x7f ? `'${String.fromCharCode(code)}'` : `0x${code.toString(16)}`;
+}
+
+const kSession = Symbol('sidepool.pgSession');
+type Tagged = Socket & { [kSession]?: PgSession };
+
+function onClientBytes(this: Duplex, chunk: Buffer): number {
+  return (this as Tagged)[kSession]?.clientBytes(chunk) ?? READ_PAUSE;
+}
+function onClientClose(this: Tagged): void {
+  this[kSession]?.clientClosed();
+}
+function onClientError(): void {
+  // The close that follows is what counts.
+}
+function onClientDrain(this: Tagged): void {
+  this[kSession]?.clientDrained();
+}
+function onTimeout(session: PgSession): void {
+  session.timedOut();
+}
