@@ -6,7 +6,7 @@ import { READ_MORE, readWith, stopReading } from '../../net/reads.js';
 import type { Connector, Dialed } from '../../pool/pool.js';
 import type { Destination } from '../../upstream/destination.js';
 import { md5Response, md5Secret } from './auth/secrets.js';
-import { MECHANISM, ScramClient, type ScramKeys } from './auth/scram.js';
+import { MECHANISM, ScramClient, ScramError, type ScramKeys } from './auth/scram.js';
 import { Framer } from './framer.js';
 import {
   AuthKind,
@@ -150,9 +150,21 @@ export class BackendConnector implements Connector {
       };
       const fail = (problem: string): void =>
         finish(new SidepoolError('SIDEPOOL_PG_LOGIN_FAILED', `login to ${endpoint}: ${problem}`));
+      // No secret that answers the server's request: a refusal every client of this user
+      // would meet, answered to them at once.
+      const noSecret = (problem: string): void =>
+        finish(
+          new BackendLoginError(
+            '28000',
+            `sidepool cannot log in to the server as "${user}": ${problem}`,
+            endpoint,
+          ),
+        );
       const needSecret = (what: string): UpstreamSecret | undefined => {
         if (secret === undefined) {
-          fail(`the server asks for ${what} and the auth file has no usable secret for ${user}`);
+          noSecret(
+            `the server asks for ${what} and sidepool has no usable secret (with a SCRAM verifier, a client must log in first)`,
+          );
         }
         return secret;
       };
@@ -162,7 +174,8 @@ export class BackendConnector implements Connector {
             try {
               onMessage(code, msg);
             } catch (err) {
-              fail(describe(err));
+              if (err instanceof ScramError) noSecret(err.message);
+              else fail(describe(err));
             }
             return true;
           },
@@ -182,7 +195,7 @@ export class BackendConnector implements Connector {
               const s = needSecret('a cleartext password');
               if (s === undefined) return;
               if (s.kind !== 'plain') {
-                fail(
+                noSecret(
                   `the server asks for a cleartext password; the auth file has a ${s.kind} secret`,
                 );
                 return;
@@ -195,7 +208,7 @@ export class BackendConnector implements Connector {
               if (s === undefined) return;
               const salt = r.bytes(4);
               if (s.kind === 'scram') {
-                fail('the server asks for md5; the auth file has a SCRAM verifier');
+                noSecret('the server asks for md5; the auth file has a SCRAM verifier');
                 return;
               }
               const hash = s.kind === 'md5' ? s.hash : md5Secret(s.password, user);
@@ -212,7 +225,7 @@ export class BackendConnector implements Connector {
               const s = needSecret('SCRAM-SHA-256');
               if (s === undefined) return;
               if (s.kind === 'md5') {
-                fail('the server asks for SCRAM-SHA-256; the auth file has an md5 secret');
+                noSecret('the server asks for SCRAM-SHA-256; the auth file has an md5 secret');
                 return;
               }
               scram = new ScramClient(
