@@ -1,0 +1,260 @@
+// Session state in transaction pooling, with a real PostgreSQL 15: startup parameters
+// applied per backend and the client's view kept right; each pin reason; no state leaking
+// between clients; onSessionState: error.
+import pg from 'pg';
+import postgres from 'postgres';
+import t, { type Test } from 'tap';
+import { startPgProxy, startPostgres, writeAuthFile } from './helpers/postgres.js';
+
+const cluster = await startPostgres();
+t.teardown(() => cluster.stop());
+await cluster.sql(`CREATE ROLE app LOGIN PASSWORD 'secret'`);
+await cluster.sql(`CREATE DATABASE appdb OWNER app`);
+await cluster.sql(`CREATE SCHEMA other AUTHORIZATION app`, 'appdb');
+const authFile = await writeAuthFile(cluster.dir, { app: 'secret' });
+
+type Proxy = Awaited<ReturnType<typeof startPgProxy>>;
+
+async function proxyFor(
+  t: Test,
+  settings: Record<string, unknown> = {},
+  maxSize = 1,
+): Promise<Proxy> {
+  const proxy = await startPgProxy(cluster, { authFile, ...settings }, { maxSize });
+  t.teardown(() => proxy.app.stop(2000));
+  return proxy;
+}
+
+async function connect(port: number, extra: Partial<pg.ClientConfig> = {}): Promise<pg.Client> {
+  const c = new pg.Client({
+    host: '127.0.0.1',
+    port,
+    user: 'app',
+    password: 'secret',
+    database: 'appdb',
+    ...extra,
+  });
+  c.on('error', () => {});
+  await c.connect();
+  return c;
+}
+
+async function show(c: pg.Client, names: string[]): Promise<string[]> {
+  const out: string[] = [];
+  for (const name of names) {
+    const r = await c.query<{ v: string }>(`SELECT current_setting('${name}') AS v`);
+    out.push(r.rows[0]?.v ?? '');
+  }
+  return out;
+}
+
+const SETTINGS = [
+  'application_name',
+  'search_path',
+  'extra_float_digits',
+  'DateStyle',
+  'TimeZone',
+  'statement_timeout',
+];
+
+void t.test(
+  'startup parameters: every kind is accepted and applied, as PostgreSQL would',
+  async (t) => {
+    const proxy = await proxyFor(t);
+    const params: Partial<pg.ClientConfig> = {
+      application_name: 'app-one',
+      options: '-c search_path=other -c statement_timeout=5s --DateStyle=ISO,\\ DMY',
+    };
+    const sameAsDirect = async (extra: Partial<pg.ClientConfig>, what: string) => {
+      const direct = await connect(cluster.port, extra);
+      const through = await connect(proxy.port, extra);
+      t.same(await show(through, SETTINGS), await show(direct, SETTINGS), what);
+      await direct.end();
+      await through.end();
+    };
+    await sameAsDirect(params, 'application_name and options (-c, --name=value, escaped space)');
+    await sameAsDirect(
+      {},
+      'a client without them, on the backend the first one used: defaults back',
+    );
+    // extra_float_digits and TimeZone as plain startup parameters, as pgjdbc and others send them.
+    const raw = postgres({
+      host: '127.0.0.1',
+      port: proxy.port,
+      user: 'app',
+      password: 'secret',
+      database: 'appdb',
+      prepare: false,
+      connection: { extra_float_digits: 3, TimeZone: 'Europe/Paris', DateStyle: 'ISO' },
+      max: 1,
+    });
+    t.teardown(() => raw.end({ timeout: 1 }));
+    const [row] =
+      await raw`SELECT current_setting('extra_float_digits') AS efd, current_setting('TimeZone') AS tz, current_setting('DateStyle') AS ds`;
+    t.same(row, { efd: '3', tz: 'Europe/Paris', ds: 'ISO, MDY' });
+    t.equal(raw.parameters.TimeZone, 'Europe/Paris', 'the client ParameterStatus view says so too');
+    t.equal(raw.parameters.DateStyle, 'ISO, MDY', 'with the value the server reports');
+    // An unknown parameter: PostgreSQL refuses the connection with 42704; sidepool at first use.
+    const bad = await connect(proxy.port, { options: '-c no_such_parameter=1' }).then(
+      (c) =>
+        c.query('SELECT 1').then(
+          () => 'accepted',
+          (e: { code: string }) => e.code,
+        ),
+      (e: { code: string }) => e.code,
+    );
+    const badDirect = await connect(cluster.port, { options: '-c no_such_parameter=1' }).then(
+      () => 'accepted',
+      (e: { code: string }) => e.code,
+    );
+    t.equal(bad, badDirect, `an unknown parameter: ${badDirect} either way`);
+  },
+);
+
+void t.test('a tracked SET follows its client to every backend, and nowhere else', async (t) => {
+  const proxy = await proxyFor(t, {}, 2);
+  const a = await connect(proxy.port);
+  const b = await connect(proxy.port);
+  await a.query(`SET application_name = 'renamed'`);
+  await a.query(`SET TIME ZONE 'Asia/Tokyo'`);
+  const direct = await connect(cluster.port);
+  const defaults = await show(direct, ['application_name', 'TimeZone']);
+  await direct.end();
+  t.same(await show(b, ['application_name', 'TimeZone']), defaults, 'B does not see A’s settings');
+  // Make A run on the other backend: B holds one in a transaction.
+  await b.query('BEGIN');
+  await b.query('SELECT 1');
+  t.same(
+    await show(a, ['application_name', 'TimeZone']),
+    ['renamed', 'Asia/Tokyo'],
+    'A keeps them',
+  );
+  await b.query('COMMIT');
+  const pins = await proxy.app.metrics.render();
+  t.notMatch(pins, /sidepool_postgres_pins_total\{[^}]*\} [1-9]/, 'no pin for tracked parameters');
+  await a.end();
+  await b.end();
+});
+
+const PINS: Array<[string, string, string]> = [
+  ['set', 'SET search_path = other', 'SELECT current_setting($$search_path$$)'],
+  ['listen', 'LISTEN somewhere', 'SELECT count(*) FROM pg_listening_channels()'],
+  [
+    'advisory_lock',
+    'SELECT pg_advisory_lock(42)',
+    'SELECT count(*) FROM pg_locks WHERE locktype = $$advisory$$ AND pid = pg_backend_pid()',
+  ],
+  ['prepare', 'PREPARE q AS SELECT 1', 'SELECT count(*) FROM pg_prepared_statements'],
+  [
+    'cursor_with_hold',
+    'DECLARE c CURSOR WITH HOLD FOR SELECT 1',
+    'SELECT count(*) FROM pg_cursors',
+  ],
+  [
+    'temp_table',
+    'CREATE TEMP TABLE scratch (a int)',
+    'SELECT count(*) FROM pg_class WHERE relname = $$scratch$$ AND relnamespace = pg_my_temp_schema()',
+  ],
+];
+
+for (const [reason, statement, probe] of PINS) {
+  void t.test(
+    `pin: ${reason} keeps the client on its backend, and nothing leaks to the next`,
+    async (t) => {
+      const proxy = await proxyFor(t, {}, 2);
+      const a = await connect(proxy.port);
+      const pid = async (c: pg.Client) =>
+        (await c.query<{ p: number }>('SELECT pg_backend_pid() AS p')).rows[0]?.p;
+      await a.query(statement);
+      const mine = (await a.query<{ v: string }>(`SELECT (${probe})::text AS v`)).rows[0]?.v;
+      const pidA = await pid(a);
+      // Other clients keep both backends busy in turn; A's backend stays A's.
+      const others = await Promise.all([connect(proxy.port), connect(proxy.port)]);
+      const seen = await Promise.all(
+        others.map(async (c) => {
+          const values: Array<string | undefined> = [];
+          for (let i = 0; i < 5; i++) {
+            values.push((await c.query<{ v: string }>(`SELECT (${probe})::text AS v`)).rows[0]?.v);
+          }
+          return { values, pid: await pid(c) };
+        }),
+      );
+      t.not(mine, seen[0]?.values[0], `A sees its own state (${mine})`);
+      for (const s of seen) {
+        t.not(s.pid, pidA, 'nobody else is given the pinned backend');
+        t.ok(
+          s.values.every((v) => v === s.values[0]),
+          'and nobody sees its state',
+        );
+      }
+      t.equal(await pid(a), pidA, 'A stays on its backend');
+      const metrics = await proxy.app.metrics.render();
+      t.match(metrics, new RegExp(`sidepool_postgres_pins_total\\{[^}]*reason="${reason}"\\} 1`));
+      t.ok(
+        proxy.lines.some((l) => l.msg === 'client pinned to its backend' && l.reason === reason),
+        'logged once',
+      );
+      await a.end();
+      // The backend is reset before its next client.
+      await Promise.all(others.map((c) => c.end()));
+      const next = await Promise.all([connect(proxy.port), connect(proxy.port)]);
+      const after = await Promise.all(
+        next.map(
+          async (c) => (await c.query<{ v: string }>(`SELECT (${probe})::text AS v`)).rows[0]?.v,
+        ),
+      );
+      t.same(after, [seen[0]?.values[0], seen[0]?.values[0]], 'after the reset, no trace of A');
+      await Promise.all(next.map((c) => c.end()));
+    },
+  );
+}
+
+void t.test('a named Parse pins (prepared) until prepared statements are pooled', async (t) => {
+  const proxy = await proxyFor(t, {}, 2);
+  const sql = postgres({
+    host: '127.0.0.1',
+    port: proxy.port,
+    user: 'app',
+    password: 'secret',
+    database: 'appdb',
+    max: 1,
+  });
+  t.teardown(() => sql.end({ timeout: 1 }));
+  for (let i = 0; i < 3; i++) {
+    const [row] = await sql`SELECT ${i}::int AS v`;
+    t.same(row, { v: i });
+  }
+  t.match(
+    await proxy.app.metrics.render(),
+    /sidepool_postgres_pins_total\{[^}]*reason="prepared"\} 1/,
+  );
+});
+
+void t.test(
+  'onSessionState: error refuses session state with 0A000 and the client goes on',
+  async (t) => {
+    const proxy = await proxyFor(t, { onSessionState: 'error' }, 1);
+    const c = await connect(proxy.port);
+    await t.rejects(c.query('SET search_path = other'), { code: '0A000' });
+    await t.rejects(
+      c.query('SELECT $1::int, pg_advisory_lock(1)', [1]),
+      { code: '0A000' },
+      'extended protocol too',
+    );
+    t.same(
+      (await c.query('SELECT current_setting($1) AS v', ['search_path'])).rows,
+      [{ v: '"$user", public' }],
+      'not applied',
+    );
+    await c.query('SET LOCAL search_path = other').catch(() => {});
+    await c.query('BEGIN');
+    await c.query('SET LOCAL search_path = other');
+    t.same(
+      (await c.query('SELECT current_setting($1) AS v', ['search_path'])).rows,
+      [{ v: 'other' }],
+      'SET LOCAL is fine',
+    );
+    await c.query('COMMIT');
+    await c.end();
+  },
+);
