@@ -30,6 +30,8 @@ export interface FramerOptions {
 }
 
 const MAX_LENGTH = 0x3fffffff;
+/** PostgreSQL's MAX_STARTUP_PACKET_LENGTH: the untyped first messages are small. */
+const MAX_STARTUP = 10_000;
 
 /**
  * Finds message boundaries in a PostgreSQL byte stream: a 1-byte code and an int32 length
@@ -180,6 +182,9 @@ export class Framer {
       this.headSize = 5;
       if (length < 4 || (untyped && length < 8)) {
         throw new ProtocolViolation(`invalid message length ${length}`);
+      }
+      if (untyped && length > MAX_STARTUP) {
+        throw new ProtocolViolation(`startup packet of ${length} bytes is above ${MAX_STARTUP}`);
       }
       if (length > this.maxLength) {
         throw new ProtocolViolation(`message length ${length} is above the limit`);
