@@ -2,12 +2,12 @@
 // bad input from clients and backends, metrics and /pools, reload, and `check`.
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import pg from 'pg';
 import t, { type Test } from 'tap';
 import { parseConfig } from '../src/config/load.js';
 import { runCli } from './helpers/cli.js';
 import {
   RawClient,
+  connectPg as connect,
   errorText,
   frontend,
   pgQuery,
@@ -41,19 +41,6 @@ async function proxyFor(
   );
   t.teardown(() => proxy.app.stop(2000));
   return proxy;
-}
-
-async function connect(port: number): Promise<pg.Client> {
-  const c = new pg.Client({
-    host: '127.0.0.1',
-    port,
-    user: 'app',
-    password: 'secret',
-    database: 'appdb',
-  });
-  c.on('error', () => {});
-  await c.connect();
-  return c;
 }
 
 const errorCode = (p: Promise<unknown>): Promise<string> =>

@@ -2,7 +2,6 @@
 // postgres, psql): release points, the backend cap, cleanup when a client leaves, cancel.
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import pg from 'pg';
 import postgres from 'postgres';
 import t, { type Test } from 'tap';
 import {
@@ -11,6 +10,7 @@ import {
   firstColumns,
   pgExtended,
   pgQuery,
+  pgClient as client,
   startPgProxy,
   startPostgres,
   writeAuthFile,
@@ -43,19 +43,6 @@ async function proxyFor(
   );
   t.teardown(() => proxy.app.stop(2000));
   return proxy;
-}
-
-function client(port: number, extra: Partial<pg.ClientConfig> = {}): pg.Client {
-  const c = new pg.Client({
-    host: '127.0.0.1',
-    port,
-    user: 'app',
-    password: 'secret',
-    database: 'appdb',
-    ...extra,
-  });
-  c.on('error', () => {});
-  return c;
 }
 
 /** A trust route over the plain auth file, for the raw protocol client. */

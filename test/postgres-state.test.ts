@@ -4,7 +4,17 @@
 import pg from 'pg';
 import postgres from 'postgres';
 import t, { type Test } from 'tap';
-import { startPgProxy, startPostgres, writeAuthFile } from './helpers/postgres.js';
+import {
+  RawClient,
+  connectPg as connect,
+  errorText,
+  pgExtended,
+  pgQuery,
+  type RawMessage,
+  startPgProxy,
+  startPostgres,
+  writeAuthFile,
+} from './helpers/postgres.js';
 
 const cluster = await startPostgres();
 t.teardown(() => cluster.stop());
@@ -23,20 +33,6 @@ async function proxyFor(
   const proxy = await startPgProxy(cluster, { authFile, ...settings }, { maxSize });
   t.teardown(() => proxy.app.stop(2000));
   return proxy;
-}
-
-async function connect(port: number, extra: Partial<pg.ClientConfig> = {}): Promise<pg.Client> {
-  const c = new pg.Client({
-    host: '127.0.0.1',
-    port,
-    user: 'app',
-    password: 'secret',
-    database: 'appdb',
-    ...extra,
-  });
-  c.on('error', () => {});
-  await c.connect();
-  return c;
 }
 
 async function show(c: pg.Client, names: string[]): Promise<string[]> {
@@ -256,5 +252,29 @@ void t.test(
     );
     await c.query('COMMIT');
     await c.end();
+  },
+);
+
+void t.test(
+  'a refusal in the middle of a pipeline comes in order, after the replies before it',
+  async (t) => {
+    const proxy = await proxyFor(t, { onSessionState: 'error', authType: 'trust' }, 1);
+    const raw = await RawClient.login(proxy.port, 'app', 'appdb');
+    raw.write(
+      Buffer.concat([
+        pgExtended('SELECT 1', false),
+        pgExtended('SET search_path = other', false),
+        pgExtended('SELECT 3', true),
+        pgQuery('SELECT 4'),
+      ]),
+    );
+    const replies = await raw.readUntil('Z', 2);
+    t.same(
+      replies.map((m) => m.code).join(''),
+      '12DCEZTDCZ',
+      'the first batch answered, then the refusal, the rest skipped to Sync, then the next query',
+    );
+    t.match(errorText(replies.find((m) => m.code === 'E') as RawMessage), /^0A000 /);
+    raw.close();
   },
 );

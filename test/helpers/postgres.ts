@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
+import pg from 'pg';
 import { chown, mkdtemp, readFile, rm, writeFile, appendFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -401,4 +402,28 @@ export function firstColumns(messages: RawMessage[]): string[] {
       const length = m.body.readInt32BE(2);
       return m.body.toString('utf8', 6, 6 + length);
     });
+}
+
+/** A `pg` client as user app (password secret) on appdb, errors swallowed (tests await them). */
+export function pgClient(port: number, extra: Partial<pg.ClientConfig> = {}): pg.Client {
+  const c = new pg.Client({
+    host: '127.0.0.1',
+    port,
+    user: 'app',
+    password: 'secret',
+    database: 'appdb',
+    ...extra,
+  });
+  c.on('error', () => {});
+  return c;
+}
+
+/** pgClient, connected. */
+export async function connectPg(
+  port: number,
+  extra: Partial<pg.ClientConfig> = {},
+): Promise<pg.Client> {
+  const c = pgClient(port, extra);
+  await c.connect();
+  return c;
 }

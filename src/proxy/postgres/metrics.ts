@@ -89,29 +89,36 @@ class PgFamilies {
       TRANSACTION_BUCKETS,
       registry,
     );
-    const clients: Gauge = new Gauge({
-      name: 'sidepool_postgres_clients',
-      help: 'Postgres clients by state: active (bound to a backend), waiting (for one), idle (logged in, between transactions).',
+    this.stateGauge(
+      registry,
+      'sidepool_postgres_clients',
+      'Postgres clients by state: active (bound to a backend), waiting (for one), idle (logged in, between transactions).',
+      (g) => g.clients,
+    );
+    this.stateGauge(
+      registry,
+      'sidepool_postgres_backends',
+      'Postgres backends by state: active (bound to a client), idle, used (idle past checkAfter: checked before reuse), login (connecting and logging in).',
+      (g) => g.backends,
+    );
+  }
+
+  /** A gauge of counts by state per pool, read from the sources at scrape time. */
+  private stateGauge(
+    registry: Registry,
+    name: string,
+    help: string,
+    pick: (g: PgPoolGauges) => Record<string, number>,
+  ): void {
+    const gauge: Gauge = new Gauge({
+      name,
+      help,
       labelNames: ['route', 'database', 'user', 'state'] as const,
       registers: [registry],
       collect: () => {
-        clients.reset();
+        gauge.reset();
         for (const g of this.readings()) {
-          for (const [state, n] of Object.entries(g.clients))
-            clients.set({ ...g.labels, state }, n);
-        }
-      },
-    });
-    const backends: Gauge = new Gauge({
-      name: 'sidepool_postgres_backends',
-      help: 'Postgres backends by state: active (bound to a client), idle, used (idle past checkAfter: checked before reuse), login (connecting and logging in).',
-      labelNames: ['route', 'database', 'user', 'state'] as const,
-      registers: [registry],
-      collect: () => {
-        backends.reset();
-        for (const g of this.readings()) {
-          for (const [state, n] of Object.entries(g.backends))
-            backends.set({ ...g.labels, state }, n);
+          for (const [state, n] of Object.entries(pick(g))) gauge.set({ ...g.labels, state }, n);
         }
       },
     });

@@ -892,6 +892,8 @@ export class PgSession implements Session, CancelTarget {
     },
     streamEnd: () => {
       this.swallowing = false;
+      const backend = this.backend;
+      if (backend?.queue.peek()?.action === 'answer') this.answerQueued(backend);
     },
     backendLost: (err) => this.backendLost(err),
     chunkStart: () => this.socket.cork(),
@@ -914,13 +916,8 @@ export class PgSession implements Session, CancelTarget {
       else this.params.set(key, { name, value });
       return;
     }
-    if (code === Code.ErrorResponse && msg.includes('SFATAL\0')) {
-      // The backend is going away (terminated, shutting down): this client goes with it.
-      return;
-    }
-    if (code !== Code.ReadyForQuery) return;
-    this.answerQueued(backend);
-    if (!backend.queue.isEmpty) return;
+    if (backend.queue.peek()?.action === 'answer') this.answerQueued(backend);
+    if (code !== Code.ReadyForQuery || !backend.queue.isEmpty) return;
     if (backend.status === 'I' && this.pin.kind === 'shared') {
       this.observer.transaction((performance.now() - this.boundAt) / 1000);
       this.release();
