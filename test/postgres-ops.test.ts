@@ -303,14 +303,14 @@ void t.test('check refuses workers > 1 with a postgres route, naming why', async
     file,
     `workers: 2\nroutes:\n  - listen: 127.0.0.1:6432\n    mode: postgres\n    upstream: 127.0.0.1:5432\n    postgres: { authFile: ${authFile} }\n`,
   );
-  const result = await runCli(['check', '--config', file]);
+  const result = await runCli(['check', '--config', file], { timeoutMs: 60_000 });
   t.equal(result.code, 2);
   t.match(result.stderr, /workers: a postgres route needs workers: 1/);
   await writeFile(
     file,
     `routes:\n  - listen: 127.0.0.1:6432\n    mode: tcp\n    upstream: 127.0.0.1:5432\n    postgres: { authType: trust }\n`,
   );
-  const other = await runCli(['check', '--config', file]);
+  const other = await runCli(['check', '--config', file], { timeoutMs: 60_000 });
   t.equal(other.code, 2);
   t.match(other.stderr, /routes\[0\]\.postgres: only for mode: postgres/);
 });
