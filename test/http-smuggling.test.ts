@@ -1,7 +1,12 @@
+import { readFileSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import t from 'tap';
 import { startProxy } from './helpers/app.js';
 import { metric, parseMetrics } from './helpers/http.js';
-import { fetchHttp, rawRequest, statuses } from './helpers/http-upstream.js';
+import { fetchHttp, rawRequest, startHttpUpstream, statuses } from './helpers/http-upstream.js';
+import { startNginx } from './helpers/nginx.js';
 import { startServer, until } from './helpers/util.js';
 
 /**
@@ -130,3 +135,120 @@ void t.test('the smuggling corpus: 400 and close, and nothing reaches the upstre
     Object.keys(CORPUS).length,
   );
 });
+
+/** Sent in the same write behind a refused request: the upstream must never see it. */
+const SMUGGLED = 'POST /transfer HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\namount';
+
+void t.test(
+  'the corpus pipelined: nothing behind a refused request reaches the upstream',
+  async (t) => {
+    const upstream = await startHttpUpstream();
+    t.teardown(() => upstream.close());
+    const proxy = await startProxy(upstream.address, { minIdle: 2 }, { mode: 'http' });
+    t.teardown(() => proxy.app.stop(100));
+    await until(() => proxy.pool.isWarm);
+
+    let sentinels = 0;
+    for (const [name, [raw, expected = 400]] of Object.entries(CORPUS)) {
+      upstream.requests.length = 0;
+      const result = await rawRequest(proxy.port, raw + SMUGGLED);
+      t.same(statuses(result.text), [expected], `${name}: ${expected} and nothing else`);
+      t.ok(result.closed, `${name}: closed`);
+      // A request after it, on another connection, is answered: anything the refused
+      // connection let through went upstream before it.
+      const sentinel = await fetchHttp(proxy.port, { path: `/sentinel-${++sentinels}` });
+      t.equal(sentinel.status, 200);
+      t.same(
+        upstream.requests.map((r) => r.url).filter((url) => !url.startsWith('/sentinel-')),
+        [],
+        `${name}: the upstream saw nothing of that connection`,
+      );
+    }
+  },
+);
+
+void t.test('after a request that closes the connection, nothing more is forwarded', async (t) => {
+  const upstream = await startHttpUpstream();
+  t.teardown(() => upstream.close());
+  const proxy = await startProxy(upstream.address, { minIdle: 2 }, { mode: 'http' });
+  t.teardown(() => proxy.app.stop(100));
+  await until(() => proxy.pool.isWarm);
+
+  const cases: Record<string, [string, number[], string[]]> = {
+    'a sound request, a refused one, then another': [
+      'GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n',
+      [200, 400],
+      ['/first'],
+    ],
+    'Connection: close, then another': [
+      'GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n',
+      [200],
+      ['/last'],
+    ],
+    'HTTP/1.0 without keep-alive, then another': ['GET /old HTTP/1.0\r\n\r\n', [200], ['/old']],
+    'a body with Connection: close, then another': [
+      'POST /upload HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc',
+      [200],
+      ['/upload'],
+    ],
+    'Connection: close, then an upgrade': [
+      'GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n' +
+        'GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n',
+      [200],
+      ['/last'],
+    ],
+  };
+  for (const [name, [raw, expected, seen]] of Object.entries(cases)) {
+    upstream.requests.length = 0;
+    const result = await rawRequest(proxy.port, raw + SMUGGLED);
+    t.same(statuses(result.text), expected, `${name}: answered`);
+    t.ok(result.closed, `${name}: closed`);
+    const sentinel = await fetchHttp(proxy.port, { path: '/sentinel' });
+    t.equal(sentinel.status, 200);
+    t.same(
+      upstream.requests.map((r) => r.url).filter((url) => url !== '/sentinel'),
+      seen,
+      `${name}: the upstream saw only ${seen.join(', ')}`,
+    );
+  }
+});
+
+void t.test('nginx as the upstream: its access log never shows the smuggled request', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'sidepool-smuggling-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const log = join(dir, 'access.log');
+  const nginx = await startNginx(
+    `access_log ${log} combined;
+    location / { return 200 "ok\\n"; }`,
+  );
+  t.teardown(() => nginx.stop());
+  const proxy = await startProxy(nginx.address, { minIdle: 1 }, { mode: 'http' });
+  t.teardown(() => proxy.app.stop(100));
+
+  const refused = await rawRequest(
+    proxy.port,
+    'GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n' + SMUGGLED,
+  );
+  t.same(statuses(refused.text), [400]);
+  const closing = await rawRequest(
+    proxy.port,
+    'GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n' + SMUGGLED,
+  );
+  t.same(statuses(closing.text), [200]);
+  t.equal((await fetchHttp(proxy.port, { path: '/sentinel' })).status, 200);
+  await until(() => /sentinel/.test(safeRead(log)), 5000, 'the sentinel in the access log');
+  const lines = (await readFile(log, 'latin1')).trim().split('\n');
+  t.same(
+    lines.map((line) => /"(\w+) (\S+) HTTP/.exec(line)?.slice(1, 3).join(' ')),
+    ['GET /last', 'GET /sentinel'],
+    'nginx served /last and the sentinel, never POST /transfer',
+  );
+});
+
+function safeRead(path: string): string {
+  try {
+    return readFileSync(path, 'latin1');
+  } catch {
+    return '';
+  }
+}

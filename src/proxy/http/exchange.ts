@@ -150,6 +150,13 @@ export class Exchange implements ResponseHandler {
     this.fail(reason, status, true, !this.headWritten);
   }
 
+  /** Drops an exchange that never started: its connection closes before its turn. */
+  discard(): void {
+    this.state = 'done';
+    (this.req as Tagged)[kExchange] = undefined;
+    (this.res as Tagged)[kExchange] = undefined;
+  }
+
   /** Ends the exchange now: the app's connection is going away. */
   abort(): void {
     this.onResClose();

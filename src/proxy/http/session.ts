@@ -30,13 +30,17 @@ export function sessionOf(socket: Socket): HttpSession | undefined {
 /**
  *   open ──▶ tunnel ──▶ ended
  *     │                  ▲
+ *     ├──▶ closing ──────┤
  *     └──────────────────┘
  *
  * open: requests are parsed (by the route's node:http server) and answered in order, one
- * exchange at a time; tunnel: an upgrade or CONNECT took the connection over; ended: the
- * socket closed and nothing of the session is left.
+ * exchange at a time; closing: the connection's last request has been seen (one that was
+ * refused, or that asked for close, or a response that closes the connection went out):
+ * what came before it is answered, nothing after it is forwarded (RFC 9112 §9.6), and the
+ * connection closes after the last answer; tunnel: an upgrade or CONNECT took the
+ * connection over; ended: the socket closed and nothing of the session is left.
  */
-type SessionState = 'open' | 'tunnel' | 'ended';
+type SessionState = 'open' | 'closing' | 'tunnel' | 'ended';
 
 /** An error found in the app's byte stream, answered once the earlier requests are. */
 interface PendingError {
@@ -120,6 +124,10 @@ export class HttpSession implements Session, ExchangeOwner {
 
   onRequest(req: IncomingMessage, res: ServerResponse, expectContinue: boolean): void {
     this.awaitingHead = false;
+    if (this.state !== 'open') {
+      this.ignore(req);
+      return;
+    }
     if (this.draining) res.shouldKeepAlive = false;
     const shape = inspectRequest(req, expectContinue);
     if (isRefusal(shape)) {
@@ -128,6 +136,8 @@ export class HttpSession implements Session, ExchangeOwner {
       return;
     }
     const exchange = new Exchange(this.ctx, req, res, shape, this);
+    // Connection: close, or HTTP/1.0 without keep-alive: the last request of this connection.
+    if (!res.shouldKeepAlive) this.state = 'closing';
     if (this.current === undefined) {
       this.current = exchange;
       exchange.start();
@@ -142,6 +152,11 @@ export class HttpSession implements Session, ExchangeOwner {
 
   onUpgrade(req: IncomingMessage, early: Buffer): void {
     this.awaitingHead = false;
+    if (this.state !== 'open') {
+      // node:http let go of the socket; it closes after the last answer all the same.
+      this.ignore(req);
+      return;
+    }
     const shape = inspectRequest(req, false);
     if (this.current !== undefined || isRefusal(shape) || shape.framing === 'chunked') {
       // A tunnel pipelined behind requests, or one with a chunked body: not worth the
@@ -202,6 +217,7 @@ export class HttpSession implements Session, ExchangeOwner {
     );
     // The connection closes after this answer: a parse error that follows is part of it.
     this.clientErrored = true;
+    this.state = 'closing';
     this.ctx.observer.failed('bad_request');
     const observer = this.ctx.observer;
     const started = performance.now();
@@ -210,11 +226,29 @@ export class HttpSession implements Session, ExchangeOwner {
     sendError(res, status, 'bad_request', true);
   }
 
+  /** A request after the connection's last one: never forwarded, never answered. */
+  private ignore(req: IncomingMessage): void {
+    const log = this.route.log;
+    if (log.isLevelEnabled('debug')) {
+      log.debug(
+        { session: this.id, method: req.method },
+        'request after the last one of its connection: not forwarded',
+      );
+    }
+  }
+
   exchangeDone(exchange: Exchange): void {
     if (exchange !== this.current) return;
     this.current = undefined;
     this.served++;
-    if (this.state !== 'open' || this.socket.destroyed) return;
+    if ((this.state !== 'open' && this.state !== 'closing') || this.socket.destroyed) return;
+    if (this.socket.writableEnded) {
+      // The response said Connection: close (node:http ended the socket after it): what was
+      // queued behind it is not forwarded.
+      this.state = 'closing';
+      for (const queued of this.queue.splice(0)) queued.discard();
+      return;
+    }
     const next = this.queue.shift();
     if (next !== undefined) {
       if (this.readPaused && this.queue.length <= MAX_QUEUED / 2) {
@@ -223,6 +257,10 @@ export class HttpSession implements Session, ExchangeOwner {
       }
       this.current = next;
       next.start();
+      return;
+    }
+    if (this.state === 'closing') {
+      this.socket.destroySoon();
       return;
     }
     if (this.pendingError !== undefined) {
