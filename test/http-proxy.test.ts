@@ -1,5 +1,6 @@
 import http from 'node:http';
 import net from 'node:net';
+import { gunzipSync, gzipSync } from 'node:zlib';
 import t from 'tap';
 import { startProxy } from './helpers/app.js';
 import { metric, parseMetrics } from './helpers/http.js';
@@ -382,6 +383,55 @@ void t.test('responses the upstream ends by closing, or with Connection: close',
   t.equal(again.text, 'bye');
   t.equal(upstream.accepted, 3, 'neither kind of link is reused');
 });
+
+void t.test(
+  'a transfer coding other than chunked: passed on until close, never unframed',
+  async (t) => {
+    const text = 'a body the upstream gzipped as a transfer coding\n'.repeat(50);
+    const gzipped = gzipSync(text);
+    const upstream = await startServer((socket) => {
+      socket.once('data', (data: Buffer) => {
+        if (data.toString().startsWith('GET /gzip-chunked')) {
+          const hex = gzipped.length.toString(16);
+          socket.write(`HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n${hex}\r\n`);
+          socket.write(gzipped);
+          socket.write('\r\n0\r\n\r\n');
+          return;
+        }
+        // RFC 9112 §6.3: chunked is not the last coding, so the body runs until the close.
+        socket.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n');
+        socket.end(gzipped);
+      });
+    });
+    t.teardown(() => upstream.close());
+    const proxy = await startProxy(upstream.address, { minIdle: 0 }, HTTP);
+    t.teardown(() => proxy.app.stop(100));
+
+    // A keep-alive app with a second request pipelined behind the first.
+    const result = await rawRequest(
+      proxy.port,
+      'GET /gzip HTTP/1.1\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n',
+      5000,
+    );
+    t.equal(result.closed, true, 'the app connection closes: that is where the body ends');
+    const headEnd = result.text.indexOf('\r\n\r\n');
+    const head = result.text.slice(0, headEnd + 2);
+    t.same(statuses(head), [200]);
+    t.match(head, /\r\nTransfer-Encoding: gzip\r\n/i);
+    t.match(head, /\r\nConnection: close\r\n/i);
+    t.notMatch(head, /chunked|Content-Length/i);
+    const body = Buffer.from(result.text.slice(headEnd + 4), 'latin1');
+    t.equal(gunzipSync(body).toString(), text, 'the body, whole, and nothing after it');
+    t.equal(upstream.accepted, 1, 'the request behind it was not sent upstream');
+
+    // gzip then chunked: the framing is known; the connection stays open.
+    const agent = oneConnectionAgent();
+    t.teardown(() => agent.destroy());
+    const framed = await fetchHttp(proxy.port, { path: '/gzip-chunked', agent });
+    t.equal(framed.headers['transfer-encoding'], 'gzip, chunked');
+    t.equal(gunzipSync(framed.body).toString(), text);
+  },
+);
 
 void t.test('drain: idle keep-alive connections close, busy ones finish first', async (t) => {
   let release: (() => void) | undefined;

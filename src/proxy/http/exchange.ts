@@ -380,14 +380,21 @@ export class Exchange implements ResponseHandler {
       head.transferEncoding,
       this.ctx.settings.forwardedHeaders ? `1.${head.minorVersion} sidepool` : undefined,
     );
+    const status = head.statusCode;
+    const bodyless = this.req.method === 'HEAD' || status === 204 || status === 304;
+    if (!bodyless && !head.chunked && head.transferEncoding !== undefined) {
+      // A transfer coding without chunked last (RFC 9112 §6.3): the body ends where the
+      // upstream closes, and Node cannot chunk a body that carries a coding of its own. So
+      // the app gets it as sent, delimited by the close of its connection too.
+      this.res.shouldKeepAlive = false;
+    }
     try {
-      if (head.statusMessage === '') this.res.writeHead(head.statusCode, headers);
-      else this.res.writeHead(head.statusCode, head.statusMessage, headers);
+      if (head.statusMessage === '') this.res.writeHead(status, headers);
+      else this.res.writeHead(status, head.statusMessage, headers);
     } catch (err) {
       throw new HttpResponseError(`a head Node will not send: ${describe(err)}`);
     }
-    const status = head.statusCode;
-    if (this.req.method === 'HEAD' || status === 204 || status === 304) return 'none';
+    if (bodyless) return 'none';
     this.bodyUntilClose = !head.chunked && head.contentLength < 0;
     return 'message';
   }

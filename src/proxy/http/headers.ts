@@ -191,7 +191,9 @@ export function responseHeaders(
     const value = rawHeaders[i + 1] as string;
     const kind = classify(name);
     if (kind === Field.Drop) {
-      // A transfer coding other than chunked stays: Node adds the chunked framing after it.
+      // A transfer coding other than chunked stays: Node frames the body by chunks when
+      // the value ends in chunked, and the exchange closes the app's connection after the
+      // body when it does not.
       if (
         transferEncoding !== undefined &&
         name.length === 17 &&
