@@ -12,6 +12,7 @@ import {
   startHttpUpstream,
   statuses,
 } from './helpers/http-upstream.js';
+import { startNginx } from './helpers/nginx.js';
 import { startServer, until } from './helpers/util.js';
 
 const HTTP = { mode: 'http' };
@@ -340,6 +341,73 @@ void t.test(
     t.equal(res.headers.via, '1.1 sidepool');
   },
 );
+
+void t.test(
+  'absolute-form targets go upstream in origin-form, with the Host the route decides',
+  async (t) => {
+    const upstream = await startHttpUpstream((_req, res) => res.end('ok'));
+    t.teardown(() => upstream.close());
+    const plain = await startProxy(upstream.address, { minIdle: 0 }, HTTP);
+    t.teardown(() => plain.app.stop(100));
+    const pinned = await startProxy(
+      { address: upstream.address, host: 'api.internal' } as unknown as string,
+      { minIdle: 0 },
+      HTTP,
+    );
+    t.teardown(() => pinned.app.stop(100));
+
+    const cases: [number, string, string, string][] = [
+      // port, request line, target the upstream sees, Host the upstream sees
+      [pinned.port, 'GET http://admin.internal/x?y=1', '/x?y=1', 'api.internal'],
+      [plain.port, 'GET http://admin.internal/x?y=1', '/x?y=1', 'admin.internal'],
+      [plain.port, 'GET HTTP://Admin.Internal:8080', '/', 'Admin.Internal:8080'],
+      [plain.port, 'GET https://a.example?q=1', '/?q=1', 'a.example'],
+      [plain.port, 'OPTIONS http://a.example', '*', 'a.example'],
+      [plain.port, 'OPTIONS http://a.example/', '/', 'a.example'],
+      [plain.port, 'GET /origin?form', '/origin?form', 'app'],
+    ];
+    for (const [port, line, target, host] of cases) {
+      upstream.requests.length = 0;
+      const result = await rawRequest(
+        port,
+        `${line} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n`,
+      );
+      t.same(statuses(result.text), [200], `${line}: 200`);
+      t.equal(upstream.requests[0]?.url, target, `${line}: upstream target ${target}`);
+      t.equal(upstream.requests[0]?.headers.host, host, `${line}: upstream Host ${host}`);
+    }
+
+    for (const line of [
+      'GET ftp://a.example/x',
+      'GET http://user@a.example/x',
+      'GET http:///x',
+      'GET http://a b/x',
+    ]) {
+      upstream.requests.length = 0;
+      const result = await rawRequest(plain.port, `${line} HTTP/1.1\r\nHost: app\r\n\r\n`);
+      t.same(statuses(result.text), [400], `${line}: 400`);
+      t.equal(upstream.requests.length, 0, `${line}: nothing upstream`);
+    }
+  },
+);
+
+void t.test('nginx picks its virtual host from the Host the route sends', async (t) => {
+  // nginx takes the host of an absolute-form target over the Host field (RFC 9112 §3.2.2).
+  const nginx = await startNginx('location / { return 200 "$host|$request\\n"; }');
+  t.teardown(() => nginx.stop());
+  const proxy = await startProxy(
+    { address: nginx.address, host: 'app.internal' } as unknown as string,
+    { minIdle: 0 },
+    HTTP,
+  );
+  t.teardown(() => proxy.app.stop(100));
+  const result = await rawRequest(
+    proxy.port,
+    'GET http://admin.internal/secret HTTP/1.1\r\nHost: app.internal\r\nConnection: close\r\n\r\n',
+  );
+  t.same(statuses(result.text), [200]);
+  t.match(result.text, /\r\n\r\napp\.internal\|GET \/secret HTTP\/1\.1\n$/);
+});
 
 void t.test(
   'HTTP/1.0 apps: a Host is added, and the response ends with the connection',

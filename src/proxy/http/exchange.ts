@@ -5,7 +5,7 @@ import type { Link } from '../../pool/link.js';
 import type { Waiter } from '../../pool/pool.js';
 import type { Route } from '../route.js';
 import { requestHead, responseHeaders, trailerFields, trailerSection } from './headers.js';
-import type { RequestFraming } from './headers.js';
+import type { RequestShape } from './request-shape.js';
 import { fitForRequest, noteKeepAliveTimeout, takeIdleLink } from './links.js';
 import type { HttpFailure, HttpObserver } from './observer.js';
 import {
@@ -33,15 +33,6 @@ export interface HttpRouteContext {
 /** Told when an exchange is over: its response went out, or failed, or the app left. */
 export interface ExchangeOwner {
   exchangeDone(exchange: Exchange): void;
-}
-
-/** A request as the session found it: how its body is framed. */
-export interface RequestShape {
-  framing: RequestFraming;
-  /** Content-Length, for 'length' framing. */
-  length: number;
-  /** The app sent `Expect: 100-continue` and waits for the upstream's 100 before its body. */
-  expectContinue: boolean;
 }
 
 /**
@@ -270,7 +261,7 @@ export class Exchange implements ResponseHandler {
   private writeHead(): void {
     if (this.headWritten) return;
     this.headWritten = true;
-    this.head ??= requestHead(this.req, this.shape.framing, this.ctx.settings);
+    this.head ??= requestHead(this.req, this.shape, this.ctx.settings);
     (this.upstream as Socket).write(this.head, 'latin1');
   }
 

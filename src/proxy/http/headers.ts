@@ -107,20 +107,31 @@ function clientAddress(req: IncomingMessage): string | undefined {
   return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
 }
 
+/** Where a request goes and how its body is framed, as the session found it. */
+export interface RequestTarget {
+  framing: RequestFraming;
+  /** The request target to send (origin-form, `*`, or CONNECT's authority). */
+  target: string;
+  /** From an absolute-form target: replaces the app's Host unless the route overrides it. */
+  authority: string | undefined;
+}
+
 /**
  * The request head sent upstream: always HTTP/1.1 (the upstream link is keep-alive), the
- * app's fields minus hop-by-hop ones, our framing, and the Host rule. For an upgrade or
- * CONNECT, `upgrade` carries the Upgrade value to keep.
+ * app's fields minus hop-by-hop ones, our framing, and the Host rule: the route's
+ * override, else the authority of an absolute-form target, else the app's Host. For an
+ * upgrade or CONNECT, `upgrade` carries the Upgrade value to keep.
  */
 export function requestHead(
   req: IncomingMessage,
-  framing: RequestFraming,
+  request: RequestTarget,
   settings: RequestHeadSettings,
   upgrade?: string,
 ): string {
   const raw = req.rawHeaders;
   const tokens = connectionOptions(raw);
-  let host = settings.hostOverride;
+  const framing = request.framing;
+  let host = settings.hostOverride ?? request.authority;
   let fields = '';
   let forwardedFor: string | undefined;
   let via: string | undefined;
@@ -169,7 +180,7 @@ export function requestHead(
   if (framing === 'chunked') fields += 'Transfer-Encoding: chunked\r\n';
   if (upgrade !== undefined) fields += `Connection: Upgrade\r\nUpgrade: ${upgrade}\r\n`;
   // The Host goes first, as RFC 9112 §3.2 asks of clients.
-  return `${req.method ?? 'GET'} ${req.url ?? '/'} HTTP/1.1\r\nHost: ${host ?? settings.defaultHost}\r\n${fields}\r\n`;
+  return `${req.method ?? 'GET'} ${request.target} HTTP/1.1\r\nHost: ${host ?? settings.defaultHost}\r\n${fields}\r\n`;
 }
 
 /**

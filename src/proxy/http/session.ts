@@ -171,6 +171,7 @@ export class HttpSession implements Session, ExchangeOwner {
     this.tunnel = new Tunnel(
       this.ctx,
       req,
+      shape,
       this.socket,
       early,
       req.method === 'CONNECT' ? undefined : upgradeValue(req.rawHeaders),

@@ -5,7 +5,7 @@ import type { Link } from '../../pool/link.js';
 import type { Waiter } from '../../pool/pool.js';
 import { Splice, type SpliceOutcome } from '../splice.js';
 import type { HttpRouteContext } from './exchange.js';
-import { requestHead, responseHeaders } from './headers.js';
+import { requestHead, responseHeaders, type RequestTarget } from './headers.js';
 import { fitForRequest, takeIdleLink } from './links.js';
 import type { HttpFailure } from './observer.js';
 import {
@@ -54,6 +54,8 @@ export class Tunnel implements ResponseHandler {
   constructor(
     private readonly ctx: HttpRouteContext,
     private readonly req: IncomingMessage,
+    /** Framed by length or not at all: the session refuses a chunked upgrade. */
+    private readonly shape: RequestTarget,
     private readonly down: Socket,
     private readonly early: Buffer,
     private readonly upgrade: string | undefined,
@@ -127,8 +129,7 @@ export class Tunnel implements ResponseHandler {
     if (this.ctx.settings.responseTimeoutMs > 0)
       socket.setTimeout(this.ctx.settings.responseTimeoutMs);
     socket.resume();
-    const framing = this.req.headers['content-length'] === undefined ? 'none' : 'length';
-    socket.write(requestHead(this.req, framing, this.ctx.settings, this.upgrade), 'latin1');
+    socket.write(requestHead(this.req, this.shape, this.ctx.settings, this.upgrade), 'latin1');
     // What the app sent after its request head (a body, or early frames) follows it.
     if (this.early.length > 0) socket.write(this.early);
   }
