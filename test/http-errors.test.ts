@@ -105,6 +105,32 @@ void t.test('a malformed response: 502, and the link is not reused', async (t) =
   t.ok(proxy.lines.some((l) => l.msg === 'malformed response from the upstream'));
 });
 
+void t.test('identical Content-Length fields in a response: folded into one', async (t) => {
+  const upstream = await startServer((socket) => {
+    socket.on('data', () =>
+      socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nok'),
+    );
+  });
+  t.teardown(() => upstream.close());
+  const proxy = await startProxy(upstream.address, { minIdle: 0 }, HTTP);
+  t.teardown(() => proxy.app.stop(100));
+  // node:http's client (llhttp) refuses a response with two Content-Length fields.
+  for (let i = 0; i < 3; i++) {
+    const res = await fetchHttp(proxy.port);
+    t.equal(res.status, 200);
+    t.equal(res.text, 'ok');
+    t.same(
+      res.rawHeaders.filter(
+        (_, j) => j % 2 === 0 && /^content-length$/i.test(res.rawHeaders[j] ?? ''),
+      ),
+      ['Content-Length'],
+      'one Content-Length field',
+    );
+  }
+  t.equal(upstream.accepted, 1, 'the link stays in step and is reused');
+  t.equal(await failures(proxy, 'bad_response'), 0);
+});
+
 void t.test('the upstream closes mid-body: the app sees a cut response', async (t) => {
   const upstream = await startServer((socket) => {
     socket.once('data', () => {

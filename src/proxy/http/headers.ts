@@ -186,7 +186,9 @@ export function requestHead(
 /**
  * The upstream's response fields for the app: hop-by-hop ones dropped, and a plain
  * `Transfer-Encoding: chunked` too, because Node frames the body for the app (chunked to
- * HTTP/1.1 apps, until close to HTTP/1.0 ones).
+ * HTTP/1.1 apps, until close to HTTP/1.0 ones). Content-Length fields repeated with the
+ * same value (the parser refuses differing ones) go on as one: clients such as llhttp
+ * refuse a response with two (RFC 9110 §8.6 allows the fold).
  */
 export function responseHeaders(
   rawHeaders: readonly string[],
@@ -197,11 +199,15 @@ export function responseHeaders(
   const out: string[] = [];
   const tokens = connectionTokens.length > 0 ? connectionTokens : undefined;
   let viaValue: string | undefined;
+  let contentLength = false;
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i] as string;
     const value = rawHeaders[i + 1] as string;
     const kind = classify(name);
-    if (kind === Field.Drop) {
+    if (kind === Field.ContentLength) {
+      if (contentLength) continue;
+      contentLength = true;
+    } else if (kind === Field.Drop) {
       // A transfer coding other than chunked stays: Node frames the body by chunks when
       // the value ends in chunked, and the exchange closes the app's connection after the
       // body when it does not.
