@@ -1,10 +1,15 @@
 import { createHash } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
-import t from 'tap';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t, { type Test } from 'tap';
 import { startProxy } from './helpers/app.js';
+import { metric, parseMetrics } from './helpers/http.js';
 import { fetchHttp, rawRequest, startHttpUpstream, statuses } from './helpers/http-upstream.js';
-import { until } from './helpers/util.js';
+import { startNginx } from './helpers/nginx.js';
+import { readIfThere, until } from './helpers/util.js';
 
 const HTTP = { mode: 'http' };
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
@@ -119,6 +124,44 @@ void t.test(
   },
 );
 
+void t.test(
+  'bytes after an upgrade request wait for the switch: a refusing upstream never sees them',
+  async (t) => {
+    // nginx serving files takes an Upgrade request as a plain one, and parses what follows
+    // on the connection as the next request (node:http stops reading after an upgrade).
+    const dir = await mkdtemp(join(tmpdir(), 'sidepool-tunnel-'));
+    t.teardown(() => rm(dir, { recursive: true, force: true }));
+    const log = join(dir, 'access.log');
+    const nginx = await startNginx(
+      `access_log ${log} combined;
+      location / { return 426 "no upgrade here\\n"; }
+      location /admin { return 200 "admin\\n"; }`,
+    );
+    t.teardown(() => nginx.stop());
+    const proxy = await startProxy(nginx.address, { minIdle: 0 }, HTTP);
+    t.teardown(() => proxy.app.stop(100));
+    const result = await rawRequest(
+      proxy.port,
+      'POST /ws HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\nConnection: Upgrade\r\nContent-Length: 5\r\n\r\n' +
+        'hello' +
+        'GET /admin HTTP/1.1\r\nHost: admin\r\n\r\n',
+    );
+    t.same(statuses(result.text), [426]);
+    t.match(result.text, /no upgrade here\n$/);
+    t.equal(result.closed, true);
+    t.equal((await fetchHttp(proxy.port, { path: '/sentinel' })).status, 426);
+    await until(() => readIfThere(log).includes('/sentinel'), 5000, 'the access log');
+    t.same(
+      readIfThere(log)
+        .trim()
+        .split('\n')
+        .map((line) => /"(\w+ \S+) HTTP/.exec(line)?.[1]),
+      ['POST /ws', 'GET /sentinel'],
+      'the body went with the request; what followed it did not',
+    );
+  },
+);
+
 void t.test('an upgrade with no link to be had: 503, then close', async (t) => {
   const upstream = await startHttpUpstream();
   t.teardown(() => upstream.close());
@@ -197,5 +240,151 @@ void t.test(
     t.notMatch(result.text, /X-Hop/i, 'hop-by-hop fields dropped');
     t.notMatch(result.text, /Transfer-Encoding/i);
     t.equal(result.closed, true);
+  },
+);
+
+type Proxy = Awaited<ReturnType<typeof startProxy>>;
+
+/** How the route accounted for its requests: responses by class, failures by reason. */
+async function accounts(proxy: Proxy): Promise<Record<string, number>> {
+  const m = parseMetrics(await proxy.app.metrics.render());
+  const out: Record<string, number> = {};
+  for (const code of ['1xx', '2xx', '3xx', '4xx', '5xx']) {
+    const n = metric(m, 'sidepool_http_requests_total', { route: 'test', code }) ?? 0;
+    if (n > 0) out[code] = n;
+  }
+  for (const [key, value] of m) {
+    const reason = /^sidepool_http_errors_total\{.*reason="(\w+)"/.exec(key)?.[1];
+    if (reason !== undefined && value > 0) out[reason] = value;
+  }
+  out.sessions = metric(m, 'sidepool_session_duration_seconds_count', { route: 'test' }) ?? 0;
+  return out;
+}
+
+/** Resolves when the proxy closes its end (the upgraded socket is half-open: FIN is 'end'). */
+function closedByPeer(socket: net.Socket): Promise<void> {
+  return new Promise((resolve) => {
+    socket.once('end', () => resolve());
+    socket.once('close', () => resolve());
+  });
+}
+
+/** An upstream that takes upgrades and CONNECTs and does not answer them. */
+async function slowUpgrades(t: Test, handler?: Parameters<typeof startHttpUpstream>[0]) {
+  const upstream = await startHttpUpstream(handler);
+  const pending: net.Socket[] = [];
+  const take = (_req: http.IncomingMessage, socket: net.Socket): void => {
+    socket.on('error', () => {});
+    // Read, so that the proxy closing the link is seen.
+    socket.resume();
+    pending.push(socket);
+  };
+  upstream.server.on('upgrade', take);
+  upstream.server.on('connect', take);
+  t.teardown(() => upstream.close());
+  return { upstream, pending };
+}
+
+void t.test(
+  'the app leaves before the upstream answers an upgrade: the link is closed, counted once',
+  async (t) => {
+    const { upstream, pending } = await slowUpgrades(t);
+    const proxy = await startProxy(upstream.address, { minIdle: 0 }, HTTP);
+    t.teardown(() => proxy.app.stop(100));
+    const client = new RawClient(
+      proxy.port,
+      'GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n',
+    );
+    await until(() => pending.length === 1, 5000, 'the upgrade upstream');
+    const link = pending[0] as net.Socket;
+    const linkClosed = closedByPeer(link);
+    client.socket.destroy();
+    await until(() => proxy.route.activeSessions === 0, 5000, 'the session ended');
+    await linkClosed;
+    t.pass('the link closed when the app left');
+    await until(() => proxy.pool.stats().active === 0, 5000, 'no active link');
+    t.same(proxy.pool.stats().idle, 0, 'and it did not go back to the pool');
+    // Too late: the upstream's answer has nowhere to go.
+    link.write(
+      'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n',
+    );
+    t.same(await accounts(proxy), { downstream_closed: 1, sessions: 1 }, 'one account of it');
+  },
+);
+
+void t.test(
+  'the app resets before the upstream answers an upgrade: the link does not outlive it',
+  async (t) => {
+    const { upstream, pending } = await slowUpgrades(t);
+    // The response timeout must not be what reclaims the link, and it could not before.
+    const proxy = await startProxy(
+      upstream.address,
+      { minIdle: 0 },
+      { ...HTTP, responseTimeout: 200 },
+    );
+    t.teardown(() => proxy.app.stop(100));
+    const client = new RawClient(proxy.port, 'CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n');
+    await until(() => pending.length === 1, 5000, 'the CONNECT upstream');
+    const linkClosed = closedByPeer(pending[0] as net.Socket);
+    client.socket.resetAndDestroy();
+    await until(() => proxy.route.activeSessions === 0, 5000, 'the session ended');
+    await until(() => proxy.pool.stats().active === 0, 5000, 'the link is not held');
+    await linkClosed;
+    t.same(await accounts(proxy), { downstream_closed: 1, sessions: 1 }, 'one account of it');
+  },
+);
+
+void t.test('a pending upgrade past responseTimeout: 504, the link closed', async (t) => {
+  const { upstream, pending } = await slowUpgrades(t);
+  const proxy = await startProxy(
+    upstream.address,
+    { minIdle: 0 },
+    { ...HTTP, responseTimeout: 150 },
+  );
+  t.teardown(() => proxy.app.stop(100));
+  const result = rawRequest(
+    proxy.port,
+    'GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n',
+    5000,
+  );
+  await until(() => pending.length === 1, 5000, 'the upgrade upstream');
+  const linkClosed = closedByPeer(pending[0] as net.Socket);
+  const answered = await result;
+  t.same(statuses(answered.text), [504]);
+  t.equal(answered.closed, true);
+  await linkClosed;
+  await until(() => proxy.pool.stats().active === 0, 5000, 'no active link');
+  t.same(await accounts(proxy), { '5xx': 1, response_timeout: 1, sessions: 1 });
+});
+
+void t.test(
+  'an upgrade whose app leaves while the link is being dialed: the link is not kept',
+  async (t) => {
+    // One link at most, held by a slow plain request, so the upgrade waits in the queue.
+    const slow: http.ServerResponse[] = [];
+    const { upstream, pending } = await slowUpgrades(t, (_req, res) => slow.push(res));
+    // Only a cancelled wait can end it in time: the pool would wait a minute.
+    const proxy = await startProxy(
+      upstream.address,
+      { minIdle: 0, maxSize: 1, acquireTimeout: 60_000 },
+      HTTP,
+    );
+    t.teardown(() => proxy.app.stop(100));
+    const held = new RawClient(proxy.port, 'GET /slow HTTP/1.1\r\nHost: a\r\n\r\n');
+    await until(() => proxy.pool.stats().active === 1, 5000, 'the only link busy');
+    const client = new RawClient(
+      proxy.port,
+      'GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n',
+    );
+    await until(() => proxy.pool.stats().waiters === 1, 5000, 'the upgrade waits for a link');
+    client.socket.destroy();
+    await until(() => proxy.pool.stats().waiters === 0, 5000, 'its wait was cancelled');
+    slow[0]?.end('done');
+    await held.waitFor(/done$/);
+    held.socket.destroy();
+    await until(() => proxy.route.activeSessions === 0, 5000, 'both sessions ended');
+    t.equal(pending.length, 0, 'the upgrade never went upstream');
+    t.equal(proxy.pool.stats().idle, 1, 'the link went back to the pool, not to the upgrade');
+    t.same(await accounts(proxy), { '2xx': 1, downstream_closed: 1, sessions: 2 });
   },
 );

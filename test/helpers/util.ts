@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
@@ -105,4 +106,13 @@ export function connectAndWaitClose(
     socket.on('error', (e: NodeJS.ErrnoException) => (error = e.code));
     socket.on('close', () => resolve({ error, ms: Date.now() - started, data }));
   });
+}
+
+/** A file's text (latin1), or '' while it does not exist yet (a log the server opens late). */
+export function readIfThere(path: string): string {
+  try {
+    return readFileSync(path, 'latin1');
+  } catch {
+    return '';
+  }
 }

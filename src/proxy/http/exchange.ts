@@ -2,33 +2,14 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { HttpResponseError, codeOf, describe } from '../../errors.js';
 import type { Link } from '../../pool/link.js';
-import type { Waiter } from '../../pool/pool.js';
-import type { Route } from '../route.js';
 import { requestHead, responseHeaders, trailerFields, trailerSection } from './headers.js';
+import { LinkLease, type LeaseHolder } from './link-lease.js';
+import { noteKeepAliveTimeout } from './links.js';
+import type { HttpFailure } from './observer.js';
 import type { RequestShape } from './request-shape.js';
-import { fitForRequest, noteKeepAliveTimeout, takeIdleLink } from './links.js';
-import type { HttpFailure, HttpObserver } from './observer.js';
-import {
-  ResponseParser,
-  type BodyKind,
-  type ResponseHandler,
-  type ResponseHead,
-} from './response-parser.js';
-import {
-  FAILURE_STATUS,
-  acquireFailure,
-  dialCounts,
-  type DialCounts,
-  sendError,
-} from './responses.js';
-import type { HttpSettings } from './settings.js';
-
-/** What an exchange needs from its route, fixed when the route is made. */
-export interface HttpRouteContext {
-  readonly route: Route;
-  readonly settings: HttpSettings;
-  readonly observer: HttpObserver;
-}
+import type { BodyKind, ResponseHead } from './response-parser.js';
+import { FAILURE_STATUS, sendError } from './responses.js';
+import type { HttpRouteContext } from './settings.js';
 
 /** Told when an exchange is over: its response went out, or failed, or the app left. */
 export interface ExchangeOwner {
@@ -72,12 +53,9 @@ function ignoreError(): void {
  * goes back to the pool when both sides allow keep-alive and both messages are complete.
  * The `on…` methods are called by the shared listeners at the end of this file.
  */
-export class Exchange implements ResponseHandler {
+export class Exchange implements LeaseHolder {
   private state: ExchangeState = 'acquiring';
-  private link: Link | undefined;
-  private upstream: Socket | undefined;
-  private waiter: Waiter | undefined;
-  private dialsBeforeWait: DialCounts | undefined;
+  private readonly lease: LinkLease;
   /** The link had been idle in the pool: the upstream may have closed it meanwhile. */
   private linkWasIdle = false;
   private attempts = 0;
@@ -92,14 +70,10 @@ export class Exchange implements ResponseHandler {
   private listening = false;
   private requestEnded = false;
   private requestSent = false;
-  private parser: ResponseParser | undefined;
-  private responseStarted = false;
   private upstreamKeepAlive = false;
   /** The response body runs until the upstream closes: the link cannot serve again. */
   private bodyUntilClose = false;
   private bytesAfterResponse = false;
-  private upstreamPaused = false;
-  private upstreamError: Error | undefined;
   /** A failure was handled; what follows (the response's close) is its consequence. */
   private failed = false;
   private readonly startedAt = performance.now();
@@ -111,6 +85,7 @@ export class Exchange implements ResponseHandler {
     private readonly shape: RequestShape,
     private readonly owner: ExchangeOwner,
   ) {
+    this.lease = new LinkLease(ctx, this);
     (req as Tagged)[kExchange] = this;
     (res as Tagged)[kExchange] = this;
     const method = req.method ?? '';
@@ -156,63 +131,17 @@ export class Exchange implements ResponseHandler {
   // ── link ───────────────────────────────────────────────────────────────
 
   private acquire(): void {
-    const pool = this.ctx.route.pool;
-    const link = takeIdleLink(pool, this.ctx.settings.upstreamKeepAliveMs, this.staleBefore);
-    if (link !== undefined) {
-      this.attach(link, true);
-      return;
-    }
-    this.dialsBeforeWait = dialCounts(pool);
-    this.waiter = pool.wait((err, link) => this.onLink(err, link));
+    this.lease.acquire(this.staleBefore);
   }
 
-  private onLink(err: Error | null, link?: Link): void {
-    this.waiter = undefined;
-    if (err !== null || link === undefined) {
-      const reason = acquireFailure(
-        err ?? new Error('no link'),
-        this.ctx.route.pool,
-        this.dialsBeforeWait ?? dialCounts(this.ctx.route.pool),
-      );
-      this.fail(reason, FAILURE_STATUS[reason], false, false, err ?? undefined);
-      return;
-    }
-    if (this.state === 'done') {
-      this.ctx.route.pool.release(link, true);
-      return;
-    }
-    const now = Date.now();
-    if (!fitForRequest(link, this.ctx.settings.upstreamKeepAliveMs, this.staleBefore, now)) {
-      link.close('idle');
-      this.acquire();
-      return;
-    }
-    // Served from the queue: a fresh dial, or a link another exchange just gave back.
-    this.attach(link, link.uses > 1);
+  private get upstream(): Socket | undefined {
+    return this.lease.socket;
   }
 
-  private attach(link: Link, wasIdle: boolean): void {
+  linked(_link: Link, wasIdle: boolean): void {
     this.state = 'forwarding';
     this.attempts++;
-    this.link = link;
     this.linkWasIdle = wasIdle;
-    if (link.uses > 1) this.ctx.observer.reused();
-    const socket = link.socket as Socket;
-    this.upstream = socket;
-    (socket as Tagged)[kExchange] = this;
-    this.parser = new ResponseParser(this);
-    this.responseStarted = false;
-    this.upstreamError = undefined;
-    socket.on('data', upData);
-    socket.on('end', upEnd);
-    socket.on('error', upError);
-    socket.on('close', upClose);
-    socket.on('drain', upDrain);
-    socket.on('timeout', upTimeout);
-    if (this.ctx.settings.responseTimeoutMs > 0)
-      socket.setTimeout(this.ctx.settings.responseTimeoutMs);
-    socket.resume();
-
     if (!this.holdsChunkedStart || this.keptBytes > 0) this.writeHead();
     if (this.attempts > 1) {
       for (const chunk of this.kept ?? []) this.writeBody(chunk);
@@ -226,34 +155,13 @@ export class Exchange implements ResponseHandler {
     } else this.req.resume();
   }
 
-  /** Takes the link off this exchange; returns it for release. */
-  private detach(): Link | undefined {
-    const link = this.link;
-    const socket = this.upstream;
-    if (link === undefined || socket === undefined) return undefined;
-    this.link = undefined;
-    this.upstream = undefined;
-    (socket as Tagged)[kExchange] = undefined;
-    socket.off('data', upData);
-    socket.off('end', upEnd);
-    socket.off('error', upError);
-    socket.off('close', upClose);
-    socket.off('drain', upDrain);
-    socket.off('timeout', upTimeout);
-    if (this.ctx.settings.responseTimeoutMs > 0) socket.setTimeout(0);
-    if (this.upstreamPaused) {
-      this.upstreamPaused = false;
-      this.res.off('drain', resDrain);
-    }
-    return link;
+  noLink(reason: HttpFailure, cause: Error | undefined): void {
+    this.fail(reason, FAILURE_STATUS[reason], false, false, cause);
   }
 
   /** Gives the link back: to idle when it can carry another request, closed otherwise. */
   private releaseLink(reusable: boolean): void {
-    const link = this.detach();
-    if (link === undefined) return;
-    if (reusable) link.socket.resume();
-    this.ctx.route.pool.release(link, reusable);
+    this.lease.release(reusable);
   }
 
   // ── request: app → upstream ────────────────────────────────────────────
@@ -327,20 +235,14 @@ export class Exchange implements ResponseHandler {
       (this.upstream as Socket).write(`0${CRLF}${trailers}${CRLF}`, 'latin1');
     }
     this.requestSent = true;
-    if (this.parser?.done === true) this.responseComplete();
+    if (this.lease.responseDone) this.responseComplete();
   }
 
-  onUpDrain(): void {
+  upstreamDrained(): void {
     if (!this.requestEnded) this.req.resume();
   }
 
   // ── response: upstream → app ───────────────────────────────────────────
-
-  onUpData(chunk: Buffer): void {
-    this.responseStarted = true;
-    const error = (this.parser as ResponseParser).execute(chunk);
-    if (error !== undefined) this.badResponse(error);
-  }
 
   onInterim(head: ResponseHead): void {
     if (this.res.headersSent) return;
@@ -362,7 +264,7 @@ export class Exchange implements ResponseHandler {
   onHead(head: ResponseHead): BodyKind {
     if (head.statusCode === 101)
       throw new HttpResponseError('101 to a request that asked for no upgrade');
-    const link = this.link as Link;
+    const link = this.lease.link as Link;
     this.upstreamKeepAlive = head.keepAlive;
     if (head.keepAliveTimeout !== undefined) noteKeepAliveTimeout(link, head.keepAliveTimeout);
     const headers = responseHeaders(
@@ -391,11 +293,7 @@ export class Exchange implements ResponseHandler {
   }
 
   onBody(chunk: Buffer): void {
-    if (!this.res.write(chunk) && !this.upstreamPaused && this.upstream !== undefined) {
-      this.upstreamPaused = true;
-      this.upstream.pause();
-      this.res.once('drain', resDrain);
-    }
+    this.lease.forward(chunk, this.res);
   }
 
   onTrailers(rawTrailers: string[]): void {
@@ -424,67 +322,39 @@ export class Exchange implements ResponseHandler {
       this.upstreamKeepAlive &&
       !this.bytesAfterResponse &&
       !this.bodyUntilClose &&
-      this.upstreamError === undefined &&
+      this.lease.error === undefined &&
       this.upstream?.readableEnded === false;
     this.releaseLink(reusable);
   }
 
-  onResDrain(): void {
-    if (!this.upstreamPaused) return;
-    this.upstreamPaused = false;
-    this.upstream?.resume();
-  }
-
   // ── upstream trouble ───────────────────────────────────────────────────
 
-  onUpEnd(): void {
-    const parser = this.parser as ResponseParser;
-    if (parser.done) return;
-    const error = parser.finish();
-    if (error === undefined) {
-      // A close-delimited body ended; the link went with it.
-      this.releaseLink(false);
-      return;
-    }
-    this.upstreamLost();
-  }
-
-  onUpError(err: Error): void {
-    this.upstreamError ??= err;
-  }
-
-  onUpClose(): void {
-    if ((this.parser as ResponseParser).done) {
-      this.releaseLink(false);
-      return;
-    }
-    this.upstreamLost();
-  }
-
-  onUpTimeout(): void {
-    if (this.upstreamPaused) {
+  upstreamTimedOut(): void {
+    if (this.lease.pausedForApp) {
       // The link is quiet because we stopped reading it: the app is not taking the body.
       this.fail('send_timeout', 0, true, false);
       return;
     }
     const socket = this.upstream as Socket;
     // A stalled request body, with nothing of ours waiting to be sent, is the app's doing.
-    const appStalled = !this.requestEnded && socket.writableLength === 0 && !this.responseStarted;
+    const appStalled =
+      !this.requestEnded && socket.writableLength === 0 && !this.lease.responseStarted;
     const reason: HttpFailure = appStalled ? 'body_timeout' : 'response_timeout';
     this.fail(reason, FAILURE_STATUS[reason], appStalled, false);
   }
 
   /** The link closed (or reset) before the response was complete. */
-  private upstreamLost(): void {
-    const link = this.link as Link;
-    if (!this.responseStarted && this.canRetry()) {
+  upstreamLost(): void {
+    const link = this.lease.link as Link;
+    if (!this.lease.responseStarted && this.canRetry()) {
       this.retry(link);
       return;
     }
     // A reset or error in use counts against the endpoint (outlier detection); a plain
     // close does not: it is how keep-alive connections end.
-    if (this.upstreamError !== undefined) this.ctx.route.pool.linkBroke(link);
-    this.fail('upstream_error', 502, false, false, this.upstreamError);
+    const error = this.lease.error;
+    if (error !== undefined) this.ctx.route.pool.linkBroke(link);
+    this.fail('upstream_error', 502, false, false, error);
   }
 
   /**
@@ -516,18 +386,14 @@ export class Exchange implements ResponseHandler {
     const log = this.ctx.route.log;
     if (log.isLevelEnabled('debug')) {
       log.debug(
-        { link: link.id, code: codeOf(this.upstreamError), method: this.req.method },
+        { link: link.id, code: codeOf(this.lease.error), method: this.req.method },
         'stale link: request sent again on another link',
       );
     }
     this.acquire();
   }
 
-  private badResponse(error: HttpResponseError): void {
-    this.ctx.route.log.warn(
-      { link: this.link?.id, endpoint: this.link?.endpoint, problem: error.problem },
-      'malformed response from the upstream',
-    );
+  badResponse(): void {
     this.fail('bad_response', 502, false, false);
   }
 
@@ -554,7 +420,7 @@ export class Exchange implements ResponseHandler {
           reason,
           status: this.res.headersSent ? undefined : status,
           method: this.req.method,
-          link: this.link?.id,
+          link: this.lease.link?.id,
           code: cause === undefined ? undefined : codeOf(cause),
           err: cause === undefined ? undefined : describe(cause),
           headersSent: this.res.headersSent || undefined,
@@ -563,10 +429,7 @@ export class Exchange implements ResponseHandler {
       );
     }
     this.releaseLink(linkReusable);
-    if (this.waiter !== undefined) {
-      this.waiter.cancel();
-      this.waiter = undefined;
-    }
+    this.lease.close();
     if (this.res.headersSent) {
       this.res.destroy();
       return;
@@ -605,12 +468,8 @@ export class Exchange implements ResponseHandler {
     if (this.state === 'done') return;
     this.state = 'done';
     if (this.heldFlush !== undefined) clearImmediate(this.heldFlush);
-    if (this.waiter !== undefined) {
-      this.waiter.cancel();
-      this.waiter = undefined;
-    }
     // Still holding the link here means the exchange did not end cleanly.
-    this.releaseLink(false);
+    this.lease.close();
     this.stopReadingRequest();
     this.req.off('error', ignoreError);
     this.res.off('finish', resFinish);
@@ -635,25 +494,7 @@ function earlyHints(rawHeaders: readonly string[]): Record<string, string | stri
 }
 
 // Listeners shared by every exchange, so that a request costs no closures: each finds its
-// exchange on the emitter (the link's socket, the request or the response).
-function upData(this: Tagged, chunk: Buffer): void {
-  this[kExchange]?.onUpData(chunk);
-}
-function upEnd(this: Tagged): void {
-  this[kExchange]?.onUpEnd();
-}
-function upError(this: Tagged, err: Error): void {
-  this[kExchange]?.onUpError(err);
-}
-function upClose(this: Tagged): void {
-  this[kExchange]?.onUpClose();
-}
-function upDrain(this: Tagged): void {
-  this[kExchange]?.onUpDrain();
-}
-function upTimeout(this: Tagged): void {
-  this[kExchange]?.onUpTimeout();
-}
+// exchange on the emitter (the request or the response).
 function reqData(this: Tagged, chunk: Buffer): void {
   this[kExchange]?.onReqData(chunk);
 }
@@ -665,9 +506,6 @@ function resFinish(this: Tagged): void {
 }
 function resClose(this: Tagged): void {
   this[kExchange]?.onResClose();
-}
-function resDrain(this: Tagged): void {
-  this[kExchange]?.onResDrain();
 }
 function flushHeld(exchange: Exchange): void {
   exchange.flushHeld();

@@ -2,7 +2,7 @@ import http from 'node:http';
 import type { Socket } from 'node:net';
 import type { RouteConfig } from '../../config/schema.js';
 import type { SessionFactory } from '../route.js';
-import type { HttpRouteContext } from './exchange.js';
+import type { HttpRouteContext } from './settings.js';
 import { NO_HTTP_OBSERVER, type HttpObserver } from './observer.js';
 import { HttpSession, sessionOf } from './session.js';
 import type { HttpSettings } from './settings.js';

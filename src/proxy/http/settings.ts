@@ -1,4 +1,6 @@
+import type { Route } from '../route.js';
 import type { RequestHeadSettings } from './headers.js';
+import type { HttpObserver } from './observer.js';
 
 /** One http route's settings, from its config (see `httpSettings` in mode.ts). */
 export interface HttpSettings extends RequestHeadSettings {
@@ -8,4 +10,11 @@ export interface HttpSettings extends RequestHeadSettings {
   responseTimeoutMs: number;
   /** The app must send a complete request head within this; 0 = no limit. */
   headersTimeoutMs: number;
+}
+
+/** What an exchange or tunnel needs from its route, fixed when the route is made. */
+export interface HttpRouteContext {
+  readonly route: Route;
+  readonly settings: HttpSettings;
+  readonly observer: HttpObserver;
 }

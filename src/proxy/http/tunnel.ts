@@ -1,53 +1,61 @@
 import { STATUS_CODES, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
-import { HttpResponseError, codeOf, describe } from '../../errors.js';
+import type { Duplex } from 'node:stream';
+import { HttpResponseError, SidepoolError, codeOf, describe } from '../../errors.js';
 import type { Link } from '../../pool/link.js';
-import type { Waiter } from '../../pool/pool.js';
+import { CHUNK_KEPT, READ_PAUSE, readWith, stopReading } from '../../net/reads.js';
 import { Splice, type SpliceOutcome } from '../splice.js';
-import type { HttpRouteContext } from './exchange.js';
 import { requestHead, responseHeaders, type RequestTarget } from './headers.js';
-import { fitForRequest, takeIdleLink } from './links.js';
+import { LinkLease, type LeaseHolder } from './link-lease.js';
 import type { HttpFailure } from './observer.js';
-import {
-  ResponseParser,
-  type BodyKind,
-  type ResponseHandler,
-  type ResponseHead,
-} from './response-parser.js';
-import {
-  FAILURE_STATUS,
-  acquireFailure,
-  dialCounts,
-  type DialCounts,
-  sendRawErrorAndClose,
-} from './responses.js';
+import type { BodyKind, ResponseHead } from './response-parser.js';
+import { FAILURE_STATUS, sendRawErrorAndClose } from './responses.js';
+import type { HttpRouteContext } from './settings.js';
 
 /**
  *   acquiring ──▶ asking ──▶ spliced ──▶ done
- *                   │
- *                   └──▶ refused ──▶ done
+ *       │           │
+ *       │           └──▶ refused ──▶ done
+ *       └──────────────────────────────▶ done
  *
- * asking: the upgrade (or CONNECT) went upstream and we wait for its answer; spliced: the
- * upstream switched (101, or 2xx to CONNECT) and bytes flow both ways as in tcp mode;
- * refused: any other answer, passed on, after which the app's connection closes.
+ * acquiring: waiting for a link; asking: the upgrade (or CONNECT) went upstream and we wait
+ * for its answer; spliced: the upstream switched (101, or 2xx to CONNECT) and bytes flow
+ * both ways as in tcp mode; refused: any other answer, passed on, after which the app's
+ * connection closes. Until the switch the app's socket is read by the tunnel: an app that
+ * leaves ends it at once (the link closes), and what the app sends early waits.
  */
-type TunnelState = 'acquiring' | 'asking' | 'spliced' | 'refused' | 'done';
+type TunnelState = 'acquiring' | 'asking' | 'refused' | 'spliced' | 'done';
+
+/** What the app may send ahead of the switch before its socket stops being read. */
+const MAX_HELD_BYTES = 64 * 1024;
+
+const kTunnel = Symbol('sidepool.httpTunnel');
+
+interface Tagged {
+  [kTunnel]?: Tunnel | undefined;
+}
 
 /**
  * An Upgrade (WebSocket, h2c…) or CONNECT request. The link leaves the pool for good: it
  * carries another protocol from the switch on, and is closed when the tunnel ends.
  */
-export class Tunnel implements ResponseHandler {
+export class Tunnel implements LeaseHolder {
   private state: TunnelState = 'acquiring';
-  private link: Link | undefined;
-  private upstream: Socket | undefined;
-  private waiter: Waiter | undefined;
-  private dialsBeforeWait: DialCounts | undefined;
-  private parser: ResponseParser | undefined;
+  private readonly lease: LinkLease;
   private splice: Splice | undefined;
+  /** The link, once the splice has it. */
+  private spliceLink: Link | undefined;
+  /**
+   * What the app sent after its request head. The request's own body goes upstream with
+   * the head; the rest is for the new protocol and waits for the switch: an upstream that
+   * refuses would otherwise read it as HTTP, requests sidepool never saw.
+   */
+  private held: Buffer[] = [];
+  private heldBytes = 0;
+  /** Bytes of the request's body (Content-Length) not yet sent upstream. */
+  private bodyLeft: number;
+  /** Something of the upstream's answer (an interim response, a refusal) reached the app. */
   private wroteDownstream = false;
-  private upstreamPaused = false;
-  private upstreamError: Error | undefined;
   private readonly isConnect: boolean;
   private readonly startedAt = performance.now();
 
@@ -55,113 +63,116 @@ export class Tunnel implements ResponseHandler {
     private readonly ctx: HttpRouteContext,
     private readonly req: IncomingMessage,
     /** Framed by length or not at all: the session refuses a chunked upgrade. */
-    private readonly shape: RequestTarget,
+    private readonly shape: RequestTarget & { length: number },
     private readonly down: Socket,
-    private readonly early: Buffer,
+    early: Buffer,
     private readonly upgrade: string | undefined,
     private readonly onDone: (outcome: SpliceOutcome | undefined) => void,
   ) {
     this.isConnect = req.method === 'CONNECT';
+    this.bodyLeft = shape.framing === 'length' ? shape.length : 0;
+    this.lease = new LinkLease(ctx, this);
+    if (early.length > 0) this.hold(early);
   }
 
   /** Bytes flow both ways now; the splice sees either side close and ends the tunnel. */
   get spliced(): boolean {
-    return this.splice !== undefined;
+    return this.state === 'spliced';
   }
 
   start(): void {
-    const link = takeIdleLink(this.ctx.route.pool, this.ctx.settings.upstreamKeepAliveMs, 0);
-    if (link !== undefined) this.attach(link);
-    else {
-      this.dialsBeforeWait = dialCounts(this.ctx.route.pool);
-      this.waiter = this.ctx.route.pool.wait(this.onLink);
-    }
+    const down = this.down as Socket & Tagged;
+    down[kTunnel] = this;
+    down.on('end', onDownEnd);
+    readWith(down, onDownBytes);
+    this.lease.acquire();
   }
 
   /** Ends the tunnel now: the app's connection is gone, or the session is destroyed. */
   destroy(): void {
-    if (this.splice !== undefined) {
-      this.splice.destroy();
-      return;
-    }
+    if (this.splice !== undefined) this.splice.destroy();
+    else this.appLeft();
+  }
+
+  // ── the app's side, until the switch ───────────────────────────────────
+
+  appBytes(chunk: Buffer): number {
+    this.hold(chunk);
+    if (this.state === 'asking') this.sendBody();
+    return this.heldBytes > MAX_HELD_BYTES ? CHUNK_KEPT | READ_PAUSE : CHUNK_KEPT;
+  }
+
+  private hold(chunk: Buffer): void {
+    this.held.push(chunk);
+    this.heldBytes += chunk.length;
+  }
+
+  /** The app's FIN before the switch: it has gone (a tunnel is not half-closed before it opens). */
+  appLeft(): void {
     if (this.state === 'done') return;
-    if (this.state !== 'refused' && !this.wroteDownstream)
+    if (this.state === 'acquiring' || this.state === 'asking') {
       this.ctx.observer.failed('downstream_closed');
+    }
+    this.lease.close();
     this.down.destroy();
     this.end(undefined);
   }
 
-  private readonly onLink = (err: Error | null, link?: Link): void => {
-    this.waiter = undefined;
-    if (this.state === 'done') {
-      if (link !== undefined) this.ctx.route.pool.release(link, true);
-      return;
-    }
-    if (err !== null || link === undefined) {
-      const reason = acquireFailure(
-        err ?? new Error('no link'),
-        this.ctx.route.pool,
-        this.dialsBeforeWait ?? dialCounts(this.ctx.route.pool),
-      );
-      this.fail(reason, err ?? undefined);
-      return;
-    }
-    if (!fitForRequest(link, this.ctx.settings.upstreamKeepAliveMs, 0, Date.now())) {
-      link.close('idle');
-      this.start();
-      return;
-    }
-    this.attach(link);
-  };
+  private stopWatchingApp(): void {
+    const down = this.down as Socket & Tagged;
+    if (down[kTunnel] === undefined) return;
+    down[kTunnel] = undefined;
+    down.off('end', onDownEnd);
+    stopReading(down);
+  }
 
-  private attach(link: Link): void {
+  /** Sends what is held of the request's body; the rest of what is held waits. */
+  private sendBody(): void {
+    const socket = this.lease.socket as Socket;
+    let more = true;
+    while (this.bodyLeft > 0 && this.held.length > 0) {
+      const chunk = this.held[0] as Buffer;
+      const part = chunk.length <= this.bodyLeft ? chunk : chunk.subarray(0, this.bodyLeft);
+      if (part === chunk) this.held.shift();
+      else this.held[0] = chunk.subarray(part.length);
+      this.heldBytes -= part.length;
+      this.bodyLeft -= part.length;
+      more = socket.write(part);
+    }
+    if (!more) this.down.pause();
+  }
+
+  // ── the link ───────────────────────────────────────────────────────────
+
+  linked(): void {
+    this.expect('acquiring', 'link');
     this.state = 'asking';
-    this.link = link;
-    if (link.uses > 1) this.ctx.observer.reused();
-    const socket = link.socket as Socket;
-    this.upstream = socket;
-    this.parser = new ResponseParser(this);
-    socket.on('data', this.onUpData);
-    socket.on('end', this.onUpEnd);
-    socket.on('error', this.onUpError);
-    socket.on('close', this.onUpClose);
-    socket.on('timeout', this.onUpTimeout);
-    if (this.ctx.settings.responseTimeoutMs > 0)
-      socket.setTimeout(this.ctx.settings.responseTimeoutMs);
-    socket.resume();
+    const socket = this.lease.socket as Socket;
     socket.write(requestHead(this.req, this.shape, this.ctx.settings, this.upgrade), 'latin1');
-    // What the app sent after its request head (a body, or early frames) follows it.
-    if (this.early.length > 0) socket.write(this.early);
+    this.sendBody();
   }
 
-  private detach(): Socket | undefined {
-    const socket = this.upstream;
-    if (socket === undefined) return undefined;
-    this.upstream = undefined;
-    socket.off('data', this.onUpData);
-    socket.off('end', this.onUpEnd);
-    socket.off('error', this.onUpError);
-    socket.off('close', this.onUpClose);
-    socket.off('timeout', this.onUpTimeout);
-    if (this.ctx.settings.responseTimeoutMs > 0) socket.setTimeout(0);
-    if (this.upstreamPaused) {
-      this.upstreamPaused = false;
-      this.down.off('drain', this.onDownDrain);
-      socket.resume();
-    }
-    return socket;
+  noLink(reason: HttpFailure, cause: Error | undefined): void {
+    this.fail(reason, cause);
   }
 
-  private readonly onUpData = (chunk: Buffer): void => {
-    const error = (this.parser as ResponseParser).execute(chunk);
-    if (error !== undefined) {
-      this.ctx.route.log.warn(
-        { link: this.link?.id, endpoint: this.link?.endpoint, problem: error.problem },
-        'malformed response from the upstream',
-      );
-      this.fail('bad_response');
-    }
-  };
+  upstreamLost(): void {
+    this.fail('upstream_error', this.lease.error);
+  }
+
+  badResponse(): void {
+    this.fail('bad_response');
+  }
+
+  upstreamTimedOut(): void {
+    this.fail('response_timeout');
+  }
+
+  upstreamDrained(): void {
+    if (this.state === 'asking' && this.heldBytes <= MAX_HELD_BYTES) this.down.resume();
+  }
+
+  // ── the upstream's answer ──────────────────────────────────────────────
 
   onInterim(head: ResponseHead): void {
     this.wroteDownstream = true;
@@ -181,7 +192,12 @@ export class Tunnel implements ResponseHandler {
       return 'tunnel';
     }
     if (head.statusCode === 101) throw new HttpResponseError('101 to a CONNECT');
+    this.expect('asking', 'refuse');
     this.state = 'refused';
+    // What the app sent for the new protocol is dropped with the connection.
+    this.stopWatchingApp();
+    this.held = [];
+    this.heldBytes = 0;
     // The refusal is passed on with a body until close: the app's connection ends after it,
     // since it is no longer in step with an HTTP parser.
     const fields = responseHeaders(head.rawHeaders, head.connectionTokens, undefined, undefined);
@@ -198,11 +214,7 @@ export class Tunnel implements ResponseHandler {
   }
 
   onBody(chunk: Buffer): void {
-    if (!this.down.write(chunk) && !this.upstreamPaused && this.upstream !== undefined) {
-      this.upstreamPaused = true;
-      this.upstream.pause();
-      this.down.once('drain', this.onDownDrain);
-    }
+    this.lease.forward(chunk, this.down);
   }
 
   onTrailers(): void {
@@ -210,74 +222,53 @@ export class Tunnel implements ResponseHandler {
   }
 
   onComplete(rest: Buffer | undefined): void {
-    const link = this.link as Link;
-    const socket = this.detach() as Socket;
     if (this.state === 'refused') {
+      this.lease.release(false);
       this.down.destroySoon();
-      this.ctx.route.pool.release(link, false);
       this.end(undefined);
       return;
     }
+    this.expect('asking', 'switch');
     this.state = 'spliced';
+    this.stopWatchingApp();
+    const link = this.lease.unbind() as Link;
+    this.spliceLink = link;
     if (rest !== undefined) this.down.write(rest);
     const log = this.ctx.route.log;
     if (log.isLevelEnabled('debug')) {
       log.debug({ link: link.id, method: this.req.method, upgrade: this.upgrade }, 'tunnel open');
     }
-    this.splice = new Splice(this.down, socket, this.onSpliceDone);
-    this.splice.start(this.ctx.route.timeouts);
+    const early = { chunks: this.held, ended: false };
+    this.held = [];
+    this.heldBytes = 0;
+    this.splice = new Splice(this.down, link.socket, this.onSpliceDone);
+    this.splice.start(this.ctx.route.timeouts, early);
   }
 
-  private readonly onDownDrain = (): void => {
-    this.upstreamPaused = false;
-    this.upstream?.resume();
-  };
-
   private readonly onSpliceDone = (outcome: SpliceOutcome): void => {
-    if (this.link !== undefined) this.ctx.route.pool.release(this.link, false);
+    if (this.spliceLink !== undefined) this.ctx.route.pool.release(this.spliceLink, false);
+    this.spliceLink = undefined;
     this.end(outcome);
   };
 
-  private readonly onUpEnd = (): void => {
-    const parser = this.parser as ResponseParser;
-    if (parser.done) return;
-    if (parser.finish() === undefined) return;
-    this.fail('upstream_error');
-  };
-
-  private readonly onUpError = (err: Error): void => {
-    this.upstreamError ??= err;
-  };
-
-  private readonly onUpClose = (): void => {
-    if (this.state === 'done') return;
-    this.fail('upstream_error', this.upstreamError);
-  };
-
-  private readonly onUpTimeout = (): void => {
-    this.fail('response_timeout');
-  };
+  // ── ending ─────────────────────────────────────────────────────────────
 
   /** The tunnel could not be set up: the app gets a status, or a cut connection. */
   private fail(reason: HttpFailure, cause?: Error): void {
-    if (this.state === 'done') return;
+    if (this.state === 'done' || this.state === 'spliced') return;
     this.ctx.observer.failed(reason);
     this.ctx.route.log.info(
       {
         reason,
         method: this.req.method,
-        link: this.link?.id,
+        link: this.lease.link?.id,
         code: cause === undefined ? undefined : codeOf(cause),
         err: cause === undefined ? undefined : describe(cause),
       },
       'http tunnel failed',
     );
-    if (this.waiter !== undefined) {
-      this.waiter.cancel();
-      this.waiter = undefined;
-    }
-    this.detach();
-    if (this.link !== undefined) this.ctx.route.pool.release(this.link, false);
+    this.lease.close();
+    this.stopWatchingApp();
     if (this.wroteDownstream) this.down.destroy();
     else {
       const status = FAILURE_STATUS[reason];
@@ -287,9 +278,28 @@ export class Tunnel implements ResponseHandler {
     this.end(undefined);
   }
 
+  /** Any state → done, once: the session hears of it exactly once. */
   private end(outcome: SpliceOutcome | undefined): void {
     if (this.state === 'done') return;
     this.state = 'done';
+    this.stopWatchingApp();
+    this.lease.close();
     this.onDone(outcome);
   }
+
+  private expect(state: TunnelState, action: string): void {
+    if (this.state !== state) {
+      throw new SidepoolError(
+        'SIDEPOOL_HTTP_STATE',
+        `tunnel: ${action} while ${this.state}, expected ${state}`,
+      );
+    }
+  }
+}
+
+function onDownBytes(this: Duplex, chunk: Buffer): number {
+  return (this as Duplex & Tagged)[kTunnel]?.appBytes(chunk) ?? CHUNK_KEPT | READ_PAUSE;
+}
+function onDownEnd(this: Tagged): void {
+  this[kTunnel]?.appLeft();
 }
