@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { HttpResponseError, codeOf, describe } from '../../errors.js';
+import { HttpResponseError, SidepoolError, codeOf, describe } from '../../errors.js';
 import type { Link } from '../../pool/link.js';
 import { requestHead, responseHeaders, trailerFields, trailerSection } from './headers.js';
 import { LinkLease, type LeaseHolder } from './link-lease.js';
@@ -19,15 +19,34 @@ export interface ExchangeOwner {
 /**
  * The life of one exchange:
  *
- *   acquiring ──▶ forwarding ──▶ done
- *        ▲            │
- *        └─ (retry) ──┘
+ *   queued ──▶ acquiring ──▶ forwarding ──▶ responded ──▶ done
+ *                 │  ▲           │               │           ▲
+ *                 │  └── retry ──┤               │           │
+ *                 └──────────────┴───────────────┴─▶ failed ─┘
  *
- * acquiring: waiting for a link; forwarding: the request goes up and the response comes
- * down; done: the response is complete (or failed) and the link is back in the pool or
- * closed. A retry happens once, when a reused link dies before any response byte.
+ * and from any phase to done when the app's connection goes.
+ *
+ * queued: behind earlier requests of the same connection; acquiring: waiting for a link;
+ * forwarding: the request goes up and the response comes down; responded: the response
+ * was read to its end and handed to Node, the link given back; failed: the app got an
+ * error status, or its connection was cut; done: the response went out (or the
+ * connection went) and the exchange holds nothing. A retry happens once, when a reused
+ * link dies before any response byte.
  */
-type ExchangeState = 'acquiring' | 'forwarding' | 'done';
+type ExchangePhase = 'queued' | 'acquiring' | 'forwarding' | 'responded' | 'failed' | 'done';
+
+/**
+ * The request as the upstream has it, on the current link: nothing yet (a chunked body's
+ * first bytes may be held back), the head and part of the body, or all of it.
+ */
+type UpstreamRequest = 'unsent' | 'streaming' | 'sent';
+
+/**
+ * The app's request body as we read it: not yet (no link to send it on), being read, read
+ * to its end (or there is none), or read and dropped (the exchange no longer needs it, but
+ * the connection must get past it).
+ */
+type AppBody = 'waiting' | 'reading' | 'ended' | 'dropped';
 
 /** Methods a retry cannot make happen twice (RFC 9110 §9.2.2). */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
@@ -54,28 +73,23 @@ function ignoreError(): void {
  * The `on…` methods are called by the shared listeners at the end of this file.
  */
 export class Exchange implements LeaseHolder {
-  private state: ExchangeState = 'acquiring';
+  private phase: ExchangePhase = 'queued';
+  private upstreamRequest: UpstreamRequest = 'unsent';
+  private appBody: AppBody = 'waiting';
+  /**
+   * What the response said of the link: keep-alive, and a body with a known end that
+   * nothing followed. Decided with the head, and again when the response is complete.
+   */
+  private linkReusable = false;
   private readonly lease: LinkLease;
-  /** The link had been idle in the pool: the upstream may have closed it meanwhile. */
-  private linkWasIdle = false;
   private attempts = 0;
   private staleBefore = 0;
   private head: string | undefined;
-  private headWritten = false;
   private kept: Buffer[] | undefined;
   private keptBytes = 0;
   /** The first bytes of a chunked body, held until the read they came in is fully parsed. */
   private held: Buffer[] | undefined;
   private heldFlush: NodeJS.Immediate | undefined;
-  private listening = false;
-  private requestEnded = false;
-  private requestSent = false;
-  private upstreamKeepAlive = false;
-  /** The response body runs until the upstream closes: the link cannot serve again. */
-  private bodyUntilClose = false;
-  private bytesAfterResponse = false;
-  /** A failure was handled; what follows (the response's close) is its consequence. */
-  private failed = false;
   private readonly startedAt = performance.now();
 
   constructor(
@@ -97,28 +111,30 @@ export class Exchange implements LeaseHolder {
     return this.req.complete;
   }
 
+  /** queued → acquiring: its turn has come. */
   start(): void {
+    this.moveTo('acquiring', 'queued');
     this.res.on('finish', resFinish);
     this.res.on('close', resClose);
     if (
       this.shape.framing === 'none' ||
       (this.shape.framing === 'length' && this.shape.length === 0)
     ) {
-      this.requestEnded = true;
+      this.appBody = 'ended';
     }
-    this.acquire();
+    this.lease.acquire(this.staleBefore);
   }
 
   /** The app's request turned out malformed (a bad chunk): fail it with `status`. */
   rejectRequest(status: number, reason: HttpFailure): void {
-    if (this.state === 'done') return;
+    if (this.phase === 'done') return;
     // Nothing written upstream yet: the link is as good as it was.
-    this.fail(reason, status, true, !this.headWritten);
+    this.fail(reason, status, true, this.upstreamRequest === 'unsent');
   }
 
-  /** Drops an exchange that never started: its connection closes before its turn. */
+  /** queued → done: its connection closes before its turn. */
   discard(): void {
-    this.state = 'done';
+    this.moveTo('done', 'queued');
     (this.req as Tagged)[kExchange] = undefined;
     (this.res as Tagged)[kExchange] = undefined;
   }
@@ -130,25 +146,21 @@ export class Exchange implements LeaseHolder {
 
   // ── link ───────────────────────────────────────────────────────────────
 
-  private acquire(): void {
-    this.lease.acquire(this.staleBefore);
-  }
-
   private get upstream(): Socket | undefined {
     return this.lease.socket;
   }
 
-  linked(_link: Link, wasIdle: boolean): void {
-    this.state = 'forwarding';
+  /** acquiring → forwarding: the request goes out on `link`. */
+  linked(): void {
+    this.moveTo('forwarding', 'acquiring');
     this.attempts++;
-    this.linkWasIdle = wasIdle;
     if (!this.holdsChunkedStart || this.keptBytes > 0) this.writeHead();
     if (this.attempts > 1) {
       for (const chunk of this.kept ?? []) this.writeBody(chunk);
     }
-    if (this.requestEnded) this.endRequest();
-    else if (!this.listening) {
-      this.listening = true;
+    if (this.appBody === 'ended') this.endRequest();
+    else if (this.appBody === 'waiting') {
+      this.appBody = 'reading';
       this.req.on('data', reqData);
       this.req.on('end', reqEnd);
       this.req.on('error', ignoreError);
@@ -167,8 +179,8 @@ export class Exchange implements LeaseHolder {
   // ── request: app → upstream ────────────────────────────────────────────
 
   private writeHead(): void {
-    if (this.headWritten) return;
-    this.headWritten = true;
+    if (this.upstreamRequest !== 'unsent') return;
+    this.upstreamRequest = 'streaming';
     this.head ??= requestHead(this.req, this.shape, this.ctx.settings);
     (this.upstream as Socket).write(this.head, 'latin1');
   }
@@ -191,7 +203,11 @@ export class Exchange implements LeaseHolder {
    * terminator that came with it is refused with nothing sent.
    */
   private get holdsChunkedStart(): boolean {
-    return this.shape.framing === 'chunked' && !this.shape.expectContinue && !this.headWritten;
+    return (
+      this.shape.framing === 'chunked' &&
+      !this.shape.expectContinue &&
+      this.upstreamRequest === 'unsent'
+    );
   }
 
   onReqData(chunk: Buffer): void {
@@ -211,7 +227,7 @@ export class Exchange implements LeaseHolder {
   }
 
   onReqEnd(): void {
-    this.requestEnded = true;
+    this.appBody = 'ended';
     if (this.upstream === undefined) return;
     if (this.holdsChunkedStart) this.heldFlush ??= setImmediate(flushHeld, this);
     else this.endRequest();
@@ -219,12 +235,12 @@ export class Exchange implements LeaseHolder {
 
   flushHeld(): void {
     this.heldFlush = undefined;
-    if (this.upstream === undefined || this.failed || this.state === 'done') return;
+    if (this.phase !== 'forwarding' || this.upstream === undefined) return;
     this.writeHead();
     let ok = true;
     for (const chunk of this.held ?? []) ok = this.writeBody(chunk);
     this.held = undefined;
-    if (this.requestEnded) this.endRequest();
+    if (this.appBody === 'ended') this.endRequest();
     else if (!ok) this.req.pause();
   }
 
@@ -234,12 +250,12 @@ export class Exchange implements LeaseHolder {
       const trailers = this.req.rawTrailers.length > 0 ? trailerSection(this.req.rawTrailers) : '';
       (this.upstream as Socket).write(`0${CRLF}${trailers}${CRLF}`, 'latin1');
     }
-    this.requestSent = true;
+    this.upstreamRequest = 'sent';
     if (this.lease.responseDone) this.responseComplete();
   }
 
   upstreamDrained(): void {
-    if (!this.requestEnded) this.req.resume();
+    if (this.appBody === 'reading') this.req.resume();
   }
 
   // ── response: upstream → app ───────────────────────────────────────────
@@ -265,7 +281,7 @@ export class Exchange implements LeaseHolder {
     if (head.statusCode === 101)
       throw new HttpResponseError('101 to a request that asked for no upgrade');
     const link = this.lease.link as Link;
-    this.upstreamKeepAlive = head.keepAlive;
+    this.linkReusable = head.keepAlive;
     if (head.keepAliveTimeout !== undefined) noteKeepAliveTimeout(link, head.keepAliveTimeout);
     const headers = responseHeaders(
       head.rawHeaders,
@@ -288,7 +304,8 @@ export class Exchange implements LeaseHolder {
       throw new HttpResponseError(`a head Node will not send: ${describe(err)}`);
     }
     if (bodyless) return 'none';
-    this.bodyUntilClose = !head.chunked && head.contentLength < 0;
+    // A body that runs until the upstream closes takes the link with it.
+    if (!head.chunked && head.contentLength < 0) this.linkReusable = false;
     return 'message';
   }
 
@@ -304,10 +321,13 @@ export class Exchange implements LeaseHolder {
     if (pairs.length > 0) this.res.addTrailers(pairs);
   }
 
+  /** forwarding → responded. */
   onComplete(rest: Buffer | undefined): void {
-    if (rest !== undefined) this.bytesAfterResponse = true;
+    this.moveTo('responded', 'forwarding');
+    // Bytes after a complete response: the upstream and we disagree on where it ended.
+    if (rest !== undefined) this.linkReusable = false;
     this.res.end();
-    if (this.requestSent) this.responseComplete();
+    if (this.upstreamRequest === 'sent') this.responseComplete();
     else {
       // The upstream answered before the whole request was sent (a 413, a 401, a final
       // status instead of 100 Continue): the rest of the body is read and dropped, and
@@ -319,11 +339,7 @@ export class Exchange implements LeaseHolder {
 
   private responseComplete(): void {
     const reusable =
-      this.upstreamKeepAlive &&
-      !this.bytesAfterResponse &&
-      !this.bodyUntilClose &&
-      this.lease.error === undefined &&
-      this.upstream?.readableEnded === false;
+      this.linkReusable && this.lease.error === undefined && this.upstream?.readableEnded === false;
     this.releaseLink(reusable);
   }
 
@@ -338,7 +354,7 @@ export class Exchange implements LeaseHolder {
     const socket = this.upstream as Socket;
     // A stalled request body, with nothing of ours waiting to be sent, is the app's doing.
     const appStalled =
-      !this.requestEnded && socket.writableLength === 0 && !this.lease.responseStarted;
+      this.appBody !== 'ended' && socket.writableLength === 0 && !this.lease.responseStarted;
     const reason: HttpFailure = appStalled ? 'body_timeout' : 'response_timeout';
     this.fail(reason, FAILURE_STATUS[reason], appStalled, false);
   }
@@ -364,24 +380,24 @@ export class Exchange implements LeaseHolder {
   private canRetry(): boolean {
     return (
       this.attempts === 1 &&
-      this.linkWasIdle &&
+      this.lease.linkWasIdle &&
       IDEMPOTENT.has(this.req.method ?? '') &&
       (this.shape.framing === 'none' || this.kept !== undefined) &&
       !this.res.headersSent
     );
   }
 
+  /** forwarding → acquiring, once. */
   private retry(link: Link): void {
+    this.moveTo('acquiring', 'forwarding');
     this.staleBefore = link.idleSince;
     this.releaseLink(false);
     // What was held of a chunked body is in `kept`, which the next attempt sends.
     if (this.heldFlush !== undefined) clearImmediate(this.heldFlush);
     this.heldFlush = undefined;
     this.held = undefined;
-    this.headWritten = false;
-    this.requestSent = false;
-    this.state = 'acquiring';
-    if (this.listening && !this.requestEnded) this.req.pause();
+    this.upstreamRequest = 'unsent';
+    if (this.appBody === 'reading') this.req.pause();
     this.ctx.observer.retried();
     const log = this.ctx.route.log;
     if (log.isLevelEnabled('debug')) {
@@ -390,7 +406,7 @@ export class Exchange implements LeaseHolder {
         'stale link: request sent again on another link',
       );
     }
-    this.acquire();
+    this.lease.acquire(this.staleBefore);
   }
 
   badResponse(): void {
@@ -400,8 +416,9 @@ export class Exchange implements LeaseHolder {
   // ── ending ─────────────────────────────────────────────────────────────
 
   /**
-   * Fails the exchange: the app gets `status` when no response has started, and its
-   * connection is cut when one has (a cut-short body must not look complete).
+   * acquiring, forwarding or responded → failed: the app gets `status` when no response
+   * has started, and its connection is cut when one has (a cut-short body must not look
+   * complete). What follows (the response's close) is its consequence.
    */
   private fail(
     reason: HttpFailure,
@@ -410,8 +427,8 @@ export class Exchange implements LeaseHolder {
     linkReusable: boolean,
     cause?: Error,
   ): void {
-    if (this.state === 'done' || this.failed) return;
-    this.failed = true;
+    if (this.phase === 'done' || this.phase === 'failed') return;
+    this.moveTo('failed', 'acquiring', 'forwarding', 'responded');
     this.ctx.observer.failed(reason);
     const log = this.ctx.route.log;
     if (log.isLevelEnabled('info')) {
@@ -434,20 +451,21 @@ export class Exchange implements LeaseHolder {
       this.res.destroy();
       return;
     }
-    const requestUnread = !this.requestEnded;
+    const requestUnread = this.appBody !== 'ended';
     this.stopReadingRequest();
     // A request whose body was not read to its end leaves the connection out of step.
     sendError(this.res, status, reason, closeDownstream || requestUnread);
   }
 
+  /** What is left of the app's body is read and dropped: the connection gets past it. */
   private stopReadingRequest(): void {
-    if (this.listening) {
-      this.listening = false;
-      this.req.off('data', reqData);
-      this.req.off('end', reqEnd);
-    }
+    this.req.off('data', reqData);
+    this.req.off('end', reqEnd);
     this.kept = undefined;
-    if (!this.requestEnded) this.req.resume();
+    if (this.appBody === 'waiting' || this.appBody === 'reading') {
+      this.appBody = 'dropped';
+      this.req.resume();
+    }
   }
 
   onResFinish(): void {
@@ -456,17 +474,18 @@ export class Exchange implements LeaseHolder {
   }
 
   onResClose(): void {
-    if (this.state === 'done') return;
+    if (this.phase === 'done') return;
     if (this.res.headersSent) {
       this.ctx.observer.responded(this.res.statusCode, (performance.now() - this.startedAt) / 1000);
     }
-    if (!this.failed) this.ctx.observer.failed('downstream_closed');
+    if (this.phase !== 'failed') this.ctx.observer.failed('downstream_closed');
     this.finish();
   }
 
+  /** Any phase → done, once. */
   private finish(): void {
-    if (this.state === 'done') return;
-    this.state = 'done';
+    if (this.phase === 'done') return;
+    this.phase = 'done';
     if (this.heldFlush !== undefined) clearImmediate(this.heldFlush);
     // Still holding the link here means the exchange did not end cleanly.
     this.lease.close();
@@ -475,6 +494,16 @@ export class Exchange implements LeaseHolder {
     this.res.off('finish', resFinish);
     this.res.off('close', resClose);
     this.owner.exchangeDone(this);
+  }
+
+  private moveTo(next: ExchangePhase, ...from: ExchangePhase[]): void {
+    if (!from.includes(this.phase)) {
+      throw new SidepoolError(
+        'SIDEPOOL_HTTP_STATE',
+        `exchange: ${this.phase} → ${next}, expected from ${from.join(' or ')}`,
+      );
+    }
+    this.phase = next;
   }
 }
 

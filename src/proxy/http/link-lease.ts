@@ -60,6 +60,7 @@ export class LinkLease {
   /** Reading the link stopped until the app, this sink, drains. */
   private pausedFor: Writable | undefined;
   private started = false;
+  private wasIdle = false;
   /** The first error the link's socket reported since it was bound. */
   private firstError: Error | undefined;
 
@@ -75,6 +76,11 @@ export class LinkLease {
   /** The link's socket, while bound. */
   get socket(): Socket | undefined {
     return this.upstream;
+  }
+
+  /** The bound link had sat idle in the pool: the upstream may have closed it meanwhile. */
+  get linkWasIdle(): boolean {
+    return this.wasIdle;
   }
 
   /** A byte of the response has arrived since the link was bound. */
@@ -150,6 +156,7 @@ export class LinkLease {
   private bind(link: Link, wasIdle: boolean): void {
     this.state = 'bound';
     this.bound = link;
+    this.wasIdle = wasIdle;
     this.started = false;
     this.firstError = undefined;
     if (link.uses > 1) this.ctx.observer.reused();
