@@ -33,6 +33,7 @@ void t.test('http mode: defaults, and the pool idle timeout capped at upstreamKe
   t.equal(r?.upstreamKeepAlive, 4000);
   t.equal(r?.responseTimeout, 60_000);
   t.equal(r?.headersTimeout, 10_000);
+  t.equal(r?.requestBodyTimeout, 60_000);
   t.equal(r?.forwardedHeaders, false);
   t.equal(r?.pool.idleTimeout, 4000, 'idle http links close at the keep-alive limit');
   const custom = parseConfig({
@@ -43,6 +44,7 @@ void t.test('http mode: defaults, and the pool idle timeout capped at upstreamKe
         upstreamKeepAlive: '50s',
         responseTimeout: '5s',
         headersTimeout: '2s',
+        requestBodyTimeout: '30s',
         forwardedHeaders: true,
         pool: { idleTimeout: '20s' },
       }),
@@ -52,6 +54,7 @@ void t.test('http mode: defaults, and the pool idle timeout capped at upstreamKe
   t.equal(custom?.upstreamKeepAlive, 50_000);
   t.equal(custom?.responseTimeout, 5000);
   t.equal(custom?.headersTimeout, 2000);
+  t.equal(custom?.requestBodyTimeout, 30_000);
   t.equal(custom?.forwardedHeaders, true);
   t.equal(custom?.pool.idleTimeout, 20_000, 'a shorter pool idle timeout stays');
   const tcp = parseConfig({ routes: [route()] }).routes[0];
@@ -67,6 +70,7 @@ void t.test('http-only keys on a tcp route are errors that name the key', (t) =>
         upstreamKeepAlive: '1s',
         responseTimeout: '1s',
         headersTimeout: '1s',
+        requestBodyTimeout: '1s',
         forwardedHeaders: true,
       }),
     ],
@@ -74,6 +78,7 @@ void t.test('http-only keys on a tcp route are errors that name the key', (t) =>
   t.same(issues.map((i) => i.path).sort(), [
     'routes[0].forwardedHeaders',
     'routes[0].headersTimeout',
+    'routes[0].requestBodyTimeout',
     'routes[0].responseTimeout',
     'routes[0].upstream.host',
     'routes[0].upstreamKeepAlive',

@@ -3,7 +3,7 @@ import t from 'tap';
 import { startProxy } from './helpers/app.js';
 import { metric, parseMetrics } from './helpers/http.js';
 import { fetchHttp, rawRequest, startHttpUpstream, statuses } from './helpers/http-upstream.js';
-import { startServer, until } from './helpers/util.js';
+import { sleep, startServer, until } from './helpers/util.js';
 
 const HTTP = { mode: 'http' };
 
@@ -87,6 +87,80 @@ void t.test('upstream too slow: 504 after responseTimeout; a stalled body: cut',
     'a body cut short reaches the app as an error',
   );
   t.equal(await failures(proxy, 'response_timeout'), 2);
+});
+
+/** Sends a request head, then `bytes` of its body one at a time, `everyMs` apart. */
+function trickle(port: number, head: string, bytes: number, everyMs: number) {
+  const socket = net.connect(port, '127.0.0.1');
+  const state = { received: '', closed: false, sent: 0 };
+  socket.on('error', () => {});
+  socket.on('data', (c: Buffer) => (state.received += c.toString('latin1')));
+  socket.on('close', () => (state.closed = true));
+  socket.write(head);
+  const timer = setInterval(() => {
+    if (state.closed || state.sent >= bytes) clearInterval(timer);
+    else {
+      socket.write('x');
+      state.sent++;
+    }
+  }, everyMs);
+  return { socket, state, stop: () => (clearInterval(timer), socket.destroy()) };
+}
+
+void t.test(
+  'a request body trickled a byte at a time: 408 after requestBodyTimeout, the link freed',
+  async (t) => {
+    const upstream = await startHttpUpstream();
+    t.teardown(() => upstream.close());
+    // responseTimeout is far off: only the body's own timeout can end this in time.
+    const proxy = await startProxy(
+      upstream.address,
+      { minIdle: 0, maxSize: 1, acquireTimeout: 10_000 },
+      { ...HTTP, requestBodyTimeout: 400, responseTimeout: 60_000 },
+    );
+    t.teardown(() => proxy.app.stop(100));
+    const slow = trickle(
+      proxy.port,
+      'POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n',
+      100_000,
+      50,
+    );
+    t.teardown(slow.stop);
+    await until(() => slow.state.closed, 8000, 'the trickling connection closed');
+    t.same(statuses(slow.state.received), [408]);
+    t.match(slow.state.received, /Connection: close/i);
+    t.ok(slow.state.sent >= 2, `bytes kept coming (${slow.state.sent}): reads alone never stall`);
+    await until(() => proxy.pool.stats().active === 0, 5000, 'the link was freed');
+    // maxSize 1: this needs the link the trickle held.
+    t.equal((await fetchHttp(proxy.port)).status, 200);
+    t.equal(await failures(proxy, 'body_timeout'), 1);
+    t.equal(upstream.requests.length, 1, 'the cut upload never reached the upstream handler');
+  },
+);
+
+void t.test('a slow upload that keeps progressing is not cut', async (t) => {
+  const upstream = await startHttpUpstream();
+  t.teardown(() => upstream.close());
+  const proxy = await startProxy(
+    upstream.address,
+    { minIdle: 0 },
+    { ...HTTP, requestBodyTimeout: 1000 },
+  );
+  t.teardown(() => proxy.app.stop(100));
+  // 30 writes of 2 KiB, 100 ms apart: three times the timeout in all, a tenth of it per step.
+  const chunk = Buffer.alloc(2048, 'y');
+  const socket = net.connect(proxy.port, '127.0.0.1');
+  t.teardown(() => socket.destroy());
+  let received = '';
+  socket.on('data', (c: Buffer) => (received += c.toString('latin1')));
+  socket.write(`POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: ${30 * chunk.length}\r\n\r\n`);
+  for (let i = 0; i < 30; i++) {
+    await sleep(100);
+    socket.write(chunk);
+  }
+  await until(() => /\r\n\r\n.*POST \/slow 61440$/s.test(received), 5000, 'the response');
+  t.same(statuses(received), [200]);
+  t.equal(await failures(proxy, 'body_timeout'), 0);
 });
 
 void t.test('a malformed response: 502, and the link is not reused', async (t) => {

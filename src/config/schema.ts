@@ -230,6 +230,7 @@ const HTTP_ONLY_KEYS = [
   'upstreamKeepAlive',
   'responseTimeout',
   'headersTimeout',
+  'requestBodyTimeout',
   'forwardedHeaders',
 ] as const;
 
@@ -239,6 +240,7 @@ interface HttpRouteKeys {
   upstreamKeepAlive?: number | undefined;
   responseTimeout?: number | undefined;
   headersTimeout?: number | undefined;
+  requestBodyTimeout?: number | undefined;
   forwardedHeaders?: boolean | undefined;
 }
 
@@ -255,7 +257,8 @@ function httpOnlyKeys(route: HttpRouteKeys, ctx: z.RefinementCtx): void {
 
 /**
  * The http defaults: links idle 4s at most (below the keep-alive timeouts of common
- * upstreams: Node 5s, nginx 75s), 60s for a response, 10s for a request head. An http
+ * upstreams: Node 5s, nginx 75s), 60s for a response, 10s for a request head, 60s for a
+ * request body to progress (nginx's client_body_timeout). An http
  * pool's idle links are closed (and warm ones replaced) at upstreamKeepAlive, so that a
  * warm link is one the upstream still keeps.
  */
@@ -272,6 +275,7 @@ function withHttpDefaults<R extends HttpRouteKeys & { pool: { idleTimeout: numbe
     upstreamKeepAlive,
     responseTimeout: route.responseTimeout ?? 60_000,
     headersTimeout: route.headersTimeout ?? 10_000,
+    requestBodyTimeout: route.requestBodyTimeout ?? 60_000,
     forwardedHeaders: route.forwardedHeaders ?? false,
     pool: idleTimeout === route.pool.idleTimeout ? route.pool : { ...route.pool, idleTimeout },
   };
@@ -355,6 +359,11 @@ const routeObject = z.strictObject({
   responseTimeout: duration.optional(),
   /** http mode: the app must send a complete request head within this (else 408). */
   headersTimeout: duration.optional(),
+  /**
+   * http mode: a request body must progress (1 KiB more of it, or its end) within this,
+   * measured from the last time it did, not over the whole body (else 408). 0 = no limit.
+   */
+  requestBodyTimeout: duration.optional(),
   /** http mode: add X-Forwarded-For, X-Forwarded-Proto and Via. */
   forwardedHeaders: z.boolean().optional(),
   pool: poolSchema.prefault({}),

@@ -54,6 +54,13 @@ const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
 /** A request body up to this size is kept until the response starts, for a retry. */
 const RETRY_BODY_LIMIT = 64 * 1024;
 
+/**
+ * What counts as progress of a request body for requestBodyTimeout: this many more bytes,
+ * or its end. Counting reads instead would let a body trickled a byte at a time hold a
+ * link for ever; this asks for a rate no real upload is below (1 KiB a minute by default).
+ */
+export const BODY_PROGRESS_BYTES = 1024;
+
 const CRLF = '\r\n';
 
 const kExchange = Symbol('sidepool.httpExchange');
@@ -90,6 +97,10 @@ export class Exchange implements LeaseHolder {
   /** The first bytes of a chunked body, held until the read they came in is fully parsed. */
   private held: Buffer[] | undefined;
   private heldFlush: NodeJS.Immediate | undefined;
+  /** Runs while we read the app's body and it owes us bytes (requestBodyTimeout). */
+  private bodyTimer: NodeJS.Timeout | undefined;
+  /** Body bytes since the body last made progress. */
+  private bodyProgress = 0;
   private readonly startedAt = performance.now();
 
   constructor(
@@ -164,7 +175,12 @@ export class Exchange implements LeaseHolder {
       this.req.on('data', reqData);
       this.req.on('end', reqEnd);
       this.req.on('error', ignoreError);
-    } else this.req.resume();
+      // An app that asked for 100 Continue sends nothing before it: its clock starts then.
+      if (!this.shape.expectContinue) this.startBodyClock();
+    } else {
+      this.req.resume();
+      this.startBodyClock();
+    }
   }
 
   noLink(reason: HttpFailure, cause: Error | undefined): void {
@@ -211,6 +227,7 @@ export class Exchange implements LeaseHolder {
   }
 
   onReqData(chunk: Buffer): void {
+    this.bodyProgressed(chunk.length);
     if (this.kept !== undefined) {
       this.keptBytes += chunk.length;
       if (this.keptBytes > RETRY_BODY_LIMIT) this.kept = undefined;
@@ -223,11 +240,12 @@ export class Exchange implements LeaseHolder {
       return;
     }
     this.writeHead();
-    if (chunk.length > 0 && !this.writeBody(chunk)) this.req.pause();
+    if (chunk.length > 0 && !this.writeBody(chunk)) this.pauseRequest();
   }
 
   onReqEnd(): void {
     this.appBody = 'ended';
+    this.stopBodyClock();
     if (this.upstream === undefined) return;
     if (this.holdsChunkedStart) this.heldFlush ??= setImmediate(flushHeld, this);
     else this.endRequest();
@@ -241,7 +259,13 @@ export class Exchange implements LeaseHolder {
     for (const chunk of this.held ?? []) ok = this.writeBody(chunk);
     this.held = undefined;
     if (this.appBody === 'ended') this.endRequest();
-    else if (!ok) this.req.pause();
+    else if (!ok) this.pauseRequest();
+  }
+
+  /** The link does not take more of the body now: the app is not at fault meanwhile. */
+  private pauseRequest(): void {
+    this.req.pause();
+    this.stopBodyClock();
   }
 
   private endRequest(): void {
@@ -255,7 +279,46 @@ export class Exchange implements LeaseHolder {
   }
 
   upstreamDrained(): void {
-    if (this.appBody === 'reading') this.req.resume();
+    if (this.appBody !== 'reading') return;
+    this.req.resume();
+    this.startBodyClock();
+  }
+
+  // ── the request body's clock ───────────────────────────────────────────
+
+  private startBodyClock(): void {
+    const ms = this.ctx.settings.requestBodyTimeoutMs;
+    if (ms === 0) return;
+    this.bodyProgress = 0;
+    if (this.bodyTimer === undefined) {
+      this.bodyTimer = setTimeout(onBodyTimeout, ms, this);
+      this.bodyTimer.unref();
+    } else this.bodyTimer.refresh();
+  }
+
+  private stopBodyClock(): void {
+    if (this.bodyTimer === undefined) return;
+    clearTimeout(this.bodyTimer);
+    this.bodyTimer = undefined;
+  }
+
+  private bodyProgressed(bytes: number): void {
+    if (this.bodyTimer === undefined) {
+      // The first bytes of a body that waited for 100 Continue.
+      if (this.phase === 'forwarding' && this.appBody === 'reading') this.startBodyClock();
+      return;
+    }
+    this.bodyProgress += bytes;
+    if (this.bodyProgress >= BODY_PROGRESS_BYTES) {
+      this.bodyProgress = 0;
+      this.bodyTimer.refresh();
+    }
+  }
+
+  bodyTimedOut(): void {
+    this.bodyTimer = undefined;
+    if (this.phase !== 'forwarding' || this.appBody !== 'reading') return;
+    this.fail('body_timeout', FAILURE_STATUS.body_timeout, true, false);
   }
 
   // ── response: upstream → app ───────────────────────────────────────────
@@ -263,8 +326,10 @@ export class Exchange implements LeaseHolder {
   onInterim(head: ResponseHead): void {
     if (this.res.headersSent) return;
     // Other 1xx codes have no ServerResponse method and are dropped.
-    if (head.statusCode === 100) this.res.writeContinue();
-    else if (head.statusCode === 102) this.res.writeProcessing();
+    if (head.statusCode === 100) {
+      this.res.writeContinue();
+      if (this.appBody === 'reading' && this.bodyTimer === undefined) this.startBodyClock();
+    } else if (head.statusCode === 102) this.res.writeProcessing();
     else if (head.statusCode === 103) {
       const hints = earlyHints(head.rawHeaders);
       if (hints !== undefined) {
@@ -397,7 +462,7 @@ export class Exchange implements LeaseHolder {
     this.heldFlush = undefined;
     this.held = undefined;
     this.upstreamRequest = 'unsent';
-    if (this.appBody === 'reading') this.req.pause();
+    if (this.appBody === 'reading') this.pauseRequest();
     this.ctx.observer.retried();
     const log = this.ctx.route.log;
     if (log.isLevelEnabled('debug')) {
@@ -459,6 +524,7 @@ export class Exchange implements LeaseHolder {
 
   /** What is left of the app's body is read and dropped: the connection gets past it. */
   private stopReadingRequest(): void {
+    this.stopBodyClock();
     this.req.off('data', reqData);
     this.req.off('end', reqEnd);
     this.kept = undefined;
@@ -538,4 +604,7 @@ function resClose(this: Tagged): void {
 }
 function flushHeld(exchange: Exchange): void {
   exchange.flushHeld();
+}
+function onBodyTimeout(exchange: Exchange): void {
+  exchange.bodyTimedOut();
 }

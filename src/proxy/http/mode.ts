@@ -13,6 +13,7 @@ export function httpSettings(route: RouteConfig): HttpSettings {
     upstreamKeepAliveMs: route.upstreamKeepAlive,
     responseTimeoutMs: route.responseTimeout,
     headersTimeoutMs: route.headersTimeout,
+    requestBodyTimeoutMs: route.requestBodyTimeout,
     forwardedHeaders: route.forwardedHeaders,
     hostOverride: route.upstream.host,
     defaultHost: route.upstream.host ?? route.upstream.addresses[0] ?? '',

@@ -6,7 +6,7 @@ export type HttpFailure =
   | 'headers_too_large'
   /** Request head not complete within headersTimeout: 408. */
   | 'headers_timeout'
-  /** Request body stalled past responseTimeout: 408. */
+  /** Request body made no progress within requestBodyTimeout (or responseTimeout): 408. */
   | 'body_timeout'
   /** No link within acquireTimeout: 503. */
   | 'acquire_timeout'

@@ -10,6 +10,8 @@ export interface HttpSettings extends RequestHeadSettings {
   responseTimeoutMs: number;
   /** The app must send a complete request head within this; 0 = no limit. */
   headersTimeoutMs: number;
+  /** A request body must progress (BODY_PROGRESS_BYTES more, or its end) within this; 0 = none. */
+  requestBodyTimeoutMs: number;
 }
 
 /** What an exchange or tunnel needs from its route, fixed when the route is made. */
