@@ -3,6 +3,7 @@ import t from 'tap';
 import { startProxy } from './helpers/app.js';
 import { metric, parseMetrics } from './helpers/http.js';
 import { fetchHttp, rawRequest, startHttpUpstream, statuses } from './helpers/http-upstream.js';
+import { MAX_INTERIM_RESPONSES } from '../src/proxy/http/response-parser.js';
 import { sleep, startServer, until } from './helpers/util.js';
 
 const HTTP = { mode: 'http' };
@@ -204,6 +205,34 @@ void t.test('identical Content-Length fields in a response: folded into one', as
   t.equal(upstream.accepted, 1, 'the link stays in step and is reused');
   t.equal(await failures(proxy, 'bad_response'), 0);
 });
+
+void t.test(
+  'an upstream that sends interim responses without end: 502, the link closed',
+  async (t) => {
+    let closed = 0;
+    const upstream = await startServer((socket) => {
+      // The test server is half-open: the proxy closing the link shows as its FIN.
+      socket.on('end', () => closed++);
+      socket.once('data', () => {
+        // Written in one go: the proxy must stop at its bound, not at the end of a read.
+        socket.write('HTTP/1.1 102 Processing\r\n\r\n'.repeat(1000));
+      });
+    });
+    t.teardown(() => upstream.close());
+    const proxy = await startProxy(upstream.address, { minIdle: 0 }, HTTP);
+    t.teardown(() => proxy.app.stop(100));
+    const result = await rawRequest(proxy.port, 'GET / HTTP/1.1\r\nHost: a\r\n\r\n', 5000);
+    const seen = statuses(result.text);
+    t.equal(seen.length, MAX_INTERIM_RESPONSES + 1, 'the bound, then the error');
+    t.ok(
+      seen.slice(0, -1).every((s) => s === 102),
+      'interim responses passed on up to the bound',
+    );
+    t.equal(seen.at(-1), 502);
+    t.equal(await failures(proxy, 'bad_response'), 1);
+    await until(() => closed === 1, 5000, 'the link closed');
+  },
+);
 
 void t.test('the upstream closes mid-body: the app sees a cut response', async (t) => {
   const upstream = await startServer((socket) => {

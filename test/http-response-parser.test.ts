@@ -1,5 +1,6 @@
 import t from 'tap';
 import {
+  MAX_INTERIM_RESPONSES,
   ResponseParser,
   type BodyKind,
   type ResponseHandler,
@@ -148,6 +149,26 @@ void t.test('1xx interim responses, then the final one', (t) => {
   );
   t.equal(recorder.head?.statusCode, 200);
   t.equal(recorder.text, 'ok');
+  t.end();
+});
+
+void t.test('at most MAX_INTERIM_RESPONSES interim responses before the final one', (t) => {
+  const interim = 'HTTP/1.1 102 Processing\r\n\r\n';
+  const final = 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok';
+  const within = new Recorder();
+  const atLimit = new ResponseParser(within).execute(
+    Buffer.from(interim.repeat(MAX_INTERIM_RESPONSES) + final, 'latin1'),
+  );
+  t.equal(atLimit, undefined);
+  t.equal(within.interim.length, MAX_INTERIM_RESPONSES);
+  t.equal(within.text, 'ok');
+  const over = new Recorder();
+  const error = new ResponseParser(over).execute(
+    Buffer.from(interim.repeat(MAX_INTERIM_RESPONSES + 1) + final, 'latin1'),
+  );
+  t.match(error?.problem, /interim/);
+  t.equal(over.interim.length, MAX_INTERIM_RESPONSES, 'the one too many is not passed on');
+  t.equal(over.head, undefined);
   t.end();
 });
 

@@ -66,6 +66,15 @@ type ParserState =
   | 'done';
 
 const MAX_HEAD_BYTES = 64 * 1024;
+
+/**
+ * Interim (1xx) responses accepted before the final one. Real ones are few: a 100
+ * Continue, some 103 Early Hints, a 102 Processing now and then during a long operation
+ * (every 10 s for a quarter of an hour stays under). More is an upstream that keeps a
+ * request, and its link, going without ever answering, and the app reading heads
+ * without end.
+ */
+export const MAX_INTERIM_RESPONSES = 100;
 const MAX_CHUNK_LINE_BYTES = 4096;
 const CR = 0x0d;
 const LF = 0x0a;
@@ -86,6 +95,7 @@ export class ResponseParser {
   private lineText = '';
   private trailerLines: string[] = [];
   private trailerBytes = 0;
+  private interims = 0;
   private error: HttpResponseError | undefined;
 
   constructor(private readonly handler: ResponseHandler) {}
@@ -220,6 +230,9 @@ export class ResponseParser {
     const head = parseHead(data.toString('latin1', at, end), data.subarray(at, end + 4));
     const bodyAt = end + 4;
     if (head.statusCode < 200 && head.statusCode !== 101) {
+      if (++this.interims > MAX_INTERIM_RESPONSES) {
+        throw new HttpResponseError(`more than ${MAX_INTERIM_RESPONSES} interim responses`);
+      }
       this.handler.onInterim(head);
       return bodyAt;
     }
