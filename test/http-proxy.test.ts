@@ -1,3 +1,4 @@
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import http from 'node:http';
 import net from 'node:net';
 import { gunzipSync, gzipSync } from 'node:zlib';
@@ -12,6 +13,7 @@ import {
   startHttpUpstream,
   statuses,
 } from './helpers/http-upstream.js';
+import { MAX_UNANSWERED } from '../src/proxy/http/session.js';
 import { startNginx } from './helpers/nginx.js';
 import { startServer, until } from './helpers/util.js';
 
@@ -546,5 +548,61 @@ void t.test(
       Array.from({ length: n }, (_, i) => i),
     );
     t.equal(result.closed, true);
+  },
+);
+
+void t.test(
+  'one read of 600 pipelined requests: at most MAX_UNANSWERED parsed ahead of their answers',
+  async (t) => {
+    const upstream = await startHttpUpstream((req, res, seen) =>
+      res.end(`#${req.url?.slice(1)}:${seen.body.toString('latin1')};`),
+    );
+    t.teardown(() => upstream.close());
+    const proxy = await startProxy(upstream.address, { minIdle: 1 }, HTTP);
+    t.teardown(() => proxy.app.stop(100));
+    // node:http reports each request it parses and each response it finishes: on the
+    // proxy's side of the app connection, their difference is what the proxy holds.
+    let outstanding = 0;
+    let peak = 0;
+    const started = (message: unknown): void => {
+      if ((message as { server: unknown }).server === upstream.server) return;
+      peak = Math.max(peak, ++outstanding);
+    };
+    const finished = (message: unknown): void => {
+      if ((message as { server: unknown }).server !== upstream.server) outstanding--;
+    };
+    subscribe('http.server.request.start', started);
+    subscribe('http.server.response.finish', finished);
+    t.teardown(() => {
+      unsubscribe('http.server.request.start', started);
+      unsubscribe('http.server.response.finish', finished);
+    });
+    // Minimal GETs, with bodies here and there that hold CRLFCRLF themselves.
+    const n = 600;
+    let raw = '';
+    const expected: string[] = [];
+    for (let i = 0; i < n; i++) {
+      const last = i === n - 1 ? 'Connection: close\r\n' : '';
+      if (i % 50 === 7) {
+        raw += `POST /${i} HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n${last}\r\na\r\n\r\nb`;
+        expected.push(`#${i}:a\r\n\r\nb;`);
+      } else if (i % 50 === 31) {
+        raw += `POST /${i} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n${last}\r\n4\r\n\r\n\r\n\r\n0\r\n\r\n`;
+        expected.push(`#${i}:\r\n\r\n;`);
+      } else {
+        raw += `GET /${i} HTTP/1.1\r\nHost: a\r\n${last}\r\n`;
+        expected.push(`#${i}:;`);
+      }
+    }
+    t.ok(raw.length < 64 * 1024, `${raw.length} bytes: one read`);
+    const result = await rawRequest(proxy.port, raw, 30_000);
+    t.equal(result.closed, true);
+    const answers = [...result.text.matchAll(/#\d+:[^;]*;/g)].map((m) => m[0]);
+    t.equal(answers.length, n, 'every request answered');
+    t.ok(
+      answers.every((a, i) => a === expected[i]),
+      'in order, bodies intact',
+    );
+    t.ok(peak <= MAX_UNANSWERED, `at most ${peak} requests held at once (bound ${MAX_UNANSWERED})`);
   },
 );

@@ -8,14 +8,16 @@ import type { HttpRouteContext } from './settings.js';
 import type { HttpFailure } from './observer.js';
 import { inspectRequest, isRefusal } from './request-shape.js';
 import { sendError, sendRawErrorAndClose } from './responses.js';
+import { RequestFeed, type FeedOwner } from './request-feed.js';
 import { Tunnel } from './tunnel.js';
 
 /**
- * Pipelined requests queued behind the running one. Past this many, the app's socket stops
- * being read until the queue is half drained: a client that pipelines without end must not
- * grow our memory without end.
+ * Requests of one connection parsed and not yet answered (the running one, those queued
+ * behind it, a refusal waiting for its turn). Past this many, no more of the app's bytes
+ * are parsed and its socket is not read until one is answered: a client that pipelines
+ * without end must not grow our memory without end.
  */
-const MAX_QUEUED = 32;
+export const MAX_UNANSWERED = 16;
 
 /** Where the route's HTTP server finds the session of a socket it parses for. */
 const SESSION = Symbol('sidepool.httpSession');
@@ -54,7 +56,7 @@ interface PendingError {
  * this connection holds no link between requests; pipelined requests are answered in
  * order (Node queues the responses; we run the exchanges one after another).
  */
-export class HttpSession implements Session, ExchangeOwner {
+export class HttpSession implements Session, ExchangeOwner, FeedOwner {
   private state: SessionState = 'open';
   private current: Exchange | undefined;
   private readonly queue: Exchange[] = [];
@@ -68,8 +70,9 @@ export class HttpSession implements Session, ExchangeOwner {
   private pendingError: PendingError | undefined;
   private clientErrored = false;
   private draining = false;
-  /** Reading paused because too many pipelined requests are queued. */
-  private readPaused = false;
+  /** Requests parsed and not yet answered (see MAX_UNANSWERED). */
+  private unanswered = 0;
+  private feed: RequestFeed | undefined;
   private firstSocketError: Error | undefined;
   private readonly startedAt = performance.now();
 
@@ -100,6 +103,13 @@ export class HttpSession implements Session, ExchangeOwner {
     socket.on('error', onSocketError);
     socket.on('close', onSocketClose);
     this.parser.emit('connection', socket);
+    this.feed = RequestFeed.take(socket, this);
+    if (this.feed === undefined) {
+      this.route.log.warn(
+        { session: this.id },
+        'node:http is not set up as expected: pipelined requests are bounded per read only',
+      );
+    }
     this.waitForHead();
   }
 
@@ -125,6 +135,7 @@ export class HttpSession implements Session, ExchangeOwner {
 
   onRequest(req: IncomingMessage, res: ServerResponse, expectContinue: boolean): void {
     this.awaitingHead = false;
+    this.unanswered++;
     if (this.state !== 'open') {
       this.ignore(req);
       return;
@@ -142,17 +153,13 @@ export class HttpSession implements Session, ExchangeOwner {
     if (this.current === undefined) {
       this.current = exchange;
       exchange.start();
-    } else {
-      this.queue.push(exchange);
-      if (this.queue.length >= MAX_QUEUED && !this.readPaused) {
-        this.readPaused = true;
-        this.socket.pause();
-      }
-    }
+    } else this.queue.push(exchange);
   }
 
   onUpgrade(req: IncomingMessage, early: Buffer): void {
     this.awaitingHead = false;
+    // node:http let go of the socket: its bytes are no longer parsed as HTTP.
+    this.feed?.detach();
     if (this.state !== 'open') {
       // node:http let go of the socket; it closes after the last answer all the same.
       this.ignore(req);
@@ -223,7 +230,10 @@ export class HttpSession implements Session, ExchangeOwner {
     this.ctx.observer.failed('bad_request');
     const observer = this.ctx.observer;
     const started = performance.now();
-    res.once('finish', () => observer.responded(status, (performance.now() - started) / 1000));
+    res.once('finish', () => {
+      observer.responded(status, (performance.now() - started) / 1000);
+      this.answered();
+    });
     // The request's body, if any, is not read: the connection closes after the answer.
     sendError(res, status, 'bad_request', true);
   }
@@ -239,10 +249,22 @@ export class HttpSession implements Session, ExchangeOwner {
     }
   }
 
+  /** How many more requests may be parsed now (the feed asks before each slice). */
+  roomForRequests(): number {
+    return this.clientErrored ? 0 : MAX_UNANSWERED - this.unanswered;
+  }
+
+  private answered(): void {
+    this.unanswered--;
+    // Read again in batches, not a request at a time.
+    if (this.unanswered <= MAX_UNANSWERED / 2) this.feed?.resume();
+  }
+
   exchangeDone(exchange: Exchange): void {
     if (exchange !== this.current) return;
     this.current = undefined;
     this.served++;
+    this.answered();
     if ((this.state !== 'open' && this.state !== 'closing') || this.socket.destroyed) return;
     if (this.socket.writableEnded) {
       // The response said Connection: close (node:http ended the socket after it): what was
@@ -253,10 +275,6 @@ export class HttpSession implements Session, ExchangeOwner {
     }
     const next = this.queue.shift();
     if (next !== undefined) {
-      if (this.readPaused && this.queue.length <= MAX_QUEUED / 2) {
-        this.readPaused = false;
-        this.socket.resume();
-      }
       this.current = next;
       next.start();
       return;
