@@ -1,6 +1,8 @@
+import { execFile } from 'node:child_process';
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import t from 'tap';
 import { startProxy } from './helpers/app.js';
 import { fetchHttp, oneConnectionAgent, sha256 } from './helpers/http-upstream.js';
@@ -68,3 +70,36 @@ void t.test('through a real nginx: connections reused, bodies intact', async (t)
   const m = await proxy.app.metrics.render();
   t.match(m, /sidepool_http_requests_total\{route="test",code="4xx"\} 1/);
 });
+
+const exec = promisify(execFile);
+
+void t.test(
+  'curl using sidepool as its proxy: absolute-form targets, Host from the route',
+  async (t) => {
+    // nginx says which virtual host it chose and the request line it was sent.
+    const nginx = await startNginx('location / { return 200 "$host|$request\\n"; }');
+    t.teardown(() => nginx.stop());
+    const pinned = await startProxy(
+      { address: nginx.address, host: 'app.internal' } as unknown as string,
+      { minIdle: 0 },
+      { mode: 'http' },
+    );
+    t.teardown(() => pinned.app.stop(100));
+    const plain = await startProxy(nginx.address, { minIdle: 0 }, { mode: 'http' });
+    t.teardown(() => plain.app.stop(100));
+    // `curl -x` sends `GET http://admin.internal/secret?x=1 HTTP/1.1`, as to any proxy.
+    const curl = async (port: number): Promise<string> =>
+      (
+        await exec('curl', [
+          '-sS',
+          '--max-time',
+          '10',
+          '-x',
+          `http://127.0.0.1:${port}`,
+          'http://admin.internal/secret?x=1',
+        ])
+      ).stdout;
+    t.equal(await curl(pinned.port), 'app.internal|GET /secret?x=1 HTTP/1.1\n');
+    t.equal(await curl(plain.port), 'admin.internal|GET /secret?x=1 HTTP/1.1\n');
+  },
+);
