@@ -1,11 +1,13 @@
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import tls from 'node:tls';
 import t from 'tap';
 import { App } from '../src/app.js';
 import { parseConfig } from '../src/config/load.js';
 import type { TlsObserver } from '../src/tls/observer.js';
 import { TestPki, type KeyPair, type TestCa } from './helpers/certs.js';
+import { startHttpUpstream } from './helpers/http-upstream.js';
 import { freePort, waitForPort } from './helpers/redis.js';
 import { startTlsServer, tlsRoundTrip } from './helpers/tls-server.js';
 import { captureLogger, roundTrip, sleep, until } from './helpers/util.js';
@@ -238,6 +240,56 @@ void t.test('routes with different TLS settings never share a pool', async (t) =
   t.equal(pools[3]?.name, upstream.address);
   t.not(pools[2]?.name, pools[0]?.name, 'pool names stay distinct');
 });
+
+void t.test(
+  'http mode behind TLS termination: pipelined requests bounded, answered in order',
+  async (t) => {
+    const upstream = await startHttpUpstream((req, res) => res.end(`#${req.url?.slice(1)};`));
+    t.teardown(() => upstream.close());
+    const { port, lines } = await startApp([
+      {
+        mode: 'http',
+        tls: { cert: listenerCert.cert, key: listenerCert.key },
+        upstream: upstream.address,
+        pool: { minIdle: 1 },
+      },
+    ]);
+    const n = 100;
+    let raw = '';
+    for (let i = 0; i < n; i++)
+      raw += `GET /${i} HTTP/1.1\r\nHost: a\r\n${i === n - 1 ? 'Connection: close\r\n' : ''}\r\n`;
+    // A refused request, and one behind it that must not be forwarded.
+    raw = raw.replace(
+      'Connection: close\r\n\r\n',
+      '\r\nGET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n',
+    );
+    const text = await new Promise<string>((resolve, reject) => {
+      let got = '';
+      const socket = tls.connect(
+        { host: '127.0.0.1', port, ca: readFileSync(ca.cert), servername: 'sidepool.local' },
+        () => socket.write(raw),
+      );
+      socket.on('data', (c: Buffer) => (got += c.toString('latin1')));
+      socket.on('error', reject);
+      socket.on('close', () => resolve(got));
+    });
+    const order = [...text.matchAll(/#(\d+);/g)].map((m) => Number(m[1]));
+    t.same(
+      order,
+      Array.from({ length: n }, (_, i) => i),
+    );
+    t.match(text, /HTTP\/1\.1 400 [^]*$/, 'then the refusal, and the connection closed');
+    t.same(
+      upstream.requests.filter((r) => !/^\/\d+$/.test(r.url)).map((r) => r.url),
+      [],
+      'nothing after the refusal went upstream',
+    );
+    t.notOk(
+      lines.some((l) => /not set up as expected/.test(String(l.msg))),
+      'the request feed took the TLS socket',
+    );
+  },
+);
 
 void t.test('certificate expiry per owner and role, for metrics', async (t) => {
   const upstream = await startTlsServer({ identity: upstreamCert });
