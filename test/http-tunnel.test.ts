@@ -142,13 +142,22 @@ void t.test(
     t.teardown(() => proxy.app.stop(100));
     const result = await rawRequest(
       proxy.port,
-      'POST /ws HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\nConnection: Upgrade\r\nContent-Length: 5\r\n\r\n' +
-        'hello' +
+      'GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n' +
         'GET /admin HTTP/1.1\r\nHost: admin\r\n\r\n',
     );
     t.same(statuses(result.text), [426]);
     t.match(result.text, /no upgrade here\n$/);
     t.equal(result.closed, true);
+    // An upgrade with a body is refused: its body and what follows cannot be told apart
+    // the same way on every Node version.
+    const withBody = await rawRequest(
+      proxy.port,
+      'POST /ws HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\nConnection: Upgrade\r\nContent-Length: 5\r\n\r\n' +
+        'hello' +
+        'GET /admin HTTP/1.1\r\nHost: admin\r\n\r\n',
+    );
+    t.same(statuses(withBody.text), [400]);
+    t.equal(withBody.closed, true);
     t.equal((await fetchHttp(proxy.port, { path: '/sentinel' })).status, 426);
     await until(() => readIfThere(log).includes('/sentinel'), 5000, 'the access log');
     t.same(
@@ -156,8 +165,8 @@ void t.test(
         .trim()
         .split('\n')
         .map((line) => /"(\w+ \S+) HTTP/.exec(line)?.[1]),
-      ['POST /ws', 'GET /sentinel'],
-      'the body went with the request; what followed it did not',
+      ['GET /ws', 'GET /sentinel'],
+      'what followed the upgrade request never reached nginx',
     );
   },
 );

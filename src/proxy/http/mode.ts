@@ -61,7 +61,9 @@ function requestParser(): http.Server {
     sessionOf(req.socket)?.onRequest(req, res, true);
   });
   const onTunnel = (req: http.IncomingMessage, socket: Socket, head: Buffer): void => {
-    const session = sessionOf(socket);
+    // Node versions after 20 hand over a wrapper stream when the upgrade has a body still
+    // to come; the session, which refuses such upgrades, is found on the request's socket.
+    const session = sessionOf(socket) ?? sessionOf(req.socket);
     if (session === undefined) socket.destroy();
     else session.onUpgrade(req, head);
   };

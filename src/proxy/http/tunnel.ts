@@ -46,14 +46,12 @@ export class Tunnel implements LeaseHolder {
   /** The link, once the splice has it. */
   private spliceLink: Link | undefined;
   /**
-   * What the app sent after its request head. The request's own body goes upstream with
-   * the head; the rest is for the new protocol and waits for the switch: an upstream that
-   * refuses would otherwise read it as HTTP, requests sidepool never saw.
+   * What the app sent after its request head (the session refuses upgrades with a body):
+   * it is for the new protocol and waits for the switch. An upstream that refuses would
+   * otherwise read it as HTTP, requests sidepool never saw.
    */
   private held: Buffer[] = [];
   private heldBytes = 0;
-  /** Bytes of the request's body (Content-Length) not yet sent upstream. */
-  private bodyLeft: number;
   /** Something of the upstream's answer (an interim response, a refusal) reached the app. */
   private wroteDownstream = false;
   private readonly isConnect: boolean;
@@ -62,15 +60,14 @@ export class Tunnel implements LeaseHolder {
   constructor(
     private readonly ctx: HttpRouteContext,
     private readonly req: IncomingMessage,
-    /** Framed by length or not at all: the session refuses a chunked upgrade. */
-    private readonly shape: RequestTarget & { length: number },
+    /** Without a body: the session refuses an upgrade that has one. */
+    private readonly shape: RequestTarget,
     private readonly down: Socket,
     early: Buffer,
     private readonly upgrade: string | undefined,
     private readonly onDone: (outcome: SpliceOutcome | undefined) => void,
   ) {
     this.isConnect = req.method === 'CONNECT';
-    this.bodyLeft = shape.framing === 'length' ? shape.length : 0;
     this.lease = new LinkLease(ctx, this);
     if (early.length > 0) this.hold(early);
   }
@@ -98,7 +95,6 @@ export class Tunnel implements LeaseHolder {
 
   appBytes(chunk: Buffer): number {
     this.hold(chunk);
-    if (this.state === 'asking') this.sendBody();
     return this.heldBytes > MAX_HELD_BYTES ? CHUNK_KEPT | READ_PAUSE : CHUNK_KEPT;
   }
 
@@ -126,22 +122,6 @@ export class Tunnel implements LeaseHolder {
     stopReading(down);
   }
 
-  /** Sends what is held of the request's body; the rest of what is held waits. */
-  private sendBody(): void {
-    const socket = this.lease.socket as Socket;
-    let more = true;
-    while (this.bodyLeft > 0 && this.held.length > 0) {
-      const chunk = this.held[0] as Buffer;
-      const part = chunk.length <= this.bodyLeft ? chunk : chunk.subarray(0, this.bodyLeft);
-      if (part === chunk) this.held.shift();
-      else this.held[0] = chunk.subarray(part.length);
-      this.heldBytes -= part.length;
-      this.bodyLeft -= part.length;
-      more = socket.write(part);
-    }
-    if (!more) this.down.pause();
-  }
-
   // ── the link ───────────────────────────────────────────────────────────
 
   linked(): void {
@@ -149,7 +129,6 @@ export class Tunnel implements LeaseHolder {
     this.state = 'asking';
     const socket = this.lease.socket as Socket;
     socket.write(requestHead(this.req, this.shape, this.ctx.settings, this.upgrade), 'latin1');
-    this.sendBody();
   }
 
   noLink(reason: HttpFailure, cause: Error | undefined): void {
@@ -169,7 +148,7 @@ export class Tunnel implements LeaseHolder {
   }
 
   upstreamDrained(): void {
-    if (this.state === 'asking' && this.heldBytes <= MAX_HELD_BYTES) this.down.resume();
+    // Nothing but the head is written before the switch.
   }
 
   // ── the upstream's answer ──────────────────────────────────────────────
