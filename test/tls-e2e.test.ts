@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import tls from 'node:tls';
@@ -8,7 +7,8 @@ import { parseConfig } from '../src/config/load.js';
 import type { TlsObserver } from '../src/tls/observer.js';
 import { TestPki, type KeyPair, type TestCa } from './helpers/certs.js';
 import { startHttpUpstream } from './helpers/http-upstream.js';
-import { freePort, waitForPort } from './helpers/redis.js';
+import { startProcess } from './helpers/process.js';
+import { freePort } from './helpers/redis.js';
 import { startTlsServer, tlsRoundTrip } from './helpers/tls-server.js';
 import { captureLogger, roundTrip, sleep, until } from './helpers/util.js';
 
@@ -183,30 +183,16 @@ void t.test(
 void t.test('a real redis-server with TLS (and mTLS) as the upstream', async (t) => {
   const port = await freePort();
   const client = await ca.issue('redis-client');
-  const redis = spawn(
-    'redis-server',
-    [
-      '--port',
-      '0',
-      '--tls-port',
-      String(port),
-      '--bind',
-      '127.0.0.1',
-      '--save',
-      '',
-      '--appendonly',
-      'no',
-    ]
+  const redis = await startProcess({
+    command: 'redis-server',
+    args: ['--port', '0', '--tls-port', String(port), '--bind', '127.0.0.1', '--save', '']
+      .concat(['--appendonly', 'no', '--dir', pki.dir])
       .concat(['--tls-cert-file', upstreamCert.cert, '--tls-key-file', upstreamCert.key])
-      .concat(['--tls-ca-cert-file', ca.cert, '--tls-auth-clients', 'yes', '--dir', pki.dir]),
-    { stdio: 'ignore' },
-  );
-  const exited = new Promise<void>((resolve) => redis.once('exit', () => resolve()));
-  t.teardown(async () => {
-    redis.kill('SIGTERM');
-    await exited;
+      .concat(['--tls-ca-cert-file', ca.cert, '--tls-auth-clients', 'yes']),
+    debianPackage: 'redis-server',
+    ready: { port },
   });
-  await waitForPort(port);
+  t.teardown(() => redis.stop());
   const { route } = await startApp([
     {
       upstream: {

@@ -3,13 +3,29 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { MissingToolError } from './process.js';
 
 /**
  * A throwaway PKI made with the system's openssl for each test run: nothing is committed,
  * nothing expires in a year and breaks the build. EC P-256 keys, so it takes milliseconds.
  */
 
-const run = promisify(execFile);
+const execFileAsync = promisify(execFile);
+
+/** Runs openssl; a missing openssl fails with its name and package, like every server helper. */
+async function run(
+  command: 'openssl',
+  args: string[],
+  options: { env?: NodeJS.ProcessEnv; cwd?: string },
+): Promise<void> {
+  try {
+    await execFileAsync(command, args, options);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT')
+      throw new MissingToolError(command, 'openssl');
+    throw err;
+  }
+}
 
 const OPENSSL_CONFIG = `
 [req]

@@ -1,8 +1,9 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { startProcess } from './process.js';
 import { freePort } from './redis.js';
+import { until } from './util.js';
 
 export interface DnsServer {
   port: number;
@@ -11,6 +12,8 @@ export interface DnsServer {
   setRecords(records: Record<string, string[]>): Promise<void>;
   stop(): Promise<void>;
 }
+
+const HOSTS_READ = /read .*hosts/g;
 
 /** A real DNS server (dnsmasq, Debian package dnsmasq-base) on a loopback port. */
 export async function startDns(records: Record<string, string[]>): Promise<DnsServer> {
@@ -25,9 +28,9 @@ export async function startDns(records: Record<string, string[]>): Promise<DnsSe
     );
   await write(records);
   const port = await freePort();
-  const child: ChildProcess = spawn(
-    'dnsmasq',
-    [
+  const server = await startProcess({
+    command: 'dnsmasq',
+    args: [
       '--keep-in-foreground',
       `--port=${port}`,
       '--listen-address=127.0.0.1',
@@ -39,44 +42,25 @@ export async function startDns(records: Record<string, string[]>): Promise<DnsSe
       '--user=root',
       '--log-facility=-',
     ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  let output = '';
-  child.stdout?.on('data', (c: Buffer) => (output += c.toString()));
-  child.stderr?.on('data', (c: Buffer) => (output += c.toString()));
-  await new Promise<void>((resolve, reject) => {
-    child.once('error', (err) =>
-      reject(new Error(`cannot start dnsmasq (is dnsmasq-base installed?): ${err.message}`)),
-    );
-    child.once('exit', (code) => reject(new Error(`dnsmasq exited ${code}: ${output}`)));
-    const poll = setInterval(() => {
-      if (/read .*hosts/.test(output)) {
-        clearInterval(poll);
-        resolve();
-      }
-    }, 10);
+    debianPackage: 'dnsmasq-base',
+    ready: { output: /read .*hosts/ },
+  }).catch(async (err: unknown) => {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
   });
+  const reads = (): number => (server.output().match(HOSTS_READ) ?? []).length;
   return {
     port,
     address: `127.0.0.1:${port}`,
     async setRecords(r) {
       await write(r);
-      const reads = (output.match(/read .*hosts/g) ?? []).length;
-      child.kill('SIGHUP');
-      await new Promise<void>((resolve) => {
-        const poll = setInterval(() => {
-          if ((output.match(/read .*hosts/g) ?? []).length > reads) {
-            clearInterval(poll);
-            resolve();
-          }
-        }, 10);
-      });
+      const before = reads();
+      server.process.kill('SIGHUP');
+      await until(() => reads() > before, 30_000, 'dnsmasq to re-read its hosts file');
     },
-    stop: () =>
-      new Promise<void>((resolve) => {
-        if (child.exitCode !== null) return resolve();
-        child.once('exit', () => resolve());
-        child.kill('SIGTERM');
-      }),
+    async stop() {
+      await server.stop();
+      await rm(dir, { recursive: true, force: true });
+    },
   };
 }

@@ -1,8 +1,9 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort, waitForPort } from './redis.js';
+import { startProcess } from './process.js';
+import { freePort } from './redis.js';
 
 export interface Nginx {
   port: number;
@@ -42,33 +43,22 @@ http {
 }
 `;
   await writeFile(join(dir, 'nginx.conf'), conf);
-  const child = spawn(
-    NGINX,
-    ['-c', join(dir, 'nginx.conf'), '-p', dir, '-e', join(dir, 'error.log')],
-    {
-      stdio: 'ignore',
-    },
-  );
-  const failed = new Promise<never>((_, reject) => {
-    child.once('error', (err) =>
-      reject(new Error(`cannot start nginx (apt-get install nginx-light): ${err.message}`)),
-    );
-    child.once('exit', (code) => reject(new Error(`nginx exited with ${code}`)));
+  const nginx = await startProcess({
+    command: NGINX,
+    args: ['-c', join(dir, 'nginx.conf'), '-p', dir, '-e', join(dir, 'error.log')],
+    debianPackage: 'nginx-light',
+    ready: { port },
+  }).catch(async (err: unknown) => {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
   });
-  await Promise.race([waitForPort(port), failed]);
-  failed.catch(() => {});
   return {
     port,
     address: `127.0.0.1:${port}`,
-    process: child,
-    stop: () =>
-      new Promise<void>((resolve) => {
-        const done = (): void => {
-          void rm(dir, { recursive: true, force: true }).then(() => resolve());
-        };
-        if (child.exitCode !== null) return done();
-        child.once('exit', done);
-        child.kill('SIGTERM');
-      }),
+    process: nginx.process,
+    stop: async () => {
+      await nginx.stop();
+      await rm(dir, { recursive: true, force: true });
+    },
   };
 }

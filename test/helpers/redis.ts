@@ -1,5 +1,6 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import net from 'node:net';
+import { startProcess } from './process.js';
 
 /** A free loopback port: bound on port 0, then released. */
 export async function freePort(): Promise<number> {
@@ -8,23 +9,6 @@ export async function freePort(): Promise<number> {
   const { port } = server.address() as net.AddressInfo;
   await new Promise<void>((resolve) => server.close(() => resolve()));
   return port;
-}
-
-/** Waits until something accepts on the port. */
-export async function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect(port, '127.0.0.1', () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.on('error', () => resolve(false));
-    });
-    if (ok) return;
-    if (Date.now() > deadline) throw new Error(`nothing listens on ${port}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 export interface RedisServer {
@@ -36,9 +20,9 @@ export interface RedisServer {
 /** A real redis-server on a free loopback port, no persistence. */
 export async function startRedis(extraArgs: string[] = []): Promise<RedisServer> {
   const port = await freePort();
-  const child = spawn(
-    'redis-server',
-    [
+  const server = await startProcess({
+    command: 'redis-server',
+    args: [
       '--port',
       String(port),
       '--bind',
@@ -47,24 +31,9 @@ export async function startRedis(extraArgs: string[] = []): Promise<RedisServer>
       '',
       '--appendonly',
       'no',
-      ...extraArgs,
-    ],
-    { stdio: 'ignore' },
-  );
-  const failed = new Promise<never>((_, reject) => {
-    child.once('error', (err) =>
-      reject(new Error(`cannot start redis-server (is it installed?): ${err.message}`)),
-    );
+    ].concat(extraArgs),
+    debianPackage: 'redis-server',
+    ready: { port },
   });
-  await Promise.race([waitForPort(port), failed]);
-  return {
-    port,
-    process: child,
-    stop: () =>
-      new Promise<void>((resolve) => {
-        if (child.exitCode !== null) return resolve();
-        child.once('exit', () => resolve());
-        child.kill('SIGTERM');
-      }),
-  };
+  return { port, process: server.process, stop: () => server.stop() };
 }
