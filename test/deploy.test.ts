@@ -1125,6 +1125,15 @@ void t.test(
     };
     const v = await run(process.execPath, [cli, '--version'], { cwd: app, env });
     t.equal(v.stdout.trim(), version, '--version');
+    // The demo writes its certificate itself: no X.509 library among the dependencies.
+    t.notOk(existsSync(path.join(app, 'node_modules', 'node-forge')), 'no node-forge');
+    const demo = await run(process.execPath, [cli, 'demo', '--requests', '8', '--rtt', '5ms'], {
+      cwd: app,
+      env,
+    });
+    t.equal(demo.code, 0, 'sidepool demo runs on the production dependencies alone', {
+      stderr: demo.stderr,
+    });
     const check = await run(process.execPath, [cli, 'check'], { cwd: app, env });
     t.equal(check.code, 0, 'check, with the config named by SIDEPOOL_CONFIG as in the image', {
       stderr: check.stderr,

@@ -9,7 +9,8 @@ import { formatDuration } from '../config/duration.js';
 import { parseConfig } from '../config/load.js';
 import { describe } from '../errors.js';
 import { DelayRelay } from './delay-relay.js';
-import { DemoUpstream, selfSignedCertificate, type UpstreamCounts } from './upstream.js';
+import { selfSignedCertificate } from './certificate.js';
+import { DemoUpstream, type UpstreamCounts } from './upstream.js';
 
 export interface DemoOptions {
   /** Simulated network round trip to the upstream. */
@@ -55,7 +56,12 @@ export async function runDemo(
     say(
       `sidepool demo: a TLS upstream ${formatDuration(options.rttMs)} away (simulated), and a warm sidepool in front of it.`,
     );
-    const certificate = selfSignedCertificate();
+    const certificate = selfSignedCertificate({
+      commonName: 'sidepool demo upstream',
+      altNames: ['localhost', '127.0.0.1'],
+      notBefore: new Date(Date.now() - 60_000),
+      notAfter: new Date(Date.now() + 24 * 3_600_000),
+    });
     const caPath = join(dir, 'upstream-ca.pem');
     await writeFile(caPath, certificate.cert);
 
