@@ -25,14 +25,6 @@ export interface DemoOptions {
   admin: string;
 }
 
-interface RunResult {
-  latencies: number[];
-  failures: number;
-  /** Why the first failed request failed. */
-  firstFailure?: string;
-  upstream: UpstreamCounts;
-}
-
 const REQUEST = 'GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n';
 
 /**
@@ -83,6 +75,7 @@ export async function runDemo(
     );
 
     // 2. Through sidepool: plain text to localhost, a warm TLS link to the upstream.
+    const base = { ...upstream.counts };
     const config = parseConfig({
       admin: { listen: options.admin },
       log: { level: 'warn' },
@@ -102,22 +95,40 @@ export async function runDemo(
     await app.start();
     cleanups.push(() => app.stop(1000));
     const route = app.firstRoute;
-    await waitWarm(() => route.pool.isWarm, 10_000 + options.rttMs * 10);
-    const before = { ...upstream.counts };
+    const settleMs = 10_000 + options.rttMs * 10;
+    await waitUntil(() => route.pool.isWarm, settleMs, 'the pool did not warm up');
+    // Counted at the upstream once their handshakes are done there too (if they never
+    // are, what is there is counted).
+    const settle = (): Promise<void> =>
+      waitUntil(() => settled(upstream.counts, base, route.pool.stats()), settleMs, '').catch(
+        () => undefined,
+      );
+    await settle();
+    const warm = { ...upstream.counts };
     const through = await measure('sidepool', options, out, upstream, () =>
       net.connect(route.port, '127.0.0.1'),
     );
-    // Links dialed to warm the pool count too: they are the handshakes this run cost.
-    through.upstream = {
-      connections: upstream.counts.connections,
-      fullHandshakes: upstream.counts.fullHandshakes - direct.upstream.fullHandshakes,
-      resumedHandshakes: upstream.counts.resumedHandshakes - direct.upstream.resumedHandshakes,
-      requests: upstream.counts.requests - before.requests,
+    // The replacements dialed during the run finish in the background: wait for them, so
+    // that connections and handshakes add up.
+    await settle();
+    const acquires = acquireCounts(await app.metrics.render());
+    const summary: Summary = {
+      rttMs: options.rttMs,
+      requests: options.requests,
+      concurrency: options.concurrency,
+      direct,
+      through: {
+        ...through,
+        // The links dialed to warm the pool count too: they are what this run cost upstream.
+        upstream: difference(upstream.counts, direct.upstream),
+      },
+      warmUpConnections: warm.connections - direct.upstream.connections,
+      acquiredIdle: acquires.idle,
+      acquiredDialed: acquires.dialed,
     };
-    through.upstream.connections -= direct.upstream.connections;
 
     say();
-    printTable(say, options, direct, through);
+    printTable(say, summary);
     const adminPort = app.admin?.port;
     if (adminPort !== undefined) {
       say();
@@ -215,16 +226,33 @@ function oneRequest(connect: () => net.Socket): Promise<number> {
   });
 }
 
-function printTable(
-  say: (line?: string) => void,
-  options: DemoOptions,
-  direct: RunResult,
-  through: RunResult,
-): void {
+/** What a demo run measured, for the table and the conclusions drawn from it. */
+export interface Summary {
+  rttMs: number;
+  requests: number;
+  concurrency: number;
+  direct: RunResult;
+  through: RunResult;
+  /** Upstream connections sidepool made before the run, to warm its pool. */
+  warmUpConnections: number;
+  /** Requests through sidepool that took an idle (warm) link, and that waited for a dial. */
+  acquiredIdle: number;
+  acquiredDialed: number;
+}
+
+export interface RunResult {
+  latencies: number[];
+  failures: number;
+  /** Why the first failed request failed. */
+  firstFailure?: string;
+  upstream: UpstreamCounts;
+}
+
+function printTable(say: (line?: string) => void, summary: Summary): void {
   const rows = [
     ['', 'requests', 'failed', 'p50', 'p99', 'upstream conns', 'full TLS handshakes', 'resumed'],
-    row('direct (TLS per request)', direct),
-    row('through sidepool', through),
+    row('direct (TLS per request)', summary.direct),
+    row('through sidepool', summary.through),
   ];
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   for (const r of rows)
@@ -234,24 +262,101 @@ function printTable(
         .join('  '),
     );
   say();
-  const p50Direct = percentile(direct.latencies, 50);
-  const p50Through = percentile(through.latencies, 50);
+  for (const line of conclusions(summary)) say(line);
+}
+
+/**
+ * What the run shows, in sentences that claim only what was measured: the latency ratio
+ * (and why, only when sidepool was faster), where each upstream connection came from, and
+ * how many handshakes were full.
+ */
+export function conclusions(s: Summary): string[] {
+  const lines: string[] = [];
+  const p50Direct = percentile(s.direct.latencies, 50);
+  const p50Through = percentile(s.through.latencies, 50);
+  const served = s.acquiredIdle + s.acquiredDialed;
+  const warmLinks =
+    s.acquiredDialed === 0
+      ? `every request took a warm link (${s.acquiredIdle} of ${served} from idle)`
+      : `${s.acquiredIdle} of ${served} requests took a warm link, ${s.acquiredDialed} waited for a dial`;
+  const twoTrips = formatDuration(s.rttMs * 2);
   if (p50Direct > 0 && p50Through > 0) {
-    say(
-      `p50 through sidepool is ${(p50Through / p50Direct).toFixed(2)}x direct: the TCP and TLS handshakes ` +
-        `(${formatDuration(options.rttMs * 2)} of round trips) were paid before the request came.`,
-    );
+    const ratio = `p50 through sidepool is ${(p50Through / p50Direct).toFixed(2)}x direct (${ms(p50Through)} against ${ms(p50Direct)})`;
+    if (p50Through < p50Direct) {
+      lines.push(
+        `${ratio}: ${warmLinks}, its TCP and TLS handshakes (two round trips, ${twoTrips} here) ` +
+          'done before the request came.',
+      );
+    } else {
+      // Direct costs three round trips (TCP, TLS, request); what it took beyond them is
+      // this machine's own time: TLS CPU, a busy scheduler.
+      const own = p50Direct - s.rttMs * 3;
+      lines.push(
+        `${ratio}: not faster in this run, though ${warmLinks}. A warm link saves two round ` +
+          `trips, ${twoTrips} here; direct took ${ms(p50Direct)} for three round trips of ` +
+          `${formatDuration(s.rttMs * 3)}` +
+          (own > 0
+            ? `, so ${ms(own)} of it was this machine's own time (a loaded CPU shows as latency)`
+            : '') +
+          '. A longer --rtt, or a quieter machine, shows the difference.',
+      );
+    }
   }
-  const saved = direct.upstream.fullHandshakes - through.upstream.fullHandshakes;
-  if (saved > 0) {
-    say(
-      `Full TLS handshakes at the upstream: ${direct.upstream.fullHandshakes} direct, ${through.upstream.fullHandshakes} through sidepool ` +
-        `(${saved} saved: replacement links resume the TLS session).`,
-    );
-  }
-  say(
-    `Each run: ${options.requests} requests, a new connection each, ${options.concurrency} at a time.`,
+  const conns = s.through.upstream.connections;
+  const replacements = conns - s.warmUpConnections;
+  lines.push(
+    `Upstream connections: ${s.direct.upstream.connections} direct, one per request; ` +
+      `${conns} through sidepool: ${s.warmUpConnections} dialed before the run to warm the pool, ` +
+      `${replacements} during it. In tcp mode a link carries one session and is then closed (its ` +
+      'bytes belong to that session); the pool dials a replacement ahead, in the background, ' +
+      "so the next request finds one warm: sidepool saves the requests' waiting, not connections.",
   );
+  const full = s.through.upstream.fullHandshakes;
+  const resumed = s.through.upstream.resumedHandshakes;
+  const pending = conns - full - resumed;
+  lines.push(
+    `Full TLS handshakes at the upstream: ${s.direct.upstream.fullHandshakes} direct, ${full} through sidepool` +
+      (resumed > 0 ? `; ${resumed} more resumed a TLS session (cheaper for the upstream)` : '') +
+      (pending > 0 ? `; ${pending} still handshaking when counted` : '') +
+      '.',
+  );
+  lines.push(
+    `Each run: ${s.requests} requests, a new connection each, ${s.concurrency} at a time.`,
+  );
+  return lines;
+}
+
+function ms(value: number): string {
+  return `${value.toFixed(1)} ms`;
+}
+
+/** No dial is open, and the upstream saw every connection since `base` through its handshake. */
+function settled(now: UpstreamCounts, base: UpstreamCounts, pool: { connecting: number }): boolean {
+  const since = difference(now, base);
+  return (
+    pool.connecting === 0 && since.fullHandshakes + since.resumedHandshakes === since.connections
+  );
+}
+
+function difference(now: UpstreamCounts, before: UpstreamCounts): UpstreamCounts {
+  return {
+    connections: now.connections - before.connections,
+    fullHandshakes: now.fullHandshakes - before.fullHandshakes,
+    resumedHandshakes: now.resumedHandshakes - before.resumedHandshakes,
+    requests: now.requests - before.requests,
+  };
+}
+
+/** sidepool_pool_acquires_total by result, from the metrics text. */
+function acquireCounts(text: string): { idle: number; dialed: number } {
+  const count = (result: string): number =>
+    Number(
+      new RegExp(
+        `^sidepool_pool_acquires_total\\{[^}]*result="${result}"[^}]*\\} (\\d+)`,
+        'm',
+      ).exec(text)?.[1] ?? 0,
+    );
+  return { idle: count('idle'), dialed: count('dialed') };
 }
 
 function row(label: string, result: RunResult): string[] {
@@ -273,10 +378,10 @@ function percentile(values: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? 0;
 }
 
-async function waitWarm(isWarm: () => boolean, timeoutMs: number): Promise<void> {
+async function waitUntil(done: () => boolean, timeoutMs: number, failure: string): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (!isWarm()) {
-    if (Date.now() > deadline) throw new Error('the pool did not warm up');
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error(failure);
     await new Promise((r) => setTimeout(r, 10));
   }
 }
