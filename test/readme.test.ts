@@ -6,9 +6,10 @@ import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import net from 'node:net';
 import { createClient } from 'redis';
 import t, { type Test } from 'tap';
-import { startCli } from './helpers/cli.js';
+import { CLI, startCommand, type RunningCli } from './helpers/cli.js';
 import { freePort, startRedis } from './helpers/redis.js';
 
 const exec = promisify(execFile);
@@ -29,27 +30,57 @@ const quickStartYaml = /```yaml\n(# sidepool\.yaml\n[\s\S]*?)```/.exec(readme)?.
 
 const npx = (args: string[], cwd = ROOT) => exec('npx', args, { cwd, timeout: 120_000 });
 
-/** Runs `sidepool run …` with the README's ports mapped to free ones and redis behind it. */
-async function runAndPing(
-  t: Test,
-  args: string[],
-  ports: Record<string, number>,
-  cwd?: string,
-  runtime: { env?: NodeJS.ProcessEnv; nodeFlags?: string[] } = {},
-): Promise<ReturnType<typeof startCli>> {
-  const mapped = args.map((a) =>
+/** The README's ports mapped to free ones. */
+function mapPorts(args: string[], ports: Record<string, number>): string[] {
+  return args.map((a) =>
     a.replace(/127\.0\.0\.1:(\d+)/g, (all, p: string) => `127.0.0.1:${ports[p] ?? p}`),
   );
-  const cli = startCli(mapped, runtime.env, cwd, runtime.nodeFlags);
+}
+
+/**
+ * Runs a README command that starts sidepool (`argv[0]` is executed as written, so the
+ * README's own `./node_modules/.bin/sidepool` from the checkout), with its ports mapped to
+ * free ones and redis behind it, and PINGs through it.
+ */
+async function runAndPing(
+  t: Test,
+  argv: string[],
+  ports: Record<string, number>,
+  cwd?: string,
+  env?: NodeJS.ProcessEnv,
+): Promise<RunningCli> {
+  const cli = startCommand(mapPorts(argv, ports), env, cwd);
   t.teardown(() => cli.child.kill('SIGKILL'));
   await cli.waitFor((l) => l.msg === 'pool warm');
   const client = createClient({ socket: { host: '127.0.0.1', port: ports['6380'] as number } });
   client.on('error', () => {});
   await client.connect();
-  t.equal(await client.ping(), 'PONG', `${args.join(' ')}: PING through sidepool`);
+  t.equal(await client.ping(), 'PONG', `${argv.join(' ')}: PING through sidepool`);
   await client.quit();
   return cli;
 }
+
+/**
+ * SIGTERM to the process the README command started, as a supervisor or `kill` sends it:
+ * that process is sidepool itself, so it drains, exits 0, and nothing listens any more.
+ */
+async function stopsOnSigterm(t: Test, cli: RunningCli, ports: number[]): Promise<void> {
+  cli.child.kill('SIGTERM');
+  t.equal(await cli.exited, 0, 'SIGTERM: sidepool drained and exited 0');
+  for (const port of ports) {
+    const refused = await new Promise<string | undefined>((resolve) => {
+      const socket = net.connect(port, '127.0.0.1', () => {
+        socket.destroy();
+        resolve(undefined);
+      });
+      socket.on('error', (err: NodeJS.ErrnoException) => resolve(err.code));
+    });
+    t.equal(refused, 'ECONNREFUSED', `nothing listens on ${port} any more`);
+  }
+}
+
+/** The README's CLI, as its commands spell it: the bin the checkout links for itself. */
+const BIN = './node_modules/.bin/sidepool';
 
 type Case = (t: Test, match: RegExpExecArray) => Promise<void> | void;
 
@@ -103,40 +134,35 @@ const cases: Array<[RegExp, Case]> = [
     },
   ],
   [
-    /^npx sidepool run --listen 127\.0\.0\.1:6380 --upstream 127\.0\.0\.1:6379 /,
-    async (t) => {
+    /^\.\/node_modules\/\.bin\/sidepool run --listen 127\.0\.0\.1:6380 --upstream 127\.0\.0\.1:6379 /,
+    async (t, match) => {
       const redis = await startRedis();
       t.teardown(() => redis.stop());
-      const command = commands.find((c) => c.startsWith('npx sidepool run --listen')) as string;
-      const args = [...command.split(/\s+/).slice(2), '--admin', 'false'];
-      const cli = await runAndPing(t, args, { '6379': redis.port, '6380': await freePort() });
-      cli.child.kill('SIGTERM');
-      t.equal(await cli.exited, 0);
+      const command = match.input;
+      const ports = { '6379': redis.port, '6380': await freePort() };
+      // From the checkout, exactly as written (the admin server off: its port is fixed).
+      const cli = await runAndPing(t, [...command.split(/\s+/), '--admin', 'false'], ports, ROOT);
+      await stopsOnSigterm(t, cli, [ports['6380']]);
     },
   ],
   [
-    /^npx sidepool check --config sidepool\.yaml$/,
-    async (t) => {
+    /^\.\/node_modules\/\.bin\/sidepool check --config sidepool\.yaml$/,
+    async (t, match) => {
       t.ok(quickStartYaml, 'the README has the sidepool.yaml block');
       const dir = await mkdtemp(path.join(tmpdir(), 'sidepool-readme-'));
       await writeFile(path.join(dir, 'sidepool.yaml'), quickStartYaml as string);
-      // In the project `npx sidepool` is the package's own bin, dist/cli.js: run that from the
-      // folder that holds sidepool.yaml.
-      const { stdout } = await exec(
-        process.execPath,
-        [path.join(ROOT, 'dist', 'cli.js'), 'check', '--config', 'sidepool.yaml'],
-        {
-          cwd: dir,
-        },
-      );
+      // From the folder that holds sidepool.yaml: the bin by its path in the checkout.
+      const [, ...args] = match.input.split(/\s+/);
+      const { stdout } = await exec(path.join(ROOT, BIN), args, { cwd: dir });
       t.match(stdout, /maxSize: 64/);
     },
   ],
   [
-    /^npx sidepool run --config sidepool\.yaml$/,
-    async (t) => {
+    /^\.\/node_modules\/\.bin\/sidepool run --config sidepool\.yaml$/,
+    async (t, match) => {
       const { ports, dir } = await quickStartSetup(t);
-      const cli = await runAndPing(t, ['run', '--config', 'sidepool.yaml'], ports, dir);
+      const [, ...args] = match.input.split(/\s+/);
+      const cli = await runAndPing(t, [path.join(ROOT, BIN), ...args], ports, dir);
       // The next README line, with the admin port mapped.
       const curl = (commands.find((c) => c.startsWith('curl ')) as string).replace(
         '9901',
@@ -144,8 +170,7 @@ const cases: Array<[RegExp, Case]> = [
       );
       const { stdout } = await exec('bash', ['-c', curl], { timeout: 30_000 });
       t.match(stdout, /sidepool_pool_connections\{pool="127\.0\.0\.1:\d+",state="idle"\} 8/);
-      cli.child.kill('SIGTERM');
-      t.equal(await cli.exited, 0);
+      await stopsOnSigterm(t, cli, [ports['6380'] as number, ports['9901'] as number]);
     },
   ],
   [
@@ -156,12 +181,14 @@ const cases: Array<[RegExp, Case]> = [
       t.match(tunables, /^glibc\.malloc\.trim_threshold=\d+$/, 'one glibc malloc tunable');
       const { ports, dir } = await quickStartSetup(t);
       // Node refuses a flag V8 does not know before sidepool starts: PONG proves it took it.
-      const cli = await runAndPing(t, ['run', '--config', 'sidepool.yaml'], ports, dir, {
-        env: { GLIBC_TUNABLES: tunables },
-        nodeFlags: [flag as string],
-      });
-      cli.child.kill('SIGTERM');
-      t.equal(await cli.exited, 0);
+      const cli = await runAndPing(
+        t,
+        [process.execPath, flag as string, CLI, 'run', '--config', 'sidepool.yaml'],
+        ports,
+        dir,
+        { GLIBC_TUNABLES: tunables },
+      );
+      await stopsOnSigterm(t, cli, [ports['6380'] as number, ports['9901'] as number]);
     },
   ],
   [

@@ -9,7 +9,7 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Runs the built CLI to completion (bounded by `timeoutMs`). */
+/** Runs the built CLI to completion (bounded by `timeoutMs`, generous: it is not a measurement). */
 export function runCli(
   args: string[],
   opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
@@ -26,7 +26,7 @@ export function runCli(
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
       reject(new Error(`sidepool ${args.join(' ')} did not exit: ${stdout}${stderr}`));
-    }, opts.timeoutMs ?? 15_000);
+    }, opts.timeoutMs ?? 60_000);
     child.on('exit', (code) => {
       clearTimeout(timer);
       resolve({ code, stdout, stderr });
@@ -52,15 +52,29 @@ export function startCli(
   cwd?: string,
   nodeFlags: string[] = [],
 ): RunningCli {
-  const child = spawn(process.execPath, [...nodeFlags, CLI, ...args], {
+  return startCommand([process.execPath, ...nodeFlags, CLI, ...args], env, cwd);
+}
+
+/** Any command that runs sidepool (the bin, node with flags, …): `argv[0]` is executed. */
+export function startCommand(
+  argv: string[],
+  env: NodeJS.ProcessEnv = {},
+  cwd?: string,
+): RunningCli {
+  const [file, ...args] = argv as [string, ...string[]];
+  let stderr = '';
+  const child = spawn(file, args, {
     cwd,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  // A command that cannot start shows as an exit (null) with the error on stderr.
+  child.on('error', (err) => {
+    stderr += `${err.message}\n`;
+  });
   const lines: Array<Record<string, unknown>> = [];
   const watchers = new Set<() => void>();
   let buffered = '';
-  let stderr = '';
   child.stdout?.on('data', (c: Buffer) => {
     buffered += c.toString();
     let nl: number;
@@ -76,28 +90,54 @@ export function startCli(
     for (const w of watchers) w();
   });
   child.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  let closed: { code: number | null } | undefined;
+  const exited = new Promise<number | null>((resolve) =>
+    child.on('close', (code) => {
+      closed = { code };
+      resolve(code);
+    }),
+  );
   return {
     child,
     lines,
     stderr: () => stderr,
     exited,
-    waitFor(predicate, timeoutMs = 10_000) {
+    // Generous: on a loaded machine node alone can take seconds to start. A process that
+    // exits first ends the wait at once.
+    waitFor(predicate, timeoutMs = 60_000) {
       return new Promise((resolve, reject) => {
+        const stop = (): void => {
+          watchers.delete(check);
+          clearTimeout(timer);
+          child.off('close', onClose);
+        };
         const check = (): void => {
           const found = lines.find(predicate);
           if (found) {
-            watchers.delete(check);
-            clearTimeout(timer);
+            stop();
             resolve(found);
           }
         };
+        const onClose = (code: number | null): void => {
+          check();
+          if (!watchers.has(check)) return;
+          stop();
+          reject(
+            new Error(`exited (${code}) before the log line: ${JSON.stringify(lines)} ${stderr}`),
+          );
+        };
         const timer = setTimeout(() => {
-          watchers.delete(check);
-          reject(new Error(`log line not seen; got: ${JSON.stringify(lines)} ${stderr}`));
+          stop();
+          reject(
+            new Error(
+              `log line not seen in ${timeoutMs} ms; got: ${JSON.stringify(lines)} ${stderr}`,
+            ),
+          );
         }, timeoutMs);
         watchers.add(check);
-        check();
+        child.on('close', onClose);
+        if (closed !== undefined) onClose(closed.code);
+        else check();
       });
     },
   };
