@@ -805,11 +805,11 @@ void t.test('classic sidecar: the postStart hook waits until /readyz answers 200
       `${source}: the hook polls http://127.0.0.1:<admin port>/readyz`,
     );
     const started = Date.now();
-    const out = await run(process.execPath, script, { env: cliEnv, timeout: 10_000 });
+    const out = await run(process.execPath, script, { env: cliEnv, timeout: 60_000 });
     server.close();
     t.equal(out.code, 0, `${source}: the hook exits 0 once /readyz is 200`, { stderr: out.stderr });
     t.equal(requests, 3, `${source}: it polled through two 503s`);
-    t.ok(Date.now() - started < 5000, `${source}: and did not dawdle`);
+    t.ok(Date.now() - started < 20_000, `${source}: and did not dawdle`);
   }
 });
 
@@ -1181,7 +1181,7 @@ void t.test(
         () => 0,
       );
     let ready = 0;
-    for (const end = Date.now() + 10_000; Date.now() < end && ready !== 200;) {
+    for (const end = Date.now() + 60_000; Date.now() < end && ready !== 200;) {
       if (child.exitCode !== null) break;
       ready = await get('/readyz');
       if (ready !== 200) await new Promise((resolve) => setTimeout(resolve, 100));
@@ -1194,6 +1194,9 @@ void t.test(
     const stopping = Date.now();
     child.kill('SIGTERM');
     t.equal(await exited, 0, 'SIGTERM: drains and exits 0', { stderr });
-    t.ok(Date.now() - stopping < 5000, 'with no sessions open, at once');
+    t.ok(
+      Date.now() - stopping < 15_000,
+      'with no sessions open, at once (its drain.timeout is 20 s)',
+    );
   },
 );

@@ -41,7 +41,8 @@ void t.test('upstream unreachable: 502', async (t) => {
   const dead = await startServer(() => {});
   const port = dead.port;
   await dead.close();
-  const proxy = await startProxy(`127.0.0.1:${port}`, { minIdle: 0, acquireTimeout: 300 }, HTTP);
+  // The refused dial answers (502), never the acquire timeout (503), however loaded the machine.
+  const proxy = await startProxy(`127.0.0.1:${port}`, { minIdle: 0, acquireTimeout: '60s' }, HTTP);
   t.teardown(() => proxy.app.stop(100));
   const res = await fetchHttp(proxy.port);
   t.equal(res.status, 502);
@@ -299,16 +300,18 @@ void t.test(
     const proxy = await startProxy(
       upstream.address,
       { minIdle: 0 },
-      { ...HTTP, headersTimeout: 150 },
+      // Not shorter: a stalled event loop runs due timers before it reads, so a complete
+      // request could meet a 408 when the machine is loaded.
+      { ...HTTP, headersTimeout: 1000 },
     );
     t.teardown(() => proxy.app.stop(100));
-    const slow = await rawRequest(proxy.port, 'GET / HTTP/1.1\r\nHost: a\r\n', 2000);
+    const slow = await rawRequest(proxy.port, 'GET / HTTP/1.1\r\nHost: a\r\n');
     t.same(statuses(slow.text), [408]);
     t.equal(slow.closed, true);
-    const silent = await rawRequest(proxy.port, '', 2000);
+    const silent = await rawRequest(proxy.port, '');
     t.same(statuses(silent.text), [408], 'a connection that sends nothing at all gets a 408 too');
 
-    const idle = await rawRequest(proxy.port, 'GET / HTTP/1.1\r\nHost: a\r\n\r\n', 2000);
+    const idle = await rawRequest(proxy.port, 'GET / HTTP/1.1\r\nHost: a\r\n\r\n');
     t.same(statuses(idle.text), [200], 'after a response, silence is a keep-alive timeout');
     t.equal(idle.closed, true);
     t.equal(await failures(proxy, 'headers_timeout'), 2);

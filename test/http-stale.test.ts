@@ -62,8 +62,10 @@ void t.test('a stale link: idempotent requests go again on a fresh link', async 
 void t.test(
   'a link is not reused past the keep-alive timeout the upstream announces',
   async (t) => {
-    // Node's server says `Keep-Alive: timeout=1` and closes idle connections after 1s.
-    const upstream = await startHttpUpstream(undefined, { keepAliveTimeout: 1000 });
+    // Node's server says `Keep-Alive: timeout=4` and closes idle connections after 4 s;
+    // sidepool stops reusing a link idle for 3 s (a second short of it). The gaps below
+    // stay clear of that limit on either side however loaded the machine is.
+    const upstream = await startHttpUpstream(undefined, { keepAliveTimeout: 4000 });
     t.teardown(() => upstream.close());
     const proxy = await startProxy(
       upstream.address,
@@ -75,7 +77,7 @@ void t.test(
     await sleep(300);
     t.equal((await fetchHttp(proxy.port)).status, 200);
     t.equal(upstream.connections, 1, 'reused well within the timeout');
-    await sleep(800);
+    await sleep(3100);
     t.equal((await fetchHttp(proxy.port)).status, 200);
     t.equal(upstream.connections, 2, 'a fresh link near the timeout, not the old one');
     t.equal(await counter(proxy, 'sidepool_http_retries_total', { route: 'test' }), 0, 'no race');
@@ -90,14 +92,15 @@ void t.test('upstreamKeepAlive bounds reuse where the upstream announces nothing
   const proxy = await startProxy(
     upstream.address,
     { minIdle: 0 },
-    { ...HTTP, upstreamKeepAlive: 200 },
+    // Long enough that two requests in a row stay within it on a loaded machine.
+    { ...HTTP, upstreamKeepAlive: 3000 },
   );
   t.teardown(() => proxy.app.stop(100));
-  t.equal(proxy.pool.options.idleTimeout, 200, 'the pool closes idle links at upstreamKeepAlive');
+  t.equal(proxy.pool.options.idleTimeout, 3000, 'the pool closes idle links at upstreamKeepAlive');
   await fetchHttp(proxy.port);
   await fetchHttp(proxy.port);
   t.equal(upstream.accepted, 1);
-  await sleep(300);
+  await sleep(3100);
   await fetchHttp(proxy.port);
   t.equal(upstream.accepted, 2);
 });

@@ -121,7 +121,9 @@ for (const reads of ['streams', 'own buffers'] as const) {
       if (!s.server.write(chunk)) {
         const drained = await Promise.race([
           new Promise((r) => s.server.once('drain', () => r(true))),
-          sleep(300).then(() => false),
+          // No drain for 2 s: the proxy has stopped reading (on a loaded machine a drain
+          // that is coming can take far longer than the usual few ms).
+          sleep(2000).then(() => false),
         ]);
         if (!drained) break;
       }

@@ -132,6 +132,8 @@ void t.test(
     const { lines } = await startApp([
       { upstream: { address: upstream.address, tls: { ca: ca.cert } }, pool: { minIdle: 2 } },
     ]);
+    await until(() => lines.some((l) => l.msg === 'dial failed'), 30_000, 'a failed dial');
+    // Then a window in which a hot loop would dial hundreds of times.
     await sleep(600);
     const reasons = lines.filter((l) => l.msg === 'dial failed').map((l) => String(l.err));
     t.ok(reasons.length > 0, 'dials fail');

