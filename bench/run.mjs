@@ -20,6 +20,7 @@ import {
   say,
   which,
 } from './lib.mjs';
+import { imageNodeMajor, nodeBinary, versionOf } from '../scripts/node-runtime.mjs';
 
 const HELP = `usage: npm run bench -- [options]
 
@@ -32,6 +33,11 @@ const HELP = `usage: npm run bench -- [options]
   --conns N          concurrent connections for the RSS workload (default 10,000)
   --workers N        also measure sidepool with \`workers: N\` in workloads 1, 2, 3 and 6h
                      (default 2; 1 leaves that target out)
+  --node SPEC        the Node.js that runs sidepool and the Node relays (naive, floor): a
+                     major (installed from the npm registry when it is not this node's),
+                     "current" (the node running the bench) or a path; default: the major
+                     the container image ships (deploy/Dockerfile). Load generators and
+                     servers run on the bench's own node either way.
   --sidepool-env LIST         environment for the sidepool processes only, e.g.
                               GLIBC_TUNABLES=glibc.malloc.trim_threshold=67108864 (comma-separated)
   --sidepool-node-flags=LIST  node flags for the sidepool processes only (comma-separated;
@@ -55,6 +61,7 @@ function parseCli() {
       'soak-max-seconds': { type: 'string' },
       conns: { type: 'string' },
       workers: { type: 'string' },
+      node: { type: 'string' },
       'sidepool-env': { type: 'string', default: '' },
       'sidepool-node-flags': { type: 'string', default: '' },
       build: { type: 'boolean', default: false },
@@ -95,6 +102,7 @@ function parseCli() {
   }
   return {
     help: values.help,
+    node: values.node ?? String(imageNodeMajor()),
     runtime: { env: sidepoolEnv, nodeFlags },
     quick: values.quick,
     runs: int('runs', values.quick ? 1 : 3),
@@ -259,6 +267,15 @@ async function main() {
   });
 
   const notes = [];
+  let node;
+  try {
+    node = nodeBinary(opts.node, say);
+  } catch (err) {
+    say(`bench: --node ${opts.node}: ${err.message}`);
+    return 2;
+  }
+  opts.runtime.node = node;
+  opts.runtime.nodeVersion = versionOf(node);
   const build = await ensureBuilt(opts.build, notes);
   const { tools, missing, versions } = await detectTools(opts.without);
   for (const { name, install } of missing) {
@@ -281,6 +298,8 @@ async function main() {
     git,
     distBuiltAt: build.at,
     node: process.version,
+    sidepoolNode: opts.runtime.nodeVersion,
+    loadAverage: os.loadavg(),
     sidepoolRuntime: opts.runtime,
     cpus: cpus.length,
     cpuModel: cpus[0]?.model ?? 'unknown',
@@ -382,7 +401,10 @@ async function main() {
     return 2;
   }
   say(
-    `bench: ${workloads.map((w) => `${w.id} ${w.name}`).join(', ')}; runs ${opts.runs}${opts.quick ? ' (quick)' : ''}; node ${process.version}, ${cpus.length} CPUs`,
+    `bench: ${workloads.map((w) => `${w.id} ${w.name}`).join(', ')}; runs ${opts.runs}${opts.quick ? ' (quick)' : ''}; sidepool on node ${opts.runtime.nodeVersion} (the bench on ${process.version}), ${cpus.length} CPUs, load average ${os
+      .loadavg()
+      .map((l) => l.toFixed(1))
+      .join(' ')}`,
   );
 
   const results = [];
@@ -479,14 +501,15 @@ function describeExit(info) {
   return info.signal ? `signal ${info.signal}` : `exit code ${info.code}`;
 }
 
-function describeRuntime({ env, nodeFlags }) {
+function describeRuntime({ env, nodeFlags, nodeVersion }) {
   const settings = [
     ...Object.entries(env).map(([k, v]) => `\`${k}=${v}\``),
     ...nodeFlags.map((f) => `\`${f}\``),
   ];
+  const command = `\`node dist/cli.js\` on Node.js ${nodeVersion}`;
   return settings.length
-    ? `\`node dist/cli.js\` with ${settings.join(', ')}`
-    : '`node dist/cli.js`, no extra environment or node flags';
+    ? `${command} with ${settings.join(', ')}`
+    : `${command}, no extra environment or node flags`;
 }
 
 function render({
@@ -516,7 +539,12 @@ function render({
   out.push(
     `| sidepool | ${env.sidepool}, git ${env.git.commit}${env.git.srcDirty ? ' (src/ had uncommitted changes)' : ''}, dist built ${env.distBuiltAt} |`,
   );
-  out.push(`| node | ${env.node} |`);
+  out.push(
+    `| node | sidepool and the Node relays: ${env.sidepoolNode}; the harness, load generators and Node servers: ${env.node} |`,
+  );
+  out.push(
+    `| load | load average ${env.loadAverage.map((l) => l.toFixed(1)).join(', ')} (1, 5, 15 min) at the start: other work on the machine shows here |`,
+  );
   out.push(`| sidepool runtime | ${describeRuntime(env.sidepoolRuntime)} |`);
   out.push(`| CPUs | ${env.cpus} × ${env.cpuModel} |`);
   out.push(

@@ -48,9 +48,18 @@ class Target {
   }
 }
 
-/** A Node helper from bench/ that prints {"event":"ready","port":N} once listening. */
-export async function startNodeServer(ctx, script, args, name = path.basename(script, '.mjs')) {
-  const child = startChild(name, NODE, [path.join(BENCH_DIR, script), ...args], {
+/**
+ * A Node helper from bench/ that prints {"event":"ready","port":N} once listening; on the
+ * bench's own node unless `node` names another (the relays run on sidepool's).
+ */
+export async function startNodeServer(
+  ctx,
+  script,
+  args,
+  name = path.basename(script, '.mjs'),
+  node = NODE,
+) {
+  const child = startChild(name, node, [path.join(BENCH_DIR, script), ...args], {
     json: true,
     logFile: logPath(ctx, name),
   });
@@ -97,13 +106,13 @@ export async function startRedis(ctx, { maxClients = 10_000 } = {}) {
 }
 
 /**
- * The sidepool process for a config file, with the environment and node flags that
- * `--sidepool-env` and `--sidepool-node-flags` gave (`ctx.runtime`). Every workload starts
- * sidepool through this.
+ * The sidepool process for a config file, on the node `--node` chose, with the environment
+ * and node flags that `--sidepool-env` and `--sidepool-node-flags` gave (`ctx.runtime`).
+ * Every workload starts sidepool through this.
  */
 export function startSidepoolProcess(ctx, configFile, logFile) {
-  const { env, nodeFlags } = ctx.runtime;
-  return startChild('sidepool', NODE, [...nodeFlags, SIDEPOOL_CLI, 'run', '--config', configFile], {
+  const { env, nodeFlags, node = NODE } = ctx.runtime;
+  return startChild('sidepool', node, [...nodeFlags, SIDEPOOL_CLI, 'run', '--config', configFile], {
     logFile,
     env,
   });
@@ -240,6 +249,7 @@ export async function startNaive(ctx, { upstreamPort }) {
     'naive-relay.mjs',
     ['--upstream', `${HOST}:${upstreamPort}`],
     'naive-relay',
+    ctx.runtime.node,
   );
 }
 
@@ -250,6 +260,7 @@ export async function startFloor(ctx, { upstreamPort }) {
     'floor-relay.mjs',
     ['--upstream', `${HOST}:${upstreamPort}`],
     'floor-relay',
+    ctx.runtime.node,
   );
 }
 
