@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { MIN_WAIT_MS } from './util.js';
 
 export const CLI = fileURLToPath(new URL('../../dist/cli.js', import.meta.url));
 
@@ -105,6 +106,7 @@ export function startCommand(
     // Generous: on a loaded machine node alone can take seconds to start. A process that
     // exits first ends the wait at once.
     waitFor(predicate, timeoutMs = 60_000) {
+      const bound = Math.max(timeoutMs, MIN_WAIT_MS);
       return new Promise((resolve, reject) => {
         const stop = (): void => {
           watchers.delete(check);
@@ -130,10 +132,10 @@ export function startCommand(
           stop();
           reject(
             new Error(
-              `log line not seen in ${timeoutMs} ms; got: ${JSON.stringify(lines)} ${stderr}`,
+              `log line not seen in ${bound} ms; got: ${JSON.stringify(lines)} ${stderr}`,
             ),
           );
-        }, timeoutMs);
+        }, bound);
         watchers.add(check);
         child.on('close', onClose);
         if (closed !== undefined) onClose(closed.code);
