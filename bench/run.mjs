@@ -33,6 +33,9 @@ const HELP = `usage: npm run bench -- [options]
   --conns N          concurrent connections for the RSS workload (default 10,000)
   --workers N        also measure sidepool with \`workers: N\` in workloads 1, 2, 3 and 6h
                      (default 2; 1 leaves that target out)
+  --worker-sockets own|shared   that target's \`workerSockets\` (default own: a socket per
+                     worker with SO_REUSEPORT where sidepool's Node.js has it; shared: all
+                     accept on the primary's)
   --node SPEC        the Node.js that runs sidepool and the Node relays (naive, floor): a
                      major (installed from the npm registry when it is not this node's),
                      "current" (the node running the bench) or a path; default: the major
@@ -61,6 +64,7 @@ function parseCli() {
       'soak-max-seconds': { type: 'string' },
       conns: { type: 'string' },
       workers: { type: 'string' },
+      'worker-sockets': { type: 'string', default: 'own' },
       node: { type: 'string' },
       'sidepool-env': { type: 'string', default: '' },
       'sidepool-node-flags': { type: 'string', default: '' },
@@ -100,6 +104,10 @@ function parseCli() {
     say(`bench: --sidepool-node-flags expects --flags, got ${badFlag}`);
     process.exit(2);
   }
+  if (!['own', 'shared'].includes(values['worker-sockets'])) {
+    say(`bench: --worker-sockets expects own or shared, got ${values['worker-sockets']}`);
+    process.exit(2);
+  }
   return {
     help: values.help,
     node: values.node ?? String(imageNodeMajor()),
@@ -110,6 +118,7 @@ function parseCli() {
     soakMaxSeconds: int('soak-max-seconds', values.quick ? 60 : 600),
     conns: int('conns', 10_000),
     workers: int('workers', 2),
+    workerSockets: values['worker-sockets'],
     only: values.only
       ? values.only
           .split(',')
@@ -321,6 +330,7 @@ async function main() {
     soakMaxSeconds: opts.soakMaxSeconds,
     conns: opts.conns,
     workers: opts.workers,
+    workerSockets: opts.workerSockets,
     runtime: env.sidepoolRuntime,
     tools,
     tmp,
@@ -546,6 +556,10 @@ function render({
     `| load | load average ${env.loadAverage.map((l) => l.toFixed(1)).join(', ')} (1, 5, 15 min) at the start: other work on the machine shows here |`,
   );
   out.push(`| sidepool runtime | ${describeRuntime(env.sidepoolRuntime)} |`);
+  if (opts.workers > 1)
+    out.push(
+      `| ×${opts.workers} workers | \`workerSockets: ${opts.workerSockets}\`${opts.workerSockets === 'own' ? " (a socket per worker with SO_REUSEPORT where sidepool's Node.js has it, 22.12 and later; else shared)" : " (every worker accepts on the primary's socket)"} |`,
+    );
   out.push(`| CPUs | ${env.cpus} × ${env.cpuModel} |`);
   out.push(
     `| kernel | ${env.kernel}; tcp_tw_reuse ${env.tcpTwReuse}; ephemeral ports ${env.ephemeralPorts} |`,

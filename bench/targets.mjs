@@ -142,6 +142,7 @@ export async function startSidepool(
   const pool = { minIdle, maxSize, maxWaiters, acquireTimeout, connectTimeout, idleTimeout };
   const config = {
     workers,
+    ...(workers > 1 ? { workerSockets: ctx.workerSockets } : {}),
     admin: false,
     log: { level: 'warn' },
     drain: { delay: 0, timeout: '2s' },
@@ -178,7 +179,14 @@ export async function startSidepool(
   });
   target.onStopped = (result) => ctx.collectSidepoolLog(target, result);
   ctx.settings.sidepool ??= {};
-  ctx.settings.sidepool[label] = { mode: 'tcp', workers, ...pool, log: 'warn', admin: false };
+  ctx.settings.sidepool[label] = {
+    mode: 'tcp',
+    workers,
+    ...(workers > 1 ? { workerSockets: ctx.workerSockets } : {}),
+    ...pool,
+    log: 'warn',
+    admin: false,
+  };
   return target;
 }
 

@@ -28,6 +28,11 @@ export interface AppOptions {
   metrics?: Metrics;
   /** Told of TLS handshakes, their failures and certificate reloads. */
   tlsObserver?: TlsObserver;
+  /**
+   * Routes bind sockets of their own with SO_REUSEPORT (a worker, where the platform has
+   * it: net/reuse-port.ts) instead of sharing the cluster primary's.
+   */
+  reusePort?: boolean;
 }
 
 /**
@@ -453,6 +458,7 @@ export class App {
             })
           : undefined,
       ownReads: routeConfig.mode === 'tcp',
+      reusePort: this.options.reusePort === true,
       tls:
         routeConfig.tls === undefined || NEGOTIATES_TLS.has(routeConfig.mode)
           ? undefined

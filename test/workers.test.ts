@@ -1,10 +1,11 @@
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import YAML from 'yaml';
 import { parseConfig } from '../src/config/load.js';
+import { reusePortAvailable } from '../src/net/reuse-port.js';
 import { shareOf, workerConfig } from '../src/workers/share.js';
 import { runCli, startCli, type RunningCli } from './helpers/cli.js';
 import { metric, parseMetrics, request } from './helpers/http.js';
@@ -87,6 +88,7 @@ async function startGroup(
   t: { teardown(fn: () => unknown): void },
   upstream: string,
   pool: Record<string, unknown>,
+  top: Record<string, unknown> = {},
 ): Promise<Group> {
   const dir = await mkdtemp(join(tmpdir(), 'sidepool-workers-'));
   const path = join(dir, 'sidepool.yaml');
@@ -98,6 +100,7 @@ async function startGroup(
         workers: 2,
         admin: { listen: `127.0.0.1:${adminPort}` },
         drain: { timeout: '2s' },
+        ...top,
         routes: [{ name: 'echo', listen: `127.0.0.1:${port}`, upstream, pool: p }],
       }),
     );
@@ -268,3 +271,67 @@ void t.test('a worker that cannot listen stops the start with the reason', async
   t.equal(result.code, 1);
   t.match(result.stderr, /worker \d could not start: .*127\.0\.0\.1:\d+.*(in use|EADDRINUSE)/);
 });
+
+/** Sockets listening on 127.0.0.1:`port`, from /proc/net/tcp (one per bind, however shared). */
+async function listeningSockets(port: number): Promise<number> {
+  const table = await readFile('/proc/net/tcp', 'utf8');
+  const local = `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  return table
+    .split('\n')
+    .map((line) => line.trim().split(/\s+/))
+    .filter((cols) => cols[1] === local && cols[3] === '0A').length;
+}
+
+void t.test('reusePort is feature-checked: Node.js 22.12 and later on Linux', (t) => {
+  t.equal(reusePortAvailable('20.20.2', 'linux'), false);
+  t.equal(reusePortAvailable('22.11.0', 'linux'), false);
+  t.equal(reusePortAvailable('22.12.0', 'linux'), true);
+  t.equal(reusePortAvailable('23.0.0', 'linux'), false);
+  t.equal(reusePortAvailable('23.1.0', 'linux'), true);
+  t.equal(reusePortAvailable('24.0.0', 'linux'), true);
+  t.equal(reusePortAvailable('24.0.0', 'darwin'), false);
+  t.end();
+});
+
+for (const workerSockets of ['own', 'shared'] as const) {
+  void t.test(`workerSockets: ${workerSockets}, on Node.js ${process.version}`, async (t) => {
+    const upstream = await startEcho();
+    t.teardown(() => upstream.close());
+    const group = await startGroup(
+      t,
+      upstream.address,
+      { minIdle: 2, maxSize: 64 },
+      { workerSockets },
+    );
+    const own = workerSockets === 'own' && reusePortAvailable();
+    const listening = group.cli.lines.filter((l) => l.msg === 'route listening');
+    t.same(
+      listening.map((l) => l.reusePort),
+      [own, own],
+      own ? 'each worker bound its own socket' : "both accept on the primary's socket",
+    );
+    t.equal(await listeningSockets(group.port), own ? 2 : 1, 'listening sockets on the port');
+    for (let i = 0; i < 40; i++)
+      t.equal((await roundTrip(group.port, `ping ${i}`)).toString(), `ping ${i}`);
+    const pools = JSON.parse((await request(group.adminPort, '/pools')).body) as Array<{
+      worker: number;
+      totals: { acquired: number };
+    }>;
+    const served = pools.map((p) => p.totals.acquired);
+    t.equal(
+      served.reduce((a, b) => a + b, 0),
+      40,
+      `sessions per worker: ${served.join(', ')}`,
+    );
+    // The kernel hashes each new connection to one of the sockets: 40 connections from
+    // 40 source ports all landing on one socket would be a 1 in 2^39 chance.
+    if (own)
+      t.ok(
+        served.every((n) => n > 0),
+        'both workers served sessions',
+      );
+    group.cli.child.kill('SIGTERM');
+    t.equal(await group.cli.exited, 0);
+    t.equal(await listeningSockets(group.port), 0, 'nothing listens after the drain');
+  });
+}

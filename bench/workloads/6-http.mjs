@@ -160,6 +160,7 @@ async function startHttpSidepool(
   const pool = { minIdle, maxSize: MAX_SIZE, maxWaiters: 4096, acquireTimeout: '5s' };
   const config = {
     workers,
+    ...(workers > 1 ? { workerSockets: ctx.workerSockets } : {}),
     admin: { listen: `${HOST}:${adminPort}` },
     log: { level: 'warn' },
     drain: { delay: 0, timeout: '2s' },

@@ -438,6 +438,13 @@ export const configSchema = z
      * pool's minIdle, maxSize and maxWaiters.
      */
     workers: z.number().int().min(1).max(64).default(1),
+    /**
+     * With workers: `own`, each worker binds a socket of its own for every TCP route
+     * (SO_REUSEPORT: the kernel spreads connections over them), where Node.js has
+     * `reusePort` (22.12 and later, on Linux); `shared`, every worker accepts on the one
+     * socket the primary binds. Routes on port 0 or a unix socket always share.
+     */
+    workerSockets: z.enum(['own', 'shared']).default('own'),
     routes: z.array(routeSchema).min(1, 'expected at least one route'),
   })
   .superRefine((config, ctx) => {

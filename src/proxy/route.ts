@@ -63,6 +63,12 @@ export interface RouteOptions {
    * whose sessions only splice; not with TLS termination, whose socket Node's TLS reads.
    */
   ownReads?: boolean;
+  /**
+   * Bind a socket of this process's own with SO_REUSEPORT (a TCP port other than 0), rather
+   * than share the cluster primary's listening socket: each worker then has its own accept
+   * queue, and the kernel spreads new connections over them by hash.
+   */
+  reusePort?: boolean;
 }
 
 type RouteState = 'new' | 'listening' | 'closing' | 'closed';
@@ -87,6 +93,7 @@ export class Route {
   private readonly sessions = new Set<Session>();
   private readonly createSession: SessionFactory;
   private readonly ownReads: boolean;
+  private readonly reusePort: boolean;
   private state: RouteState = 'new';
   private nextSessionId = 1;
   private endedBytesUp = 0;
@@ -105,6 +112,7 @@ export class Route {
     this.listenAddress = options.listen;
     this.tls = options.tls;
     this.ownReads = options.ownReads === true && this.tls === undefined;
+    this.reusePort = options.reusePort === true;
     // Adoption needs a socket that has read nothing yet.
     const serverOptions = { allowHalfOpen: true, noDelay: true, pauseOnConnect: this.ownReads };
     if (this.tls === undefined) {
@@ -124,6 +132,8 @@ export class Route {
     if (this.state !== 'new') return;
     const address = this.listenAddress;
     if (address.kind === 'unix') await removeStaleSocket(address.path);
+    // A socket of this process's own (exclusive: not through the cluster primary's handle).
+    const ownSocket = this.reusePort && address.kind === 'tcp' && address.port !== 0;
     await new Promise<void>((resolve, reject) => {
       const onError = (err: Error): void => {
         reject(new ListenError(this.name, formatAddress(address), err));
@@ -134,11 +144,20 @@ export class Route {
         resolve();
       };
       if (address.kind === 'unix') this.server.listen(address.path, listening);
-      else this.server.listen({ host: address.host, port: address.port, backlog: 4096 }, listening);
+      else {
+        const own = ownSocket ? { exclusive: true, reusePort: true } : {};
+        this.server.listen(
+          { host: address.host, port: address.port, backlog: 4096, ...own },
+          listening,
+        );
+      }
     });
     this.state = 'listening';
     this.tls?.watch();
-    this.log.info({ listen: this.address, tls: this.tls !== undefined }, 'route listening');
+    this.log.info(
+      { listen: this.address, tls: this.tls !== undefined, reusePort: ownSocket },
+      'route listening',
+    );
   }
 
   /** The destination's pool of a tcp or http route. */

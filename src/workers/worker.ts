@@ -3,6 +3,7 @@ import { Metrics } from '../admin/metrics.js';
 import type { Config } from '../config/schema.js';
 import { SidepoolError, describe } from '../errors.js';
 import { createLogger } from '../log.js';
+import { reusePortAvailable } from '../net/reuse-port.js';
 import {
   WORKER_ENV,
   isMessage,
@@ -29,7 +30,11 @@ export function runWorker(): Promise<number> {
   const log = createLogger(start.config.log.level).child({ worker: start.index + 1 });
   const metrics = new Metrics();
   let next: Config = start.config;
-  const app = new App(start.config, log, { metrics, loadConfig: () => Promise.resolve(next) });
+  const app = new App(start.config, log, {
+    metrics,
+    loadConfig: () => Promise.resolve(next),
+    reusePort: start.config.workerSockets === 'own' && reusePortAvailable(),
+  });
   const send = (message: WorkerReply | WorkerStarted): void => {
     // The channel is gone when the primary has died; the disconnect ends this process.
     if (process.connected) process.send?.(message);

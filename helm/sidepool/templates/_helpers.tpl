@@ -119,6 +119,7 @@ two routes with one name or port, and tlsSecrets mountPaths that overlap each ot
 {{- end }}
 {{- $file := dict "admin" (dict "listen" (printf "0.0.0.0:%d" (int $config.admin.port))) "log" $config.log "drain" $config.drain "routes" $routes }}
 {{- if $config.workers }}{{ $_ := set $file "workers" (int $config.workers) }}{{ end }}
+{{- if $config.workerSockets }}{{ $_ := set $file "workerSockets" $config.workerSockets }}{{ end }}
 {{- toYaml $file }}
 {{- end }}
 
