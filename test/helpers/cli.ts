@@ -24,10 +24,13 @@ export function runCli(
     let stderr = '';
     child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
     child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`sidepool ${args.join(' ')} did not exit: ${stdout}${stderr}`));
-    }, opts.timeoutMs ?? 60_000);
+    const timer = setTimeout(
+      () => {
+        child.kill('SIGKILL');
+        reject(new Error(`sidepool ${args.join(' ')} did not exit: ${stdout}${stderr}`));
+      },
+      Math.max(opts.timeoutMs ?? 0, MIN_WAIT_MS),
+    );
     child.on('exit', (code) => {
       clearTimeout(timer);
       resolve({ code, stdout, stderr });
@@ -105,7 +108,7 @@ export function startCommand(
     exited,
     // Generous: on a loaded machine node alone can take seconds to start. A process that
     // exits first ends the wait at once.
-    waitFor(predicate, timeoutMs = 60_000) {
+    waitFor(predicate, timeoutMs = MIN_WAIT_MS) {
       const bound = Math.max(timeoutMs, MIN_WAIT_MS);
       return new Promise((resolve, reject) => {
         const stop = (): void => {
@@ -131,9 +134,7 @@ export function startCommand(
         const timer = setTimeout(() => {
           stop();
           reject(
-            new Error(
-              `log line not seen in ${bound} ms; got: ${JSON.stringify(lines)} ${stderr}`,
-            ),
+            new Error(`log line not seen in ${bound} ms; got: ${JSON.stringify(lines)} ${stderr}`),
           );
         }, bound);
         watchers.add(check);

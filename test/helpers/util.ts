@@ -25,7 +25,7 @@ export function captureLogger(level: 'trace' | 'debug' | 'info' | 'warn' = 'debu
  * loaded machine (other test runs, a CPU hog on every core) a process can stall for seconds,
  * and a bound only costs time when the test fails anyway.
  */
-export const MIN_WAIT_MS = 30_000;
+export const MIN_WAIT_MS = 60_000;
 
 /**
  * Resolves once `check()` is true (it may be async), polling; rejects after `timeoutMs`,
