@@ -317,7 +317,9 @@ export function isListening(port) {
 }
 
 /** Waits for a listener on `port`, failing early if `child` exits. No connection is made. */
-export async function waitListening(port, { child, timeoutMs = 15_000 } = {}) {
+// A bound, not a measurement: at a load average of 20 on 2 cores a sidepool with two
+// workers took over 15 s to listen.
+export async function waitListening(port, { child, timeoutMs = 120_000 } = {}) {
   const deadline = performance.now() + timeoutMs;
   while (performance.now() < deadline) {
     if (child && !child.alive) throw child.exitError();

@@ -63,7 +63,7 @@ export async function startNodeServer(
     json: true,
     logFile: logPath(ctx, name),
   });
-  const ready = await child.waitEvent((e) => e.event === 'ready', 15_000);
+  const ready = await child.waitEvent((e) => e.event === 'ready', 120_000);
   return new Target(name, child, ready.port);
 }
 
