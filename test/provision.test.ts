@@ -92,6 +92,7 @@ void t.test(
       'wrk',
       'haproxy',
       'postgresql',
+      'postgresql-client',
       'pgbouncer',
       'nutcracker',
     ])
