@@ -91,6 +91,13 @@ export class ConnectError extends DialError {
   }
 }
 
+/** A dial given up because its owner closed (a pool or prober going away), not a failure. */
+export class DialAbortedError extends DialError {
+  constructor(endpoint: string) {
+    super('SIDEPOOL_DIAL_ABORTED', endpoint, `dial to ${endpoint} aborted: its pool is closing`);
+  }
+}
+
 export class TlsHandshakeError extends DialError {
   /**
    * Why, as a stable code for logs and metrics: the Node/OpenSSL code of the cause

@@ -2,6 +2,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { Address } from '../config/address.js';
 import { ProbeError, codeOf, describe } from '../errors.js';
+import { neverThrowErrors } from '../net/guard.js';
 import type { Endpoint, EndpointSet } from '../upstream/endpoints.js';
 import { runProbe, type ProbeConfig } from './probes.js';
 
@@ -67,7 +68,7 @@ export class Prober {
       socket = await this.connect(endpoint.address, timeout);
       if (this.closed) return;
       this.inFlight.set(endpoint, socket);
-      socket.on('error', () => {});
+      neverThrowErrors(socket);
       const left = Math.max(1, timeout - (Date.now() - started));
       await Promise.race([
         runProbe(this.settings.probe, socket, endpoint.name),

@@ -148,6 +148,7 @@ export class Destination {
   }
 
   close(): void {
+    this.dialer.close();
     this.tls?.close();
     this.discovery?.close();
     this.prober?.close();

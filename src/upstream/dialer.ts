@@ -1,7 +1,13 @@
 import net from 'node:net';
 import type { Address } from '../config/address.js';
 import { formatAddress } from '../config/address.js';
-import { ConnectError, ConnectTimeoutError, NoHealthyEndpointError } from '../errors.js';
+import {
+  ConnectError,
+  ConnectTimeoutError,
+  DialAbortedError,
+  NoHealthyEndpointError,
+} from '../errors.js';
+import { neverThrowErrors } from '../net/guard.js';
 import { connectOwnReads } from '../net/reads.js';
 import type { Connector, Dialed } from '../pool/pool.js';
 import type { Endpoint, EndpointSet } from './endpoints.js';
@@ -36,6 +42,8 @@ export class Dialer implements Connector {
   private readonly keepAliveDelay: number;
   private readonly tls: TlsOrigination | undefined;
   private readonly ownReads: boolean;
+  /** Aborted by close(): every dial and probe connection in flight gives up. */
+  private readonly closing = new AbortController();
 
   constructor(options: DialerOptions) {
     this.name = options.name;
@@ -61,6 +69,7 @@ export class Dialer implements Connector {
         if (refused !== undefined) throw refused;
         socket = await this.connect(endpoint.address, this.connectTimeout, this.ownReads);
       } catch (err) {
+        if (err instanceof DialAbortedError) throw err;
         this.endpoints.failed(endpoint, true);
         lastError = err as Error;
         continue;
@@ -88,7 +97,9 @@ export class Dialer implements Connector {
   /**
    * One connection to one address, ready to carry bytes (TLS handshaken, when the
    * upstream is TLS); also what active probes use. Rejects with ConnectTimeoutError,
-   * ConnectError or TlsHandshakeError. With `ownReads`, the socket reads into our buffers.
+   * ConnectError or TlsHandshakeError, or DialAbortedError once the dialer is closed. With
+   * `ownReads`, the socket reads into our buffers. The socket never throws an 'error'
+   * (net/guard.ts): its holder listens for what it needs.
    */
   connect(
     address: Address,
@@ -96,6 +107,8 @@ export class Dialer implements Connector {
     ownReads = false,
   ): Promise<net.Socket> {
     const name = formatAddress(address);
+    const signal = this.closing.signal;
+    if (signal.aborted) return Promise.reject(new DialAbortedError(name));
     const startedAt = performance.now();
     return new Promise((resolve, reject) => {
       const options: net.NetConnectOpts =
@@ -110,13 +123,10 @@ export class Dialer implements Connector {
               keepAliveInitialDelay: this.keepAliveDelay,
             };
       const socket = ownReads ? connectOwnReads(options) : net.connect(options);
+      neverThrowErrors(socket);
       const timer =
         timeoutMs > 0
-          ? setTimeout(() => {
-              cleanup();
-              socket.destroy();
-              reject(new ConnectTimeoutError(name, timeoutMs));
-            }, timeoutMs)
+          ? setTimeout(() => fail(new ConnectTimeoutError(name, timeoutMs)), timeoutMs)
           : undefined;
       const onConnect = (): void => {
         cleanup();
@@ -127,21 +137,30 @@ export class Dialer implements Connector {
         // The connect timeout covers the handshake too: it gets what is left.
         const left = timeoutMs > 0 ? Math.max(1, timeoutMs - (performance.now() - startedAt)) : 0;
         this.tls
-          .handshake(socket, address, { timeoutMs: left, connectTimeoutMs: timeoutMs })
+          .handshake(socket, address, { timeoutMs: left, connectTimeoutMs: timeoutMs }, signal)
           .then(resolve, reject);
       };
-      const onError = (err: Error): void => {
+      const onError = (err: Error): void => fail(new ConnectError(name, err));
+      const onAbort = (): void => fail(new DialAbortedError(name));
+      const fail = (err: Error): void => {
         cleanup();
         socket.destroy();
-        reject(new ConnectError(name, err));
+        reject(err);
       };
       const cleanup = (): void => {
         if (timer !== undefined) clearTimeout(timer);
         socket.off('connect', onConnect);
         socket.off('error', onError);
+        signal.removeEventListener('abort', onAbort);
       };
       socket.once('connect', onConnect);
       socket.once('error', onError);
+      signal.addEventListener('abort', onAbort, { once: true });
     });
+  }
+
+  /** Gives up every dial in flight, their sockets destroyed; no new ones start. Idempotent. */
+  close(): void {
+    this.closing.abort();
   }
 }

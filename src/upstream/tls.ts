@@ -4,11 +4,13 @@ import type { Logger } from 'pino';
 import { formatAddress, type Address } from '../config/address.js';
 import {
   ConnectTimeoutError,
+  DialAbortedError,
   TlsHandshakeError,
   TlsPeerClosedError,
   codeOf,
   describe,
 } from '../errors.js';
+import { neverThrowErrors } from '../net/guard.js';
 import { TlsMaterial, type CertificateInfo, type TlsMaterialOptions } from '../tls/material.js';
 import { NO_TLS_OBSERVER, type TlsObserver } from '../tls/observer.js';
 import { TlsSessionCache } from './tls-sessions.js';
@@ -135,45 +137,122 @@ export class TlsOrigination {
 
   /**
    * Runs the TLS handshake on a connected socket and resolves with the verified TLS
-   * socket. Rejects with TlsHandshakeError (the socket destroyed) on any failure, a
-   * timeout included (reason SIDEPOOL_CONNECT_TIMEOUT).
+   * socket. While the endpoint's first handshake is in flight and no session is cached,
+   * it first waits for that session (at most half the budget), so that it can resume.
+   * Rejects, the socket destroyed, with TlsHandshakeError on any failure: a timeout
+   * (reason SIDEPOOL_CONNECT_TIMEOUT, over the wait and the handshake together), or the
+   * upstream resetting or closing the connection, while waiting too; with
+   * DialAbortedError when `signal` aborts. From start to settlement the socket it holds
+   * has an 'error' listener of ours.
    */
-  async handshake(
+  handshake(
     socket: net.Socket,
     address: Address,
     budget: HandshakeBudget,
+    signal?: AbortSignal,
   ): Promise<tls.TLSSocket> {
     const endpoint = formatAddress(address);
-    const resumption = this.settings.sessionResumption;
-    const first =
-      resumption && this.sessions.get(endpoint) === undefined
-        ? this.firstSessions.get(endpoint)
-        : undefined;
-    if (first !== undefined) {
-      if (budget.timeoutMs <= 0) {
-        // No dial timeout configured: the first handshake settles (session, close, or
-        // 50 ms after it completes), so waiting for it is bounded by its own handshake.
-        await first;
-      } else {
-        // Wait for the first handshake's session, but never past half of the budget.
-        const started = Date.now();
-        let timer: NodeJS.Timeout | undefined;
-        await Promise.race([
-          first,
-          new Promise<void>((resolve) => (timer = setTimeout(resolve, budget.timeoutMs / 2))),
-        ]);
-        clearTimeout(timer);
-        budget = { ...budget, timeoutMs: Math.max(1, budget.timeoutMs - (Date.now() - started)) };
+    return new Promise((resolve, reject) => {
+      let phase: 'waiting' | 'handshaking' | 'settled' = 'waiting';
+      let secure: tls.TLSSocket | undefined;
+      let waitTimer: NodeJS.Timeout | undefined;
+      const deadline =
+        budget.timeoutMs > 0
+          ? setTimeout(
+              () => fail(new ConnectTimeoutError(endpoint, budget.connectTimeoutMs)),
+              budget.timeoutMs,
+            )
+          : undefined;
+
+      const onWaitError = (err: Error): void => fail(err);
+      const onWaitClose = (): void => fail(new TlsPeerClosedError('during'));
+      const onAbort = (): void => fail(new DialAbortedError(endpoint));
+      const onSecure = (): void => {
+        const connected = secure as tls.TLSSocket;
+        // rejectUnauthorized already refused an unverified peer; this is the belt.
+        if (!this.settings.insecureSkipVerify && !connected.authorized) {
+          fail(
+            Object.assign(new Error('the upstream certificate is not verified'), {
+              code: String(connected.authorizationError ?? 'UNAUTHORIZED'),
+            }),
+          );
+          return;
+        }
+        phase = 'settled';
+        cleanup();
+        this.observer.handshake('upstream', this.pool, connected.isSessionReused());
+        if (connected.getProtocol() === 'TLSv1.3')
+          this.watchForRefusal(connected, endpoint, budget.connectTimeoutMs);
+        resolve(connected);
+      };
+      const onError = (err: Error): void => fail(err);
+      const onClose = (): void => fail(new TlsPeerClosedError('during'));
+
+      const begin = (): void => {
+        if (phase !== 'waiting') return;
+        phase = 'handshaking';
+        if (waitTimer !== undefined) clearTimeout(waitTimer);
+        socket.off('error', onWaitError);
+        socket.off('close', onWaitClose);
+        secure = this.startTls(socket, address);
+        secure.once('secureConnect', onSecure);
+        secure.once('error', onError);
+        secure.once('close', onClose);
+      };
+      const fail = (cause: Error): void => {
+        if (phase === 'settled') return;
+        const handshaking = phase === 'handshaking';
+        phase = 'settled';
+        cleanup();
+        secure?.destroy();
+        socket.destroy();
+        if (cause instanceof DialAbortedError) {
+          reject(cause);
+          return;
+        }
+        if (handshaking) this.sessions.delete(endpoint);
+        const error = new TlsHandshakeError(endpoint, cause);
+        this.observer.handshakeFailed('upstream', this.pool, error.reason);
+        reject(error);
+      };
+      const cleanup = (): void => {
+        if (deadline !== undefined) clearTimeout(deadline);
+        if (waitTimer !== undefined) clearTimeout(waitTimer);
+        signal?.removeEventListener('abort', onAbort);
+        socket.off('error', onWaitError);
+        socket.off('close', onWaitClose);
+        secure?.off('secureConnect', onSecure);
+        secure?.off('error', onError);
+        secure?.off('close', onClose);
+      };
+
+      if (signal?.aborted === true) {
+        fail(new DialAbortedError(endpoint));
+        return;
       }
-    }
-    return this.handshakeNow(socket, address, budget);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      const first =
+        this.settings.sessionResumption && this.sessions.get(endpoint) === undefined
+          ? this.firstSessions.get(endpoint)
+          : undefined;
+      if (first === undefined) {
+        begin();
+        return;
+      }
+      // The connected socket waits: an upstream that resets it meanwhile fails this dial.
+      socket.once('error', onWaitError);
+      socket.once('close', onWaitClose);
+      void first.then(begin);
+      // With no dial timeout the first handshake has none either; the abort still ends it.
+      if (budget.timeoutMs > 0) waitTimer = setTimeout(begin, budget.timeoutMs / 2);
+    });
   }
 
-  private handshakeNow(
-    socket: net.Socket,
-    address: Address,
-    budget: HandshakeBudget,
-  ): Promise<tls.TLSSocket> {
+  /**
+   * Starts the TLS handshake on `socket`. The first handshake to an endpoint with no cached
+   * session registers itself, so that dials starting meanwhile wait for its session.
+   */
+  private startTls(socket: net.Socket, address: Address): tls.TLSSocket {
     const endpoint = formatAddress(address);
     const host = this.serverName(address);
     const resumption = this.settings.sessionResumption;
@@ -201,6 +280,7 @@ export class TlsOrigination {
       ALPNProtocols: this.settings.alpn,
       session: resumption ? this.sessions.get(endpoint) : undefined,
     });
+    neverThrowErrors(secure);
     if (resumption) {
       secure.on('session', (session: Buffer) => {
         this.sessions.set(endpoint, session);
@@ -211,51 +291,7 @@ export class TlsOrigination {
       secure.once('close', settleFirst);
       secure.once('secureConnect', () => setTimeout(settleFirst, 50).unref());
     }
-
-    return new Promise((resolve, reject) => {
-      const timer =
-        budget.timeoutMs > 0
-          ? setTimeout(
-              () => fail(new ConnectTimeoutError(endpoint, budget.connectTimeoutMs)),
-              budget.timeoutMs,
-            )
-          : undefined;
-      const onSecure = (): void => {
-        cleanup();
-        // rejectUnauthorized already refused an unverified peer; this is the belt.
-        if (!this.settings.insecureSkipVerify && !secure.authorized) {
-          fail(
-            Object.assign(new Error('the upstream certificate is not verified'), {
-              code: String(secure.authorizationError ?? 'UNAUTHORIZED'),
-            }),
-          );
-          return;
-        }
-        this.observer.handshake('upstream', this.pool, secure.isSessionReused());
-        if (secure.getProtocol() === 'TLSv1.3')
-          this.watchForRefusal(secure, endpoint, budget.connectTimeoutMs);
-        resolve(secure);
-      };
-      const onError = (err: Error): void => fail(err);
-      const onClose = (): void => fail(new TlsPeerClosedError('during'));
-      const fail = (cause: Error): void => {
-        cleanup();
-        secure.destroy();
-        this.sessions.delete(endpoint);
-        const error = new TlsHandshakeError(endpoint, cause);
-        this.observer.handshakeFailed('upstream', this.pool, error.reason);
-        reject(error);
-      };
-      const cleanup = (): void => {
-        if (timer !== undefined) clearTimeout(timer);
-        secure.off('secureConnect', onSecure);
-        secure.off('error', onError);
-        secure.off('close', onClose);
-      };
-      secure.once('secureConnect', onSecure);
-      secure.once('error', onError);
-      secure.once('close', onClose);
-    });
+    return secure;
   }
 
   /** Stops watching the material's files. Idempotent. */
