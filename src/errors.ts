@@ -233,6 +233,16 @@ export class WorkerStartError extends SidepoolError {
   }
 }
 
+/** The primary asked a worker something (`op`) and got no answer. */
+export class WorkerCallError extends SidepoolError {
+  constructor(
+    readonly op: string,
+    problem: string,
+  ) {
+    super('SIDEPOOL_WORKER_CALL', `no answer to ${op}: ${problem}`);
+  }
+}
+
 /** One line per problem in a failed reload: each field of a ConfigError, else the error. */
 export function reloadProblems(err: unknown): string[] {
   return err instanceof ConfigError

@@ -5,7 +5,7 @@ import { AdminServer } from '../admin/server.js';
 import { Metrics } from '../admin/metrics.js';
 import { listenAddress, redact } from '../app.js';
 import type { Config } from '../config/schema.js';
-import { WorkerStartError, codeOf, describe, reloadProblems } from '../errors.js';
+import { WorkerCallError, WorkerStartError, codeOf, describe, reloadProblems } from '../errors.js';
 import {
   WORKER_ENV,
   isMessage,
@@ -31,6 +31,7 @@ interface Slot {
 
 interface PendingCall {
   worker: Worker;
+  op: WorkerCall['op'];
   resolve: (value: unknown) => void;
   reject: (err: Error) => void;
   timer: NodeJS.Timeout;
@@ -123,7 +124,8 @@ export class WorkerGroup {
   /** A second signal: every worker exits now, without finishing its sessions. */
   exitNow(): void {
     for (const worker of this.running()) {
-      if (worker.isConnected()) worker.send({ type: 'sidepool:exit' });
+      // A worker that died meanwhile is past telling; its exit is handled as any other.
+      if (worker.isConnected()) worker.send({ type: 'sidepool:exit' }, ignoreSendError);
     }
   }
 
@@ -200,6 +202,12 @@ export class WorkerGroup {
     slot.worker = worker;
     slot.startedAt = Date.now();
     worker.on('message', (message: unknown) => this.onMessage(message));
+    // The IPC channel of a worker that dies (OOM-killed, say) fails the writes in flight:
+    // every send here has a callback, and anything else the channel reports is logged
+    // rather than thrown. The worker's 'exit' restarts it.
+    worker.on('error', (err: Error) =>
+      this.log.warn({ worker: slot.index + 1, err: describe(err) }, 'worker channel error'),
+    );
     return new Promise<void>((resolve, reject) => {
       const onStarted = (message: unknown): void => {
         if (isMessage<WorkerReady>(message, 'sidepool:started')) {
@@ -231,7 +239,7 @@ export class WorkerGroup {
   private onExit(slot: Slot, worker: Worker, code: number | null, signal: string | null): void {
     if (slot.worker === worker) slot.worker = undefined;
     for (const [id, call] of this.calls) {
-      if (call.worker === worker) this.settleCall(id);
+      if (call.worker === worker) this.failCall(id, 'the worker exited');
     }
     if (this.state !== 'running') return;
     const lived = Date.now() - slot.startedAt;
@@ -265,12 +273,12 @@ export class WorkerGroup {
     call.resolve(message.result);
   }
 
-  private settleCall(id: number): void {
+  private failCall(id: number, problem: string): void {
     const call = this.calls.get(id);
     if (call === undefined) return;
     this.calls.delete(id);
     clearTimeout(call.timer);
-    call.reject(new Error('the worker exited'));
+    call.reject(new WorkerCallError(call.op, problem));
   }
 
   /** One request to one worker, answered or failed within CALL_TIMEOUT_MS. */
@@ -282,16 +290,19 @@ export class WorkerGroup {
     const id = ++this.nextCallId;
     return new Promise<unknown>((resolve, reject) => {
       if (!worker.isConnected()) {
-        reject(new Error('the worker is not connected'));
+        reject(new WorkerCallError(request.op, 'the worker is not connected'));
         return;
       }
-      const timer = setTimeout(() => {
-        this.calls.delete(id);
-        reject(new Error(`no answer to ${request.op} within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.calls.set(id, { worker, resolve, reject, timer });
+      const timer = setTimeout(
+        () => this.failCall(id, `no answer within ${timeoutMs} ms`),
+        timeoutMs,
+      );
+      this.calls.set(id, { worker, op: request.op, resolve, reject, timer });
       const call: WorkerCall = { type: 'sidepool:call', id, ...request };
-      worker.send(call);
+      // A worker that died since isConnected() fails the write (EPIPE): that call fails.
+      worker.send(call, (err: Error | null) => {
+        if (err !== null) this.failCall(id, `the message was not delivered: ${describe(err)}`);
+      });
     });
   }
 
@@ -384,6 +395,8 @@ export class WorkerGroup {
     };
   }
 }
+
+function ignoreSendError(): void {}
 
 function exitText(code: number | null, signal: string | null): string {
   return signal !== null ? `killed by ${signal}` : `exit code ${String(code)}`;

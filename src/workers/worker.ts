@@ -36,8 +36,9 @@ export function runWorker(): Promise<number> {
     reusePort: start.config.workerSockets === 'own' && reusePortAvailable(),
   });
   const send = (message: WorkerReply | WorkerStarted): void => {
-    // The channel is gone when the primary has died; the disconnect ends this process.
-    if (process.connected) process.send?.(message);
+    // The channel is gone when the primary has died; the disconnect ends this process, so
+    // a write that fails meanwhile is dropped (with a callback: it is not thrown).
+    if (process.connected) process.send?.(message, undefined, undefined, dropSendError);
   };
 
   return new Promise<number>((resolve) => {
@@ -99,3 +100,5 @@ export function runWorker(): Promise<number> {
     );
   });
 }
+
+function dropSendError(): void {}
