@@ -8,11 +8,15 @@ import { parseDuration } from './config/duration.js';
 import { loadConfig, type ConfigFlags } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { ConfigError, SidepoolError, describe } from './errors.js';
+import { handleProcessFaults } from './faults.js';
 import { createLogger } from './log.js';
 import { WorkerGroup } from './workers/group.js';
 import { isWorker, runWorker } from './workers/worker.js';
 
-/** Exit codes: 0 ok, 1 a runtime failure (port in use, unresolvable upstream), 2 bad config. */
+/**
+ * Exit codes: 0 ok, 1 a runtime failure (port in use, unresolvable upstream), 2 bad config,
+ * 70 an internal error (an uncaught exception: faults.ts).
+ */
 const EXIT_RUNTIME = 1;
 const EXIT_CONFIG = 2;
 
@@ -107,10 +111,12 @@ async function run(args: RunArgs): Promise<number> {
     let exitNow = (): void => undefined;
     if (config.workers > 1) {
       const group = new WorkerGroup(config, log, { loadConfig: reloadConfig, onStopped });
+      handleProcessFaults(log, (kind) => group.metrics.internalError(kind));
       proxy = group;
       exitNow = () => group.exitNow();
     } else {
       const app = new App(config, log, { loadConfig: reloadConfig, onStopped });
+      handleProcessFaults(log, (kind) => app.metrics.internalError(kind));
       proxy = {
         start: () => app.start(),
         stop: () => app.stop(app.config.drain.timeout, app.config.drain.delay),

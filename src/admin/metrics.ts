@@ -1,5 +1,6 @@
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { CounterFamily, HistogramFamily, type HotCounter } from './hot-metrics.js';
+import { FAULT_KINDS, type FaultKind } from '../faults.js';
 import type { Pool, PoolObserver } from '../pool/pool.js';
 import { HTTP_FAILURES, type HttpObserver } from '../proxy/http/observer.js';
 import type { Route, RouteObserver } from '../proxy/route.js';
@@ -277,10 +278,23 @@ export class Metrics {
     },
   });
 
+  private readonly internalErrors = new Counter({
+    name: 'sidepool_internal_errors_total',
+    help: 'Faults that reached the process (bugs): unhandled_rejection (logged; sidepool keeps running), uncaught_exception (logged; the process exits with code 70 and is restarted).',
+    labelNames: ['kind'] as const,
+    registers: [this.registry],
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry });
     this.configReloads.inc({ result: 'success' }, 0);
     this.configReloads.inc({ result: 'failure' }, 0);
+    for (const kind of FAULT_KINDS) this.internalErrors.inc({ kind }, 0);
+  }
+
+  /** Counts a fault that reached the process (faults.ts). */
+  internalError(kind: FaultKind): void {
+    this.internalErrors.inc({ kind });
   }
 
   attach(source: MetricsSource): void {

@@ -2,6 +2,7 @@ import { App } from '../app.js';
 import { Metrics } from '../admin/metrics.js';
 import type { Config } from '../config/schema.js';
 import { SidepoolError, describe } from '../errors.js';
+import { handleProcessFaults } from '../faults.js';
 import { createLogger } from '../log.js';
 import { reusePortAvailable } from '../net/reuse-port.js';
 import {
@@ -29,6 +30,7 @@ export function runWorker(): Promise<number> {
   const start = JSON.parse(process.env[WORKER_ENV] as string) as WorkerStart;
   const log = createLogger(start.config.log.level).child({ worker: start.index + 1 });
   const metrics = new Metrics();
+  handleProcessFaults(log, (kind) => metrics.internalError(kind));
   let next: Config = start.config;
   const app = new App(start.config, log, {
     metrics,
