@@ -2,6 +2,7 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { codeOf } from '../errors.js';
 import { CHUNK_KEPT, READ_MORE, READ_PAUSE, readWith, stopReading } from '../net/reads.js';
+import { holdWriteErrors } from '../net/writes.js';
 
 /** How a splice ended, for the session's log line and metrics. */
 export interface SpliceOutcome {
@@ -29,8 +30,11 @@ export interface SpliceTimeouts {
  * The byte relay between a downstream socket and a link's socket, both opened with
  * `allowHalfOpen`. A FIN on one side becomes a FIN on the other (the other direction keeps
  * flowing); when either side breaks (error, reset, or a close before its FIN), the other
- * is torn down too, with a reset where the break was a reset. A slow reader pauses the
- * other side's reads, so nothing buffers without bound.
+ * is torn down too, with a reset where the break was a reset, but only once everything
+ * read from the broken side has been written to it: a server's last reply before its
+ * reset reaches the app. A write that fails because its peer reset does not end that
+ * side's reads either (net/writes.ts). A slow reader pauses the other side's reads, so
+ * nothing buffers without bound.
  *
  * Written with plain listeners rather than `stream.pipeline` because a proxy needs what
  * pipeline does not give: reset propagation, one completion for both directions, and byte
@@ -87,6 +91,8 @@ export class Splice {
     up.on('error', onUpError);
     down.on('close', onDownClose);
     up.on('close', onUpClose);
+    holdWriteErrors(down, onDownWriteFailed);
+    holdWriteErrors(up, onUpWriteFailed);
     if (idleTimeoutMs > 0) (down as Duplex as Socket).setTimeout?.(idleTimeoutMs, onIdleTimeout);
     // A socket that closed before we listened would never tell us.
     if (down.destroyed) this.downClose();
@@ -152,7 +158,7 @@ export class Splice {
     this.downClosed = true;
     if (!closedCleanly(this.down)) {
       this.noteBreak('downstream', undefined);
-      abort(this.up, this.error);
+      this.abortAfterFlush(this.up);
     }
     this.finish();
   }
@@ -161,9 +167,33 @@ export class Splice {
     this.upClosed = true;
     if (!closedCleanly(this.up)) {
       this.noteBreak('upstream', undefined);
-      abort(this.down, this.error);
+      this.abortAfterFlush(this.down);
     }
     this.finish();
+  }
+
+  /**
+   * One side's peer reset while we were writing to it: its reads go on until what it sent
+   * before has been passed on, within the half-close timeout.
+   */
+  writeFailed(): void {
+    this.startHalfCloseTimer();
+  }
+
+  /**
+   * Passes the break on to `socket` once the bytes queued for it have gone out (the last
+   * ones the broken side sent), or at once when none are queued. An app that does not
+   * read them has the half-close timeout to do so.
+   */
+  private abortAfterFlush(socket: Duplex): void {
+    if (socket.destroyed) return;
+    if (socket.writableLength === 0) {
+      abort(socket, this.error);
+      return;
+    }
+    socket.once('finish', () => abort(socket, this.error));
+    socket.end();
+    this.startHalfCloseTimer();
   }
 
   private startHalfCloseTimer(): void {
@@ -246,6 +276,12 @@ function onDownError(this: Spliced, err: Error): void {
 }
 function onUpError(this: Spliced, err: Error): void {
   splice(this).noteBreak('upstream', err);
+}
+function onDownWriteFailed(this: Spliced): void {
+  splice(this).writeFailed();
+}
+function onUpWriteFailed(this: Spliced): void {
+  splice(this).writeFailed();
 }
 function onDownClose(this: Spliced): void {
   splice(this).downClose();
