@@ -185,8 +185,7 @@ export class App {
     const now = Date.now();
     for (const [key, destination] of this.destinations) {
       const pool = this.pools.get(key)?.name ?? key;
-      for (const e of destination.endpoints.all)
-        yield { pool, endpoint: e.name, up: e.isAvailable(now) };
+      for (const e of destination.endpoints.all) yield { pool, endpoint: e.name, up: e.isUp(now) };
     }
   }
 

@@ -161,11 +161,24 @@ void t.test('a down upstream: dial errors and fail-fast refusals are counted', a
     result: 'error',
   });
   t.ok((errors ?? 0) >= 1);
+  const endpoint = `127.0.0.1:${port}`;
   t.equal(
-    metric(m, 'sidepool_endpoint_up', { pool, endpoint: `127.0.0.1:${port}` }),
-    1,
-    'a single endpoint is never ejected (maxEjectedPercent)',
+    metric(m, 'sidepool_endpoint_up', { pool, endpoint }),
+    0,
+    'down, as the pool that fails fast sees it, though a single endpoint is never ejected',
   );
+  const [view] = JSON.parse((await request(admin, '/pools')).body) as Array<{
+    endpoints: unknown[];
+  }>;
+  t.match(view?.endpoints, [
+    { endpoint, up: false, health: 'healthy', ejected: false, lastDialFailed: true },
+  ]);
+
+  // The upstream comes back on the same port: the next dial succeeds and it is up again.
+  const back = await startServer((socket) => socket.pipe(socket), port);
+  t.teardown(() => back.close());
+  await until(() => proxy.pool.isWarm, 15_000, 'a dial to the upstream that came back');
+  t.equal(metric(await scrape(admin), 'sidepool_endpoint_up', { pool, endpoint }), 1);
 });
 
 void t.test('/pools and /config', async (t) => {

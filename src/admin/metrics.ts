@@ -148,7 +148,7 @@ export class Metrics {
 
   private readonly endpointUp = new Gauge({
     name: 'sidepool_endpoint_up',
-    help: '1 when the endpoint takes new dials (healthy, not ejected), 0 when it does not.',
+    help: '1 when the endpoint takes new dials (healthy, not ejected, its last dial did not fail), 0 when it does not.',
     labelNames: ['pool', 'endpoint'] as const,
     registers: [this.registry],
     // Each worker ejects on its own: 1 only while no worker has the endpoint out.

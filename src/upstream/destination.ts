@@ -139,9 +139,10 @@ export class Destination {
     const now = Date.now();
     return this.endpoints.all.map((e) => ({
       endpoint: e.name,
-      up: e.isAvailable(now),
+      up: e.isUp(now),
       health: e.health,
       ejected: e.isEjected(now),
+      lastDialFailed: e.lastDialFailed,
       ejections: e.ejections,
       links: e.links,
     }));

@@ -42,9 +42,18 @@ export class Endpoint {
     return now < this.ejectedUntil;
   }
 
-  /** May take new dials. */
+  /** May take new dials: not removed, not unhealthy, not ejected. */
   isAvailable(now = Date.now()): boolean {
     return !this.removed && this.health === 'healthy' && !this.isEjected(now);
+  }
+
+  /**
+   * Up, as the pool sees it: available, and its last dial did not fail. An endpoint whose
+   * dials fail is down before outlier detection may eject it (it never ejects the only
+   * one: 50% of 1 is 0); `/pools` and `sidepool_endpoint_up` say what this says.
+   */
+  isUp(now = Date.now()): boolean {
+    return this.isAvailable(now) && !this.lastDialFailed;
   }
 }
 
@@ -112,7 +121,7 @@ export class EndpointSet {
    */
   get allDown(): boolean {
     const now = Date.now();
-    return this.endpoints.every((e) => !e.isAvailable(now) || e.lastDialFailed);
+    return this.endpoints.every((e) => !e.isUp(now));
   }
 
   dialSucceeded(endpoint: Endpoint): void {
