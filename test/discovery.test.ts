@@ -2,8 +2,9 @@ import net from 'node:net';
 import t from 'tap';
 import { startProxy } from './helpers/app.js';
 import { startDns } from './helpers/dnsmasq.js';
+import { request } from './helpers/http.js';
 import { freePort } from './helpers/redis.js';
-import { roundTrip, startServer, until, type TestServer } from './helpers/util.js';
+import { roundTrip, sleep, startServer, until, type TestServer } from './helpers/util.js';
 
 /** Echo servers on several loopback addresses, one port: the pods behind a headless service. */
 async function pods(port: number, hosts: string[]): Promise<Map<string, TestServer>> {
@@ -123,5 +124,86 @@ void t.test(
       startProxy({ dns: `missing.test:${port}`, resolvers: [dns2.address] } as never),
       { code: 'SIDEPOOL_RESOLVE_FAILED' },
     );
+  },
+);
+
+void t.test(
+  'an endpoint that leaves DNS loses its metric series once its links are gone',
+  async (t) => {
+    const port = await freePort();
+    const servers = await pods(port, ['127.0.0.2', '127.0.0.3', '127.0.0.4']);
+    t.teardown(() => Promise.all([...servers.values()].map((s) => s.close())));
+    const dns = await startDns({ 'pods.test': ['127.0.0.2', '127.0.0.3'] });
+    t.teardown(() => dns.stop());
+    const proxy = await startProxy(
+      { dns: `pods.test:${port}`, dnsRefresh: '100ms', resolvers: [dns.address] } as never,
+      { minIdle: 4 },
+      { health: { interval: 100, healthyThreshold: 1 } },
+      { admin: { listen: '127.0.0.1:0' } },
+    );
+    t.teardown(() => proxy.app.stop(100));
+    const admin = proxy.app.admin?.port as number;
+    const series = async (host: string): Promise<string[]> =>
+      (await request(admin, '/metrics')).body
+        .split('\n')
+        .filter((line) => !line.startsWith('#') && line.includes(`"${host}:${port}"`))
+        .map((line) => line.replace(/ [^ ]+$/, ''));
+    await until(() => proxy.pool.isWarm);
+    let three: string[] = [];
+    for (let i = 0; i < 100; i++) {
+      three = await series('127.0.0.3');
+      if (three.some((s) => s.startsWith('sidepool_health_probes_total'))) break;
+      await sleep(50);
+    }
+    t.match(
+      three.join('\n'),
+      /sidepool_upstream_connects_total[^\n]*result="success"[\s\S]*sidepool_endpoint_up[\s\S]*sidepool_health_probes_total/,
+      '.3 has its dial, up and probe series',
+    );
+
+    // A session holds a link to .3 while .3 leaves DNS.
+    let onThree: net.Socket | undefined;
+    for (let i = 0; i < 10 && onThree === undefined; i++) {
+      const s = net.connect(proxy.port, '127.0.0.1');
+      s.on('error', () => {});
+      const first = await new Promise<string>((r) => {
+        s.once('data', (c: Buffer) => r(c.toString()));
+        s.write('who');
+      });
+      if (first.startsWith('127.0.0.3')) onThree = s;
+      else s.destroy();
+    }
+    t.ok(onThree, 'a session on 127.0.0.3');
+    await dns.setRecords({ 'pods.test': ['127.0.0.2', '127.0.0.4'] });
+    await until(() => proxy.lines.some((l) => l.msg === 'endpoints changed'), 3000);
+    const leaving = await series('127.0.0.3');
+    t.ok(
+      leaving.some((s) => s.startsWith('sidepool_upstream_connects_total')),
+      'kept while a link to it is open',
+    );
+    t.notOk(
+      leaving.some((s) => s.startsWith('sidepool_endpoint_up')),
+      'endpoint_up is for listed endpoints only',
+    );
+
+    onThree?.destroy();
+    const threeServer = servers.get('127.0.0.3') as TestServer;
+    await until(
+      () => threeServer.connections.every((c) => c.destroyed),
+      5000,
+      'no link to .3 left',
+    );
+    let left = await series('127.0.0.3');
+    for (let i = 0; i < 100 && left.length > 0; i++) {
+      await sleep(50);
+      left = await series('127.0.0.3');
+    }
+    t.same(left, [], 'every series of .3 is gone');
+    await until(() => proxy.pool.isWarm && proxy.pool.stats().idle === 4);
+    t.ok(
+      (await series('127.0.0.4')).some((s) => s.startsWith('sidepool_upstream_connects_total')),
+      '.4 has its own',
+    );
+    t.ok((await series('127.0.0.2')).length > 0, '.2 keeps its own');
   },
 );

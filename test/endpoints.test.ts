@@ -22,6 +22,7 @@ function makeSet(
     up: (e) => events.push(`up ${e.address.kind === 'tcp' ? e.address.port : ''}`),
     ejected: (e, ms) =>
       events.push(`ejected ${e.address.kind === 'tcp' ? e.address.port : ''} ${ms}`),
+    gone: (e) => events.push(`gone ${e.address.kind === 'tcp' ? e.address.port : ''}`),
   });
   t.teardown(() => set.close());
   return { set, events };
@@ -141,6 +142,31 @@ void t.test('update() adds and removes endpoints', (t) => {
   t.same(removed.map(port), [2]);
   t.equal(two.removed, true);
   t.same(set.all.map(port), [1, 3]);
-  t.same(events, ['down 2 removed', 'up 3']);
+  t.same(events, ['down 2 removed', 'up 3', 'gone 2'], 'no links: gone at once');
+  t.end();
+});
+
+void t.test('an endpoint that left is gone when its last link closes, unless it came back', (t) => {
+  const { set, events } = makeSet([1, 2]);
+  const two = set.all[1] as Endpoint;
+  set.linkOpened(two);
+  set.linkOpened(two);
+  set.update([addr(1)]);
+  t.same(events, ['down 2 removed'], 'its links are still open');
+  set.linkClosed(two);
+  t.same(events, ['down 2 removed']);
+  set.linkClosed(two);
+  t.same(events, ['down 2 removed', 'gone 2']);
+
+  const one = set.all[0] as Endpoint;
+  set.linkOpened(one);
+  set.update([addr(2)]);
+  set.update([addr(1), addr(2)]);
+  set.linkClosed(one);
+  t.same(
+    events.slice(2),
+    ['down 1 removed', 'up 2', 'up 1'],
+    'listed again before its last link closed: not gone',
+  );
   t.end();
 });

@@ -5,7 +5,7 @@ import type { Registry } from 'prom-client';
  * and hash the label set on every call, even on a bound child (about a microsecond, seen
  * at 1-2% of CPU per connection in a profile); these add to plain numbers instead, and
  * the registry reads them when Prometheus scrapes. A series is made once, when its pool
- * or route is, and then kept.
+ * or route is, and then kept (series of an endpoint that left are removed).
  */
 
 type Labels = Record<string, string>;
@@ -81,6 +81,14 @@ abstract class Family<T extends { labels: Labels }> {
       this.all.set(key, series);
     }
     return series;
+  }
+
+  /** Drops every series whose labels include all of `labels`. */
+  remove(labels: Labels): void {
+    for (const [key, series] of this.all) {
+      if (Object.entries(labels).every(([name, value]) => series.labels[name] === value))
+        this.all.delete(key);
+    }
   }
 
   protected snapshot(values: Snapshot['values']): Promise<Snapshot> {

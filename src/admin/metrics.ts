@@ -41,6 +41,8 @@ export class Metrics {
   readonly registry = new Registry();
   private source: MetricsSource | undefined;
   private readonly bytesReported = new Map<string, { up: number; down: number }>();
+  /** Each pool observer's series by endpoint and result, to drop an endpoint's. */
+  private readonly endpointConnects = new Map<string, Map<string, HotCounter>>();
 
   private readonly poolConnections = new Gauge({
     name: 'sidepool_pool_connections',
@@ -332,8 +334,10 @@ export class Metrics {
       unhealthy: evict('unhealthy'),
       endpoint_removed: evict('endpoint_removed'),
     };
-    // Endpoints come and go (DNS): their series are made on their first dial.
+    // Endpoints come and go (DNS): their series are made on their first dial, and go with
+    // the endpoint (destinationObserver's gone).
     const connects = new Map<string, HotCounter>();
+    this.endpointConnects.set(pool, connects);
     const family = this.upstreamConnects;
     return {
       acquired(result, waitedSeconds) {
@@ -382,7 +386,7 @@ export class Metrics {
     };
   }
 
-  /** An observer of one destination's probes and ejections. */
+  /** An observer of one destination's probes, ejections and departing endpoints. */
   destinationObserver(pool: string): DestinationObserver {
     const probes = this.healthProbes;
     const ejections = this.ejections;
@@ -393,7 +397,26 @@ export class Metrics {
       ejected(endpoint) {
         ejections.inc({ pool, endpoint: endpoint.name });
       },
+      gone: (endpoint, pools) => this.dropEndpoint(pool, endpoint.name, pools),
     };
+  }
+
+  /**
+   * An endpoint left and its links are gone: its series go too, so that DNS discovery of
+   * pods does not keep a series for every address it ever saw.
+   */
+  private dropEndpoint(destination: string, endpoint: string, pools: readonly string[]): void {
+    for (const result of ['success', 'failure']) {
+      this.healthProbes.remove({ pool: destination, endpoint, result });
+    }
+    this.ejections.remove({ pool: destination, endpoint });
+    for (const pool of new Set([destination, ...pools])) {
+      this.upstreamConnects.remove({ pool, endpoint });
+      const connects = this.endpointConnects.get(pool);
+      for (const [key, counter] of connects ?? []) {
+        if (counter.labels.endpoint === endpoint) connects?.delete(key);
+      }
+    }
   }
 
   /** An observer for one route, with its label children bound now. */

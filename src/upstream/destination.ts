@@ -13,7 +13,14 @@ import { NO_TLS_OBSERVER, type TlsObserver } from '../tls/observer.js';
 export interface DestinationObserver {
   probed: ProbeObserver;
   ejected(endpoint: Endpoint): void;
+  /**
+   * The endpoint left and its last link closed: its series (in the destination's name and
+   * in each of `pools`) go.
+   */
+  gone(endpoint: Endpoint, pools: readonly string[]): void;
 }
+
+const NO_OBSERVER: DestinationObserver = { probed() {}, ejected() {}, gone() {} };
 
 /**
  * Where a pool's links go: the endpoints (static, or discovered by DNS), their health
@@ -36,7 +43,7 @@ export class Destination {
     name: string,
     route: RouteConfig,
     private readonly log: Logger,
-    observer: DestinationObserver = { probed() {}, ejected() {} },
+    observer: DestinationObserver = NO_OBSERVER,
     tlsObserver: TlsObserver = NO_TLS_OBSERVER,
     /** The mode starts TLS inside its protocol (postgres): the dialer makes plain TCP. */
     tlsByMode = false,
@@ -61,6 +68,13 @@ export class Destination {
           'endpoint ejected',
         );
         observer.ejected(endpoint);
+      },
+      gone: (endpoint) => {
+        this.log.info({ endpoint: endpoint.name }, 'endpoint gone: its last link closed');
+        observer.gone(
+          endpoint,
+          [...this.pools].map((pool) => pool.name),
+        );
       },
     });
     this.tls =

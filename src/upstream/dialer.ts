@@ -76,8 +76,8 @@ export class Dialer implements Connector {
       }
       this.endpoints.dialSucceeded(endpoint);
       const connected = endpoint;
-      connected.links++;
-      socket.once('close', () => connected.links--);
+      this.endpoints.linkOpened(connected);
+      socket.once('close', () => this.endpoints.linkClosed(connected));
       return { socket, endpoint: connected.name };
     }
     throw lastError ?? new NoHealthyEndpointError(this.name);

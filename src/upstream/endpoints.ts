@@ -69,6 +69,8 @@ export interface EndpointEvents {
   /** The endpoint takes dials again. */
   up(endpoint: Endpoint): void;
   ejected(endpoint: Endpoint, forMs: number): void;
+  /** The endpoint left (DNS) and its last link closed: nothing more will be said of it. */
+  gone(endpoint: Endpoint): void;
 }
 
 /**
@@ -122,6 +124,17 @@ export class EndpointSet {
   get allDown(): boolean {
     const now = Date.now();
     return this.endpoints.every((e) => !e.isUp(now));
+  }
+
+  /** A link to `endpoint` opened. */
+  linkOpened(endpoint: Endpoint): void {
+    endpoint.links++;
+  }
+
+  /** A link to `endpoint` closed: the last one of an endpoint that left makes it gone. */
+  linkClosed(endpoint: Endpoint): void {
+    endpoint.links--;
+    if (endpoint.removed && endpoint.links === 0) this.leave(endpoint);
   }
 
   dialSucceeded(endpoint: Endpoint): void {
@@ -183,7 +196,13 @@ export class EndpointSet {
     }
     this.endpoints = [...this.endpoints.filter((e) => !e.removed), ...added];
     for (const endpoint of added) this.events.up(endpoint);
+    for (const endpoint of removed) if (endpoint.links === 0) this.leave(endpoint);
     return { added, removed };
+  }
+
+  /** Unless the name came back (DNS listed it again), the endpoint is gone. */
+  private leave(endpoint: Endpoint): void {
+    if (!this.endpoints.some((e) => e.name === endpoint.name)) this.events.gone(endpoint);
   }
 
   close(): void {
