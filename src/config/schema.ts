@@ -96,7 +96,10 @@ export const upstreamTlsSchema = z
   .strictObject({
     /** SNI and the name verified; default: the host of the address (or of `dns`). */
     servername: z.string().min(1).optional(),
-    /** PEM bundle of trusted CAs; default: the system's. */
+    /**
+     * PEM bundle of trusted CAs, which replaces the default: Node's bundled roots, plus
+     * the system store where the runtime can read it (src/tls/trust.ts).
+     */
     ca: readableFile.optional(),
     /** Client certificate and key, for upstreams that require mTLS. */
     cert: readableFile.optional(),
@@ -111,7 +114,7 @@ export const upstreamTlsSchema = z
   })
   .superRefine(certAndKeyTogether);
 
-/** `tls: true` is shorthand for `tls: {}`: the system CAs, the address's host as the name. */
+/** `tls: true` is shorthand for `tls: {}`: the default trust, the address's host as the name. */
 const upstreamTls = z.preprocess(
   (value) => (value === true ? {} : value === false ? undefined : value),
   upstreamTlsSchema.optional(),

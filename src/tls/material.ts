@@ -316,7 +316,8 @@ export function buildMaterial(
       ...contextOptions,
       cert: pem.cert,
       key: pem.key,
-      ca: pem.ca,
+      // A CA file replaces any default trust the options carry.
+      ...(pem.ca !== undefined ? { ca: pem.ca } : {}),
     });
   } catch (err) {
     const field: MaterialField = pem.cert !== undefined ? 'cert' : 'ca';

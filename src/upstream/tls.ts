@@ -13,13 +13,14 @@ import {
 import { neverThrowErrors } from '../net/guard.js';
 import { TlsMaterial, type CertificateInfo, type TlsMaterialOptions } from '../tls/material.js';
 import { NO_TLS_OBSERVER, type TlsObserver } from '../tls/observer.js';
+import { defaultTrust } from '../tls/trust.js';
 import { TlsSessionCache } from './tls-sessions.js';
 
 /** `upstream.tls` in the config. */
 export interface UpstreamTlsSettings {
   /** SNI and the name verified; default: the host of the address (or the DNS name). */
   servername?: string | undefined;
-  /** PEM bundle of trusted CAs; default: the system's. */
+  /** PEM bundle of trusted CAs; default: Node's bundled roots and the system store (trust.ts). */
   ca?: string | undefined;
   /** Client certificate and key, for upstreams that require mTLS. */
   cert?: string | undefined;
@@ -95,12 +96,13 @@ export class TlsOrigination {
     this.log = options.logger;
     this.observer = options.observer ?? NO_TLS_OBSERVER;
     const { ca, cert, key, minVersion } = options.settings;
+    const trust = ca === undefined ? defaultTrust() : undefined;
     this.material = new TlsMaterial({
       side: 'upstream',
       name: this.pool,
       files: pickDefined({ ca, cert, key }),
       certRole: 'client',
-      contextOptions: { minVersion },
+      contextOptions: { minVersion, ...(trust?.ca !== undefined ? { ca: trust.ca } : {}) },
       logger: this.log,
       observer: this.observer,
       ...options.watch,
@@ -108,6 +110,14 @@ export class TlsOrigination {
     // A resumed session skips certificate verification: after the CA or the client
     // certificate changed, every new link must verify again.
     this.unsubscribe = this.material.onReload(() => this.sessions.clear());
+    if (trust !== undefined && !options.settings.insecureSkipVerify) {
+      this.log.info(
+        { pool: this.pool, trust: trust.sources, certificates: trust.ca?.length },
+        trust.systemStore
+          ? "upstream TLS trusts Node's bundled roots and the system's CA store (no tls.ca given)"
+          : "upstream TLS trusts Node's bundled roots only: this Node cannot read the system's CA store; give a private CA as tls.ca or in NODE_EXTRA_CA_CERTS",
+      );
+    }
     if (options.settings.insecureSkipVerify) {
       this.log.warn(
         { pool: this.pool },
