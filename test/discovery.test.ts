@@ -25,6 +25,21 @@ async function pods(port: number, hosts: string[]): Promise<Map<string, TestServ
   return servers;
 }
 
+/** A session through the proxy that landed on `host` (sessions to others are closed). */
+async function sessionOn(port: number, host: string): Promise<net.Socket | undefined> {
+  for (let i = 0; i < 10; i++) {
+    const s = net.connect(port, '127.0.0.1');
+    s.on('error', () => {});
+    const first = await new Promise<string>((r) => {
+      s.once('data', (c: Buffer) => r(c.toString()));
+      s.write('who');
+    });
+    if (first.startsWith(host)) return s;
+    s.destroy();
+  }
+  return undefined;
+}
+
 void t.test('DNS discovery: endpoints join, leave (draining) and are balanced', async (t) => {
   const port = await freePort();
   const servers = await pods(port, ['127.0.0.2', '127.0.0.3', '127.0.0.4']);
@@ -50,17 +65,7 @@ void t.test('DNS discovery: endpoints join, leave (draining) and are balanced', 
   t.same([...seen].sort(), ['127.0.0.2', '127.0.0.3']);
 
   // A long session on .3 survives .3 leaving DNS.
-  let onThree: net.Socket | undefined;
-  for (let i = 0; i < 10 && onThree === undefined; i++) {
-    const s = net.connect(proxy.port, '127.0.0.1');
-    s.on('error', () => {});
-    const first = await new Promise<string>((r) => {
-      s.once('data', (c: Buffer) => r(c.toString()));
-      s.write('who');
-    });
-    if (first.startsWith('127.0.0.3')) onThree = s;
-    else s.destroy();
-  }
+  const onThree = await sessionOn(proxy.port, '127.0.0.3');
   t.ok(onThree, 'a session on 127.0.0.3');
 
   await dns.setRecords({ 'redis.pods.test': ['127.0.0.2', '127.0.0.4'] });
@@ -162,17 +167,7 @@ void t.test(
     );
 
     // A session holds a link to .3 while .3 leaves DNS.
-    let onThree: net.Socket | undefined;
-    for (let i = 0; i < 10 && onThree === undefined; i++) {
-      const s = net.connect(proxy.port, '127.0.0.1');
-      s.on('error', () => {});
-      const first = await new Promise<string>((r) => {
-        s.once('data', (c: Buffer) => r(c.toString()));
-        s.write('who');
-      });
-      if (first.startsWith('127.0.0.3')) onThree = s;
-      else s.destroy();
-    }
+    const onThree = await sessionOn(proxy.port, '127.0.0.3');
     t.ok(onThree, 'a session on 127.0.0.3');
     await dns.setRecords({ 'pods.test': ['127.0.0.2', '127.0.0.4'] });
     await until(() => proxy.lines.some((l) => l.msg === 'endpoints changed'), 3000);

@@ -2,10 +2,8 @@ import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import YAML from 'yaml';
-import { startCli } from './helpers/cli.js';
+import { startSidepoolProcess } from './helpers/group.js';
 import { metric, parseMetrics, request } from './helpers/http.js';
-import { freePort } from './helpers/redis.js';
 import { roundTrip, startEcho, until } from './helpers/util.js';
 
 /**
@@ -23,37 +21,18 @@ async function startSidepool(
   t: { teardown(fn: () => unknown): void },
   fault: 'rejection' | 'exception',
   workers = 1,
-): Promise<{
-  cli: ReturnType<typeof startCli>;
-  port: number;
-  adminPort: number;
-  workerPids: () => number[];
-}> {
+) {
   const upstream = await startEcho();
   t.teardown(() => upstream.close());
   const dir = await mkdtemp(join(tmpdir(), 'sidepool-faults-'));
   const preload = join(dir, 'planted.mjs');
   await writeFile(preload, PLANTED);
-  const path = join(dir, 'sidepool.yaml');
-  const [port, adminPort] = [await freePort(), await freePort()];
-  await writeFile(
-    path,
-    YAML.stringify({
-      workers,
-      admin: { listen: `127.0.0.1:${adminPort}` },
-      routes: [{ name: 'echo', listen: `127.0.0.1:${port}`, upstream: upstream.address }],
-    }),
+  return startSidepoolProcess(
+    t,
+    upstream.address,
+    {},
+    { workers, env: { PLANTED_FAULT: fault }, nodeFlags: ['--import', preload] },
   );
-  const cli = startCli(['run', '--config', path], { PLANTED_FAULT: fault }, undefined, [
-    '--import',
-    preload,
-  ]);
-  t.teardown(() => cli.child.kill('SIGKILL'));
-  await cli.waitFor((l) => l.msg === (workers > 1 ? 'workers started' : 'pool warm'), 15_000);
-  const workerPids = (): number[] => [
-    ...new Set(cli.lines.filter((l) => l.msg === 'route listening').map((l) => l.pid as number)),
-  ];
-  return { cli, port, adminPort, workerPids };
 }
 
 void t.test(

@@ -69,16 +69,32 @@ async function startMisbehavingUpstream(options: { behaveFrom: number; resetAfte
   };
 }
 
+/** The misbehaving upstream and sidepool in front of it, TLS verified against the test CA. */
+async function throughTls(
+  t: { teardown(fn: () => unknown): void },
+  upstreamOptions: { behaveFrom: number; resetAfterMs: number },
+  pool: Record<string, unknown>,
+  route: Record<string, unknown> = {},
+) {
+  const upstream = await startMisbehavingUpstream(upstreamOptions);
+  t.teardown(() => upstream.close());
+  const proxy = await startProxy(
+    { address: upstream.address, tls: { ca: ca.cert, servername: 'db.test' } } as never,
+    pool,
+    route,
+  );
+  t.teardown(() => proxy.app.stop(100));
+  return { upstream, proxy };
+}
+
 void t.test(
   'a TLS upstream that resets the warm-up dials waiting for the first session: the dials fail, the process stays up, the pool warms once the upstream behaves',
   async (t) => {
-    const upstream = await startMisbehavingUpstream({ behaveFrom: 4, resetAfterMs: 100 });
-    t.teardown(() => upstream.close());
-    const proxy = await startProxy(
-      { address: upstream.address, tls: { ca: ca.cert, servername: 'db.test' } } as never,
+    const { upstream, proxy } = await throughTls(
+      t,
+      { behaveFrom: 4, resetAfterMs: 100 },
       { minIdle: 4, connectTimeout: 2000 },
     );
-    t.teardown(() => proxy.app.stop(100));
     await until(() => upstream.seen.reset >= 3, 5000, 'the resets');
     await until(() => proxy.pool.totals.dialFailures >= 3, 5000, 'the failed dials');
     await until(() => proxy.pool.isWarm, 15_000, 'a warm pool once the upstream behaves');
@@ -90,14 +106,12 @@ void t.test(
   'a probe waiting for the first TLS session is reset: the probe fails, the process stays up',
   async (t) => {
     // The pool's one dial stalls its handshake; every probe behind it waits and is reset.
-    const upstream = await startMisbehavingUpstream({ behaveFrom: 1000, resetAfterMs: 50 });
-    t.teardown(() => upstream.close());
-    const proxy = await startProxy(
-      { address: upstream.address, tls: { ca: ca.cert, servername: 'db.test' } } as never,
+    const { upstream, proxy } = await throughTls(
+      t,
+      { behaveFrom: 1000, resetAfterMs: 50 },
       { minIdle: 1, maxSize: 1, connectTimeout: 10_000 },
       { health: { interval: 100, timeout: 5000, unhealthyThreshold: 2 } },
     );
-    t.teardown(() => proxy.app.stop(100));
     const endpoint = proxy.app.destinations.values().next().value?.endpoints.all[0];
     await until(() => endpoint?.health === 'unhealthy', 10_000, 'two failed probes');
     t.ok(upstream.seen.reset >= 2, `the probes were reset (${upstream.seen.reset})`);
@@ -111,10 +125,9 @@ void t.test(
 void t.test(
   'with no connect timeout, closing the pool ends the stalled first handshake and the dials waiting behind it',
   async (t) => {
-    const upstream = await startMisbehavingUpstream({ behaveFrom: 1000, resetAfterMs: 60_000 });
-    t.teardown(() => upstream.close());
-    const proxy = await startProxy(
-      { address: upstream.address, tls: { ca: ca.cert, servername: 'db.test' } } as never,
+    const { upstream, proxy } = await throughTls(
+      t,
+      { behaveFrom: 1000, resetAfterMs: 60_000 },
       { minIdle: 4, connectTimeout: 0 },
     );
     await until(() => upstream.seen.open === 4, 5000, 'four dials in flight');

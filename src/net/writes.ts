@@ -64,11 +64,8 @@ function heldWrite(
   callback: WriteCallback,
 ): void {
   const hold = this[kHold] as Hold;
-  if (hold.error !== undefined) {
-    callback();
-    return;
-  }
-  hold.write(chunk, encoding, wrapped(this, hold, callback));
+  if (hold.error !== undefined) callback();
+  else hold.write(chunk, encoding, wrapped(this, hold, callback));
 }
 
 function heldWritev(
@@ -77,11 +74,8 @@ function heldWritev(
   callback: WriteCallback,
 ): void {
   const hold = this[kHold] as Hold;
-  if (hold.error !== undefined) {
-    callback();
-    return;
-  }
-  (hold.writev as NonNullable<Duplex['_writev']>)(chunks, wrapped(this, hold, callback));
+  if (hold.error !== undefined) callback();
+  else (hold.writev as NonNullable<Duplex['_writev']>)(chunks, wrapped(this, hold, callback));
 }
 
 /** Ours around the stream's write callback, made once per stream (Writable passes the same). */
