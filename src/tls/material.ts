@@ -116,7 +116,7 @@ export class TlsMaterial {
   /** The current PEM and context settings, for `tls.createServer`/`setSecureContext`. */
   secureContextOptions(): tls.SecureContextOptions {
     const { cert, key, ca } = this.#loaded.pem;
-    return { ...this.contextOptions, cert, key, ca };
+    return { ...this.contextOptions, cert, key, ...(ca !== undefined ? { ca } : {}) };
   }
 
   /** The certificates in use: the presented one first, then its chain, then trusted CAs. */
