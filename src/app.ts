@@ -456,7 +456,7 @@ export class App {
               observer: this.metrics.httpObserver(routeConfig.name, pool.name),
             })
           : undefined,
-      ownReads: routeConfig.mode === 'tcp',
+      ownReads: routeConfig.mode === 'tcp' || routeConfig.mode === 'redis',
       reusePort: this.options.reusePort === true,
       tls:
         routeConfig.tls === undefined || NEGOTIATES_TLS.has(routeConfig.mode)

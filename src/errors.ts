@@ -249,3 +249,28 @@ export function reloadProblems(err: unknown): string[] {
     ? err.issues.map((i) => (i.path ? `${i.path}: ${i.message}` : i.message))
     : [describe(err)];
 }
+
+/** Bytes from a Redis client or server that are not RESP sidepool can frame safely. */
+export class RedisProtocolError extends SidepoolError {
+  constructor(problem: string) {
+    super('SIDEPOOL_REDIS_PROTOCOL', problem);
+  }
+}
+
+/**
+ * A new Redis link's login (AUTH, SELECT) was refused. `reply` is Redis's error text, which
+ * names no secret (a password is never echoed).
+ */
+export class RedisLoginError extends DialError {
+  constructor(
+    endpoint: string,
+    readonly step: 'auth' | 'select',
+    readonly reply: string,
+  ) {
+    super(
+      step === 'auth' ? 'SIDEPOOL_REDIS_AUTH_FAILED' : 'SIDEPOOL_REDIS_SELECT_FAILED',
+      endpoint,
+      `Redis at ${endpoint} refused ${step === 'auth' ? 'AUTH' : 'SELECT'}: ${reply}`,
+    );
+  }
+}

@@ -336,6 +336,57 @@ export const postgresSchema = z
 
 export type PostgresConfig = z.output<typeof postgresSchema>;
 
+const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, kib: 1024, mib: 1024 * 1024 };
+
+/** A size in bytes: a whole number, or a string such as 512, 64KiB, 1MiB. */
+function byteSize(min: number, max: number) {
+  return z
+    .union([z.number(), z.string()], {
+      error: 'expected a size such as 64KiB, 1MiB, or a number of bytes',
+    })
+    .transform((value, ctx) => {
+      const match = /^\s*(\d+)\s*(B|KiB|MiB)?\s*$/i.exec(String(value));
+      const bytes =
+        match === null
+          ? undefined
+          : Number(match[1]) * (SIZE_UNITS[(match[2] ?? '').toLowerCase()] as number);
+      if (bytes === undefined || !Number.isSafeInteger(bytes)) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `expected a size such as 64KiB, 1MiB, or a number of bytes, got ${JSON.stringify(value)}`,
+        });
+        return z.NEVER;
+      }
+      if (bytes < min || bytes > max) {
+        ctx.addIssue({ code: 'custom', message: `must be between ${min} and ${max} bytes` });
+        return z.NEVER;
+      }
+      return bytes;
+    });
+}
+
+/** redis mode: multiplexing, and the credentials of the upstream and of clients. */
+export const redisSchema = z.strictObject({
+  /** One write to a Redis link holds at most this; a larger command gets a link of its own. */
+  maxBatchBytes: byteSize(1024, 64 * 1024 * 1024).default(64 * 1024),
+  /** Replies outstanding per shared link; past it on every link, clients queue. */
+  maxPending: count(1).max(1_000_000).default(256),
+  /** sidepool's login on every link: AUTH [username] <password in passwordFile>. */
+  auth: z
+    .strictObject({
+      username: z.string().min(1).optional(),
+      passwordFile: readableFile,
+    })
+    .optional(),
+  /**
+   * The password clients AUTH to sidepool with (checked here); default: auth's. `false`:
+   * clients need not authenticate.
+   */
+  clientAuth: z
+    .union([z.literal(false), z.strictObject({ passwordFile: readableFile })])
+    .optional(),
+});
+
 const routeObject = z.strictObject({
   /** A name for logs and metrics; defaults to the listen address. */
   name: z
@@ -345,7 +396,7 @@ const routeObject = z.strictObject({
   /** host:port, or a unix socket path. */
   listen: address('listen'),
   /** What sidepool understands of the bytes. */
-  mode: z.enum(['tcp', 'http', 'postgres']).default('tcp'),
+  mode: z.enum(['tcp', 'http', 'postgres', 'redis']).default('tcp'),
   upstream: upstreamSchema,
   /** TLS termination: downstreams speak TLS to the listener; plain TCP when not given. */
   tls: routeTlsSchema.optional(),
@@ -377,6 +428,8 @@ const routeObject = z.strictObject({
   readyWhen: z.enum(['listening', 'upstreamHealthy']).default('listening'),
   /** postgres mode's settings. */
   postgres: postgresSchema.optional(),
+  /** redis mode: multiplexing and credentials (defaults filled for redis routes). */
+  redis: redisSchema.optional(),
 });
 
 /** `postgres:` only on postgres routes, where it gets its defaults; `password` needs TLS. */
@@ -409,10 +462,31 @@ function postgresKeys(route: z.output<typeof routeObject>, ctx: z.RefinementCtx)
   }
 }
 
+/** The `redis` key belongs to redis routes, which get its defaults when it is left out. */
+function redisOnlyKeys(route: { mode: string; redis?: unknown }, ctx: z.RefinementCtx): void {
+  if (route.mode !== 'redis' && route.redis !== undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['redis'],
+      message: `only for mode: redis (this route is mode: ${route.mode})`,
+    });
+  }
+}
+
+function withRedisDefaults<R extends { mode: string; redis?: z.output<typeof redisSchema> }>(
+  route: R,
+) {
+  return route.mode === 'redis' && route.redis === undefined
+    ? { ...route, redis: redisSchema.parse({}) }
+    : route;
+}
+
 export const routeSchema = routeObject
   .superRefine(httpOnlyKeys)
   .superRefine(postgresKeys)
-  .transform(withHttpDefaults);
+  .superRefine(redisOnlyKeys)
+  .transform(withHttpDefaults)
+  .transform(withRedisDefaults);
 
 export const configSchema = z
   .strictObject({

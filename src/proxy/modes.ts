@@ -1,5 +1,6 @@
 import type { ModeFactory } from './mode.js';
 import { postgresMode } from './postgres/mode.js';
+import { redisMode } from './redis/mode.js';
 
 /**
  * The protocol modes that hold pools of their own, by `mode` name. tcp and http use the
@@ -7,6 +8,7 @@ import { postgresMode } from './postgres/mode.js';
  */
 export const MODES: Readonly<Record<string, ModeFactory | undefined>> = {
   postgres: postgresMode,
+  redis: redisMode,
 };
 
 /** Modes whose protocol starts TLS itself (postgres: SSLRequest), so the dialer must not. */

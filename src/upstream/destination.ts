@@ -96,7 +96,7 @@ export class Destination {
       endpoints: this.endpoints,
       connectTimeout: route.pool.connectTimeout,
       tls: tlsByMode ? undefined : this.tls,
-      ownReads: route.mode === 'tcp',
+      ownReads: route.mode === 'tcp' || route.mode === 'redis',
     });
     if (upstream.dns !== undefined) {
       const dns = parseAddress(upstream.dns) as Address & { kind: 'tcp' };

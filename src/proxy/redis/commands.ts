@@ -127,7 +127,6 @@ export type PinReason =
   | 'monitor'
   | 'client_reply'
   | 'tracking'
-  | 'resp3'
   | 'auth'
   | 'connection_flag';
 
@@ -139,7 +138,6 @@ export const PIN_REASONS: readonly PinReason[] = [
   'monitor',
   'client_reply',
   'tracking',
-  'resp3',
   'auth',
   'connection_flag',
 ];

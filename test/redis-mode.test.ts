@@ -1,0 +1,252 @@
+import { Redis } from 'ioredis';
+import { createClient } from 'redis';
+import t from 'tap';
+import { startRedis } from './helpers/redis.js';
+import { RawClient, redisCli, startRedisProxy, upstreamConnections } from './helpers/redis-mode.js';
+import { until } from './helpers/util.js';
+
+void t.test(
+  'many clients interleave on a few links, each getting its replies in order',
+  async (t) => {
+    const redis = await startRedis();
+    t.teardown(() => redis.stop());
+    const proxy = await startRedisProxy(redis, { minIdle: 1, maxSize: 3 }, { maxPending: 64 });
+    t.teardown(() => proxy.app.stop(100));
+
+    const clients = await Promise.all(
+      Array.from({ length: 40 }, async () => {
+        const client = createClient({ socket: { host: '127.0.0.1', port: proxy.port } });
+        client.on('error', () => {});
+        await client.connect();
+        return client;
+      }),
+    );
+    t.teardown(() => Promise.all(clients.map((c) => c.quit().catch(() => {}))));
+
+    let peak = 0;
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        peak = Math.max(peak, await upstreamConnections(redis.port));
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+
+    // Each client pipelines INCRs of its own counter and reads of a shared key between
+    // them: every reply must be its own, in its order.
+    await clients[0]?.set('shared', 'value');
+    const results = await Promise.all(
+      clients.map(async (client, c) => {
+        const replies = await Promise.all(
+          Array.from({ length: 150 }, (_, i) =>
+            i % 3 === 2 ? client.get('shared') : client.incr(`counter:${c}`),
+          ),
+        );
+        let expected = 0;
+        return replies.every((reply, i) =>
+          i % 3 === 2 ? reply === 'value' : reply === ++expected,
+        );
+      }),
+    );
+    sampling = false;
+    await sampler;
+    t.ok(results.every(Boolean), 'every client got its own replies, in order');
+    t.ok(peak <= 3, `Redis saw at most maxSize connections (peak ${peak})`);
+    const stats = proxy.pool(0).stats();
+    t.ok(stats.idle + stats.active + stats.connecting <= 3, 'the pool stayed within maxSize');
+    const metrics = await proxy.app.metrics.render();
+    t.match(metrics, /sidepool_redis_commands_total\{route="test",result="ok"\} [1-9]/);
+    t.match(metrics, /sidepool_redis_batch_commands_bucket\{pool="test\/db0",le="\+Inf"\} [1-9]/);
+    t.match(metrics, /sidepool_redis_clients\{route="test",state="shared"\} 40/);
+  },
+);
+
+void t.test('ioredis with auto-pipelining, and redis-cli, through sidepool', async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  const proxy = await startRedisProxy(redis, { minIdle: 1, maxSize: 2 });
+  t.teardown(() => proxy.app.stop(100));
+
+  const clients = Array.from(
+    { length: 10 },
+    () =>
+      new Redis({
+        host: '127.0.0.1',
+        port: proxy.port,
+        enableAutoPipelining: true,
+        lazyConnect: true,
+        maxRetriesPerRequest: 0,
+      }),
+  );
+  t.teardown(() => clients.forEach((c) => c.disconnect()));
+  await Promise.all(clients.map((c) => c.connect()));
+  const ok = await Promise.all(
+    clients.map(async (client, c) => {
+      await Promise.all(
+        Array.from({ length: 100 }, (_, i) => client.set(`io:${c}:${i}`, `${c}-${i}`)),
+      );
+      const values = await Promise.all(
+        Array.from({ length: 100 }, (_, i) => client.get(`io:${c}:${i}`)),
+      );
+      return values.every((v, i) => v === `${c}-${i}`);
+    }),
+  );
+  t.ok(ok.every(Boolean), 'auto-pipelined GETs and SETs all answered right');
+  const [a, b] = clients;
+  const pipeline = await a!.pipeline().set('p', '1').incr('p').get('p').exec();
+  t.same(pipeline, [
+    [null, 'OK'],
+    [null, 2],
+    [null, '2'],
+  ]);
+  t.equal(await b!.get('p'), '2');
+
+  const cli = (...args: string[]): Promise<string> => redisCli(proxy.port, ...args);
+  t.equal(await cli('PING'), 'PONG');
+  t.equal(await cli('SET', 'cli', 'works'), 'OK');
+  t.equal(await cli('GET', 'cli'), 'works');
+  t.equal(await cli('-n', '3', 'SET', 'cli3', 'three'), 'OK');
+  t.equal(await cli('-n', '3', 'GET', 'cli3'), 'three');
+  t.equal(await cli('GET', 'cli3'), '', 'db 0 does not see db 3');
+});
+
+void t.test('10 MB values both ways, on the shared path and with large commands', async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  const proxy = await startRedisProxy(redis, { minIdle: 1, maxSize: 3 });
+  t.teardown(() => proxy.app.stop(100));
+
+  const client = new Redis({ host: '127.0.0.1', port: proxy.port, lazyConnect: true });
+  t.teardown(() => client.disconnect());
+  await client.connect();
+  const big = Buffer.alloc(10 * 1024 * 1024);
+  for (let i = 0; i < big.length; i += 4096) big.writeUInt32BE(i, i);
+  // Another client keeps the shared link busy meanwhile.
+  const other = new Redis({ host: '127.0.0.1', port: proxy.port, lazyConnect: true });
+  t.teardown(() => other.disconnect());
+  await other.connect();
+  const busy = Promise.all(Array.from({ length: 200 }, (_, i) => other.set(`k${i}`, String(i))));
+  t.equal(await client.set('big', big), 'OK');
+  const back = await client.getBuffer('big');
+  t.ok(back?.equals(big), '10 MB value came back intact');
+  t.equal((await busy).length, 200);
+  const twice = await Promise.all([client.getBuffer('big'), other.get('k7'), client.strlen('big')]);
+  t.ok(twice[0]?.equals(big));
+  t.equal(twice[1], '7');
+  t.equal(twice[2], big.length);
+  const metrics = await proxy.app.metrics.render();
+  t.match(metrics, /sidepool_redis_pins_total\{route="test",reason="large_command"\} [1-9]/);
+  // The large command's link went back to the pool once answered.
+  await until(() => proxy.pool(0).stats().active <= 1, 5000, 'pins released');
+});
+
+void t.test('SELECT moves a client to its database, isolated from the others', async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  const proxy = await startRedisProxy(redis, { minIdle: 1, maxSize: 2 });
+  t.teardown(() => proxy.app.stop(100));
+
+  const make = async (database: number) => {
+    const client = createClient({ socket: { host: '127.0.0.1', port: proxy.port }, database });
+    client.on('error', () => {});
+    await client.connect();
+    return client;
+  };
+  const [c0, c1, c2] = await Promise.all([make(0), make(1), make(2)]);
+  t.teardown(() => Promise.all([c0, c1, c2].map((c) => c.quit().catch(() => {}))));
+  await Promise.all([c0.set('k', 'zero'), c1.set('k', 'one'), c2.set('k', 'two')]);
+  const values = await Promise.all(
+    Array.from({ length: 30 }, (_, i) => [c0, c1, c2][i % 3]!.get('k')),
+  );
+  t.same(
+    values,
+    Array.from({ length: 30 }, (_, i) => ['zero', 'one', 'two'][i % 3]),
+  );
+  const direct = await RawClient.connect(redis.port);
+  t.teardown(() => direct.close());
+  t.same(await direct.send('SELECT 1\r\nGET k\r\nSELECT 2\r\nGET k\r\n', 4), [
+    '+OK\r\n',
+    '$3\r\none\r\n',
+    '+OK\r\n',
+    '$3\r\ntwo\r\n',
+  ]);
+  // One client moving between databases, pipelined.
+  const raw = await RawClient.connect(proxy.port);
+  t.teardown(() => raw.close());
+  t.same(
+    await raw.send('GET k\r\nSELECT 2\r\nGET k\r\nSELECT 1\r\nGET k\r\nSELECT 0\r\nGET k\r\n', 7),
+    [
+      '$4\r\nzero\r\n',
+      '+OK\r\n',
+      '$3\r\ntwo\r\n',
+      '+OK\r\n',
+      '$3\r\none\r\n',
+      '+OK\r\n',
+      '$4\r\nzero\r\n',
+    ],
+  );
+  // A database Redis does not have: Redis's own answer, and the client stays where it was.
+  t.same(await raw.send('SELECT 16\r\nGET k\r\nSELECT 99\r\n', 3), [
+    '-ERR DB index is out of range\r\n',
+    '$4\r\nzero\r\n',
+    '-ERR DB index is out of range\r\n',
+  ]);
+  t.ok(
+    [...proxy.mode.pools()].every((p) => !p.name.endsWith('/db16')),
+    'the refused database has no pool',
+  );
+  const view = proxy.app.poolsView() as Array<Record<string, unknown>>;
+  t.ok(view.some((p) => p.pool === 'test/db1' && p.database === 1));
+});
+
+void t.test('RESP3 clients (HELLO 3) share links switched to RESP3', async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  const proxy = await startRedisProxy(redis, { minIdle: 1, maxSize: 3 });
+  t.teardown(() => proxy.app.stop(100));
+
+  const clients = await Promise.all(
+    Array.from({ length: 8 }, async () => {
+      const client = createClient({ socket: { host: '127.0.0.1', port: proxy.port }, RESP: 3 });
+      client.on('error', () => {});
+      await client.connect();
+      return client;
+    }),
+  );
+  t.teardown(() => Promise.all(clients.map((c) => c.quit().catch(() => {}))));
+  await clients[0]!.hSet('h', { a: '1', b: '2' });
+  const maps = await Promise.all(clients.map((c) => c.hGetAll('h')));
+  t.ok(
+    maps.every((m) => m.a === '1' && m.b === '2'),
+    'RESP3 maps for every client',
+  );
+  t.equal(await clients[1]!.ping(), 'PONG');
+
+  const raw = await RawClient.connect(proxy.port);
+  t.teardown(() => raw.close());
+  const [hello] = await raw.send('HELLO 3\r\n', 1);
+  t.match(hello, /^%7\r\n/, 'a RESP3 map');
+  t.match(hello, /proto\r\n:3\r\n/);
+  t.same(await raw.send('HGETALL h\r\nGET nothing\r\nCLIENT GETNAME\r\nUNSUBSCRIBE\r\n', 4), [
+    '%2\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n',
+    '_\r\n',
+    '_\r\n',
+    '>3\r\n$11\r\nunsubscribe\r\n_\r\n:0\r\n',
+  ]);
+  const metrics = await proxy.app.metrics.render();
+  t.match(metrics, /sidepool_redis_clients\{route="test",state="shared"\} 9/, 'no pins');
+  t.ok((await upstreamConnections(redis.port)) <= 3, 'within maxSize');
+  // RESET: RESP2 again, on the RESP2 links.
+  t.same(await raw.send('RESET\r\nGET nothing\r\nHELLO 2\r\n', 3).then((r) => r.slice(0, 2)), [
+    '+RESET\r\n',
+    '$-1\r\n',
+  ]);
+  // Quiet RESP3 links go back to the pool switched to RESP2 again.
+  await Promise.all(clients.map((c) => c.quit().catch(() => {})));
+  await until(() => proxy.pool(0).stats().active === 0, 5000, 'shared links returned');
+  const plain = await RawClient.connect(proxy.port);
+  t.teardown(() => plain.close());
+  t.same(await plain.send('HGETALL h\r\n', 1), [
+    '*4\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n',
+  ]);
+});
