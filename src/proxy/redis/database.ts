@@ -127,16 +127,32 @@ export class Database implements MuxOwner {
   /** Wraps a link taken for a pin, switched to the client's protocol. */
   pin(link: Link, protocol: Protocol): LinkMux {
     this.verified = true;
-    const mux = new LinkMux(link, 'pinned', this.settings, this, this.metrics);
+    const mux = new LinkMux(link, 'pinned', this.settings, this, this.metrics, protocol);
     if (protocol === 3) mux.append(undefined, HELLO_3, 0, HELLO_3.length, undefined, SWALLOW);
     this.pinned.add(mux);
     return mux;
   }
 
-  /** Ends a pin: the link goes back to the pool (`reusable`) or is closed. */
+  /**
+   * Ends a pin: the link goes back to the pool (`reusable`; switched back to RESP2 first
+   * when it speaks RESP3) or is closed.
+   */
   unpin(mux: LinkMux, reusable: boolean): void {
+    if (reusable && mux.protocol === 3 && mux.state === 'open') {
+      this.switchBack(mux);
+      return;
+    }
     mux.detach();
     this.pool.release(mux.link, reusable);
+  }
+
+  /** HELLO 2, then back to the pool (closed if that fails). */
+  private switchBack(mux: LinkMux): void {
+    mux.restore(HELLO_2, 1, (ok) => {
+      mux.protocol = 2;
+      mux.detach();
+      this.pool.release(mux.link, ok);
+    });
   }
 
   /**
@@ -276,15 +292,7 @@ export class Database implements MuxOwner {
 
   /** A quiet shared link goes back to the pool (a RESP3 one after HELLO 2). */
   private releaseShared(mux: LinkMux): void {
-    if (mux.protocol === 2 || mux.state !== 'open') {
-      mux.detach();
-      this.pool.release(mux.link, mux.protocol === 2);
-      return;
-    }
-    mux.restore(HELLO_2, 1, (ok) => {
-      mux.detach();
-      this.pool.release(mux.link, ok);
-    });
+    this.unpin(mux, true);
   }
 
   /** Shared links quiet for a while (or past their lifetime) go back to the pool. */

@@ -137,8 +137,8 @@ export class LinkMux {
     private readonly settings: MuxSettings,
     private readonly set: MuxOwner,
     private readonly metrics: MuxMetrics,
-    /** The protocol the link speaks (a shared link of a RESP3 lane: 3). */
-    readonly protocol: 2 | 3 = 2,
+    /** The protocol the link speaks now (pool links: 2; RESP3 lanes and clients: 3). */
+    public protocol: 2 | 3 = 2,
   ) {
     this.role = role;
     this.socket = link.socket;

@@ -694,7 +694,10 @@ export class RedisSession implements Session, MuxClient, PlacementWaiter {
     }
     const db = this.db;
     const restore = this.mode.restoreCommands(db.index, true);
-    mux.restore(restore.bytes, restore.replies, (ok) => db.unpin(mux, ok));
+    mux.restore(restore.bytes, restore.replies, (ok) => {
+      mux.protocol = 2;
+      db.unpin(mux, ok);
+    });
   }
 
   // ── large commands ───────────────────────────────────────────────────────
@@ -972,7 +975,7 @@ export class RedisSession implements Session, MuxClient, PlacementWaiter {
       this.widenPin(pin, pin.reason);
       pin.mux.append(this, bytes, 0, bytes.length, undefined, A_FORWARD);
       if (pin.mux.counted) this.pending++;
-      if (version !== undefined) this.protocol = version as Protocol;
+      if (version !== undefined) this.protocol = pin.mux.protocol = version as Protocol;
       return true;
     }
     // Shared: the server's description, from a shared link of the protocol asked for
@@ -1172,6 +1175,7 @@ export class RedisSession implements Session, MuxClient, PlacementWaiter {
       const mux = pin.mux;
       mux.owner = undefined;
       const db = this.db;
+      mux.protocol = 2;
       if (!isReset || !resettable(pin.reason)) {
         db.unpin(mux, false);
       } else {
