@@ -122,6 +122,24 @@ export class RawClient {
     return this.replies.splice(0, count);
   }
 
+  /** Resolves with every reply up to and including the first that `last` accepts. */
+  async readUntil(last: (reply: string) => boolean, timeoutMs = 10_000): Promise<string[]> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const i = this.replies.findIndex(last);
+      if (i >= 0) return this.replies.splice(0, i + 1);
+      if (this.closed) return this.replies.splice(0, this.replies.length);
+      if (Date.now() > deadline) throw new Error(`timed out after ${this.replies.length} replies`);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, 100);
+        this.waiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+  }
+
   async send(bytes: string | Buffer, count: number): Promise<string[]> {
     this.socket.write(typeof bytes === 'string' ? Buffer.from(bytes, 'latin1') : bytes);
     return this.read(count);

@@ -1247,7 +1247,7 @@ export class RedisSession implements Session, MuxClient, PlacementWaiter {
       { session: this.id, problem: message },
       'redis client sent malformed input: closing it',
     );
-    this.lastWords = errorReply(message);
+    this.lastWords = errorReply(`ERR ${message}`);
     this.closeWhenDone();
   }
 
