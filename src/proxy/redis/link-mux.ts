@@ -19,6 +19,8 @@ export interface MuxClient {
   deliver(bytes: Buffer, replies: number): boolean;
   /** See `deliver`: runs after the read that delivered, never inside it. */
   wake(): void;
+  /** The client's unwritten replies passed the limit of a shared link: it must go. */
+  overflowed(): void;
   /** A NOTIFY entry's reply was delivered: `type` is its RESP type byte. */
   notify(type: number, isReset: boolean): void;
   /**
@@ -59,18 +61,20 @@ export const NOTIFY = 2;
 
 type MuxState = 'open' | 'restoring' | 'closed';
 
-/** A client's replies above this, in its socket's buffer, hold a pinned link's reads. */
+/**
+ * A pinned link stops reading while its client has more than this of replies unwritten
+ * (the client's own link, as with Redis; Redis's own output limits then apply).
+ */
 const CLIENT_HIGH_WATER = 1024 * 1024;
 /**
- * A client of a shared link whose buffered replies pass this is closed: it is not reading
- * (a shared link never waits for one client's complete replies).
+ * Replies a client of a shared link may have unwritten. Past it, a client with whole
+ * replies waiting is closed (a shared link never waits for one client's complete replies);
+ * one in the middle of a large reply holds the link's reads until it drains, since the
+ * rest of that reply is its own: bounded memory for a 512 MB value.
  */
 export const CLIENT_OUTPUT_LIMIT = 32 * 1024 * 1024;
-/**
- * A shared link paused in the middle of a large reply for a client that does not read is
- * resumed after this, the client closed.
- */
-export const STALLED_CLIENT_MS = 10_000;
+/** A shared link held this long for a client that does not drain: the client is closed. */
+export const STALLED_CLIENT_MS = 2000;
 /** The first batch buffer; it doubles up to maxBatchBytes as batches grow. */
 const FIRST_BATCH_BYTES = 4096;
 /** A link being restored (RESET, AUTH, SELECT) that does not answer in this long is closed. */
@@ -449,22 +453,29 @@ export class LinkMux {
       }
       if (this.state === 'closed') return kept ? CHUNK_KEPT : READ_MORE;
     }
-    if (runOwner !== undefined && pos > runStart)
-      kept = this.emit(runOwner, chunk, runStart, pos, runReplies) || kept;
+    if (runOwner !== undefined && pos > runStart) {
+      kept = this.emit(runOwner, chunk, runStart, pos, runReplies, framer.midValue) || kept;
+    }
     return this.afterRead(runOwner, kept);
   }
 
-  /** Hands bytes to a client; returns whether its socket still holds them (the chunk is kept). */
+  /**
+   * Hands bytes to a client; returns whether its socket still holds them (the chunk is
+   * kept). `partial`: they end inside a reply.
+   */
   private emit(
     client: MuxClient,
     chunk: Buffer,
     start: number,
     end: number,
     replies: number,
+    partial = false,
   ): boolean {
     if (client.gone) return false;
     if (client.deliver(chunk.subarray(start, end), replies)) this.woken.push(client);
-    return client.socket.writableLength > 0;
+    const buffered = client.socket.writableLength;
+    if (this.role === 'shared' && !partial && buffered > CLIENT_OUTPUT_LIMIT) client.overflowed();
+    return buffered > 0;
   }
 
   private afterRead(lastOwner: MuxClient | undefined, kept: boolean): number {
@@ -487,8 +498,10 @@ export class LinkMux {
     if (this.state === 'closed') return flags;
     // Backpressure: a pinned link waits for its client; a shared link only in the middle of
     // one client's large reply (the rest of the reply is that client's anyway).
-    const slow = this.role === 'pinned' ? this.owner : this.framer.midValue ? lastOwner : undefined;
-    if (slow !== undefined && !slow.gone && slow.socket.writableLength > CLIENT_HIGH_WATER) {
+    const pinned = this.role === 'pinned';
+    const slow = pinned ? this.owner : this.framer.midValue ? lastOwner : undefined;
+    const limit = pinned ? CLIENT_HIGH_WATER : CLIENT_OUTPUT_LIMIT;
+    if (slow !== undefined && !slow.gone && slow.socket.writableLength > limit) {
       this.pauseFor(slow);
       return flags | READ_PAUSE;
     }
@@ -520,8 +533,8 @@ export class LinkMux {
     const client = this.pausedFor;
     this.stallTimer = undefined;
     if (client === undefined) return;
-    client.socket.destroy(new LinkClosedError('the client did not read its replies'));
     this.resume();
+    if (!client.gone) client.overflowed();
   };
 
   private finishRestore(ok: boolean): void {

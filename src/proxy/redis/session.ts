@@ -33,14 +33,7 @@ import {
   type PinReason,
 } from './commands.js';
 import type { Database, PlacementWaiter, Protocol } from './database.js';
-import {
-  CLIENT_OUTPUT_LIMIT,
-  FORWARD as A_FORWARD,
-  NOTIFY,
-  SWALLOW,
-  type LinkMux,
-  type MuxClient,
-} from './link-mux.js';
+import { FORWARD as A_FORWARD, NOTIFY, SWALLOW, type LinkMux, type MuxClient } from './link-mux.js';
 import type { CommandResult } from './metrics.js';
 import type { RedisModeContext } from './mode.js';
 import * as R from './replies.js';
@@ -1121,16 +1114,18 @@ export class RedisSession implements Session, MuxClient, PlacementWaiter {
         return true;
       }
     }
-    if (this.pin === undefined && socket.writableLength > CLIENT_OUTPUT_LIMIT) {
-      // Replies pile up for a client that does not read them: it goes, the link goes on.
-      this.mode.observer.clientError('slow_reader');
-      this.route.log.warn(
-        { session: this.id, buffered: socket.writableLength },
-        'redis client does not read its replies: closed',
-      );
-      socket.destroy();
-    }
     return false;
+  }
+
+  /** Replies pile up for a client that does not read them: it goes, the link goes on. */
+  overflowed(): void {
+    if (this.phase === 'closed') return;
+    this.mode.observer.clientError('slow_reader');
+    this.route.log.warn(
+      { session: this.id, buffered: this.socket.writableLength },
+      'redis client does not read its replies: closed',
+    );
+    this.socket.destroy();
   }
 
   wake(): void {
@@ -1257,12 +1252,12 @@ export class RedisSession implements Session, MuxClient, PlacementWaiter {
     this.phase = 'closing';
     stopReading(this.socket);
     if (this.pending > 0 && this.pin?.mux.counted !== false) return;
-    if (this.lastWords !== undefined) {
-      this.socket.end(this.lastWords);
-      this.lastWords = undefined;
-    } else {
-      this.socket.end();
-    }
+    const words = this.lastWords;
+    this.lastWords = undefined;
+    // Like redis-server: once the last reply is written the connection closes, whether or
+    // not the client has finished sending (a client mid-way through megabytes would not).
+    const socket = this.socket;
+    socket.end(words ?? Buffer.alloc(0), () => socket.destroy());
   }
 
   /** The client half-closed: what it sent is answered, then the connection ends. */
