@@ -17,9 +17,9 @@ export interface RedisServer {
   stop(): Promise<void>;
 }
 
-/** A real redis-server on a free loopback port, no persistence. */
-export async function startRedis(extraArgs: string[] = []): Promise<RedisServer> {
-  const port = await freePort();
+/** A real redis-server on a free loopback port (or `port`), no persistence. */
+export async function startRedis(extraArgs: string[] = [], at?: number): Promise<RedisServer> {
+  const port = at ?? (await freePort());
   const server = await startProcess({
     command: 'redis-server',
     args: [

@@ -520,6 +520,11 @@ export class RedisSession implements Session, MuxClient, PlacementWaiter {
     return true;
   }
 
+  /** Forwards on the client's pin when it has one, else on a shared link. */
+  private forwardEither(buf: Buffer): boolean {
+    return this.pin === undefined ? this.forwardShared(buf) : this.forwardPinned(buf, this.pin);
+  }
+
   /** Queues the client for room on a shared link (all full, the pool at maxSize). */
   private queueForLink(protocol: Protocol): boolean {
     const err = this.db.queue(this, protocol);
@@ -989,7 +994,7 @@ export class RedisSession implements Session, MuxClient, PlacementWaiter {
   private select(buf: Buffer): boolean {
     if (this.pending > 0) return this.suspend('replies');
     const args = this.args(buf);
-    if (args.length !== 2) return this.forwardShared(buf);
+    if (args.length !== 2) return this.forwardEither(buf);
     const index = R.parseInteger(args[1] as Buffer);
     if (index === undefined || index > 2_147_483_647 || index < -2_147_483_648) {
       return this.answer(R.NOT_AN_INTEGER);
@@ -1045,7 +1050,7 @@ export class RedisSession implements Session, MuxClient, PlacementWaiter {
     }
     const reason = this.connectionReason(buf, CLIENT);
     if (reason !== undefined) return this.pinFor(buf, reason, 'session');
-    return this.forwardShared(buf);
+    return this.forwardEither(buf);
   }
 
   private unsubscribe(buf: Buffer): boolean {
@@ -1078,7 +1083,9 @@ export class RedisSession implements Session, MuxClient, PlacementWaiter {
       case EXEC: {
         const lost = this.txn === 'lost_multi';
         this.txn = 'none';
-        return this.answer(lost ? R.EXECABORT : this.nil(), lost ? 'failed' : 'local');
+        // An aborted EXEC answers a null array (RESP3: null), as when a watched key changed.
+        const aborted = this.protocol === 3 ? R.NULL : R.NULL_ARRAY;
+        return this.answer(lost ? R.EXECABORT : aborted, lost ? 'failed' : 'local');
       }
       case DISCARD:
         this.txn = 'none';
@@ -1328,11 +1335,28 @@ export class RedisSession implements Session, MuxClient, PlacementWaiter {
     return commandArgs(bytes);
   }
 
-  /** An error reply for a failure of sidepool's (no link, link lost), naming the cause. */
+  /**
+   * An error reply for a failure of sidepool's (no link, link lost), naming the cause;
+   * when no link came, with the pool's state.
+   */
   private failure(err: Error): Buffer {
-    return R.sidepoolError(describe(err), codeOf(err));
+    const code = codeOf(err);
+    let what = describe(err);
+    if (NO_LINK_CODES.has(code)) {
+      const pool = this.db.pool;
+      const s = pool.stats();
+      what += ` (${s.active + s.connecting} of ${s.maxSize} links in use, ${s.idle} idle, ${this.db.queued + s.waiters} waiting)`;
+    }
+    return R.sidepoolError(what, code);
   }
 }
+
+/** Failures to get a link, whose error names the pool's state. */
+const NO_LINK_CODES: ReadonlySet<string> = new Set([
+  'SIDEPOOL_ACQUIRE_TIMEOUT',
+  'SIDEPOOL_POOL_OVERFLOW',
+  'SIDEPOOL_UPSTREAM_DOWN',
+]);
 
 function largeReason(command: number): PinReason {
   switch (command) {
