@@ -145,6 +145,7 @@ const TOOLS = {
   haproxy: 'apt-get install haproxy',
   wrk: 'apt-get install wrk',
   nginx: 'apt-get install nginx-light',
+  nutcracker: 'apt-get install nutcracker',
 };
 
 async function detectTools(without) {
@@ -293,7 +294,9 @@ async function main() {
         ? 'haproxy not found: the HAProxy comparison is skipped in every workload (apt-get install haproxy)'
         : name.startsWith('redis')
           ? `${name} not found: the redis workloads (2, 3) are skipped, and 4 and the soak use the Node echo server instead (${install})`
-          : `${name} not found (${install}); no current workload needs it`;
+          : name === 'nutcracker'
+            ? `nutcracker not found: the twemproxy comparison of workload 8 is skipped (${install})`
+            : `${name} not found (${install}); no current workload needs it`;
     say(`bench: ${line}`);
     notes.push(line);
   }

@@ -136,6 +136,8 @@ export async function startSidepool(
     warm = true,
     label = 'sidepool',
     workers = 1,
+    mode = 'tcp',
+    redis,
   },
 ) {
   const port = await freePort();
@@ -150,9 +152,10 @@ export async function startSidepool(
       {
         name: label,
         listen: `${HOST}:${port}`,
-        mode: 'tcp',
+        mode,
         upstream: `${HOST}:${upstreamPort}`,
         pool,
+        ...(redis === undefined ? {} : { redis }),
       },
     ],
   };
@@ -180,10 +183,11 @@ export async function startSidepool(
   target.onStopped = (result) => ctx.collectSidepoolLog(target, result);
   ctx.settings.sidepool ??= {};
   ctx.settings.sidepool[label] = {
-    mode: 'tcp',
+    mode,
     workers,
     ...(workers > 1 ? { workerSockets: ctx.workerSockets } : {}),
     ...pool,
+    ...(redis === undefined ? {} : { redis }),
     log: 'warn',
     admin: false,
   };
@@ -239,6 +243,49 @@ export async function startHaproxy(
     timeouts: 'connect 5s, client 60s, server 60s, queue 5s',
   };
   return new Target('haproxy', child, port, { cfgFile });
+}
+
+/**
+ * twemproxy (nutcracker) in front of one Redis, redis: true, with a config written to the
+ * temp dir. `serverConnections` is its server_connections (upstream connections per
+ * server; its default is 1).
+ */
+export async function startTwemproxy(
+  ctx,
+  { upstreamPort, serverConnections = 1, label = 'twemproxy' },
+) {
+  const port = await freePort();
+  const statsPort = await freePort();
+  const cfg = [
+    'bench:',
+    `  listen: ${HOST}:${port}`,
+    '  hash: fnv1a_64',
+    '  distribution: ketama',
+    '  redis: true',
+    `  server_connections: ${serverConnections}`,
+    '  auto_eject_hosts: false',
+    '  timeout: 5000',
+    '  servers:',
+    `   - ${HOST}:${upstreamPort}:1`,
+    '',
+  ].join('\n');
+  const cfgFile = path.join(ctx.tmp, `twemproxy-${port}.yml`);
+  fs.writeFileSync(cfgFile, cfg);
+  const logFile = logPath(ctx, label);
+  const child = startChild(
+    'twemproxy',
+    ctx.tools.nutcracker,
+    ['-c', cfgFile, '-s', String(statsPort), '-a', HOST, '-o', logFile],
+    { logFile: `${logFile}.out` },
+  );
+  await waitListening(port, { child });
+  ctx.settings.twemproxy ??= {};
+  ctx.settings.twemproxy[label] = {
+    serverConnections,
+    hash: 'fnv1a_64, ketama',
+    timeout: '5s',
+  };
+  return new Target('twemproxy', child, port, { cfgFile });
 }
 
 /** Column names of the comparison tables. */
@@ -356,7 +403,8 @@ export async function redisBenchmark(ctx, port, args, timeoutMs = 180_000) {
     const i = header ? header.indexOf('p50_latency_ms') : -1;
     if (i > 0) p50[cols[0]] = Number(cols[i]);
   }
-  const noise = /keepalive disabled|tcp_tw_reuse/i;
+  // redis-benchmark's own warnings: no keep-alive (-k 0), and a proxy that has no CONFIG.
+  const noise = /keepalive disabled|tcp_tw_reuse|could not fetch server config/i;
   const stderr = res.stderr
     .split('\n')
     .filter((l) => l.trim() && !noise.test(l))
