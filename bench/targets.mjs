@@ -187,7 +187,7 @@ export async function startSidepool(
     workers,
     ...(workers > 1 ? { workerSockets: ctx.workerSockets } : {}),
     ...pool,
-    ...(redis === undefined ? {} : { redis }),
+    ...Object.fromEntries(Object.entries(redis ?? {}).map(([k, v]) => [`redis.${k}`, v])),
     log: 'warn',
     admin: false,
   };

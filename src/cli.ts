@@ -50,7 +50,7 @@ function withRouteOptions<T>(y: Argv<T>) {
   return y
     .option('listen', { type: 'string', describe: 'route listen address, host:port or unix path' })
     .option('upstream', { type: 'string', describe: 'upstream host:port' })
-    .option('mode', { type: 'string', describe: 'route mode: tcp or http' })
+    .option('mode', { type: 'string', describe: 'route mode: tcp, http or redis' })
     .option('min-idle', { type: 'number', describe: 'warm links kept ready' })
     .option('max-size', { type: 'number', describe: 'links per destination' })
     .option('admin', { type: 'string', describe: 'admin listen address, or "false" to disable' })
