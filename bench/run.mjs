@@ -295,7 +295,7 @@ async function main() {
         : name.startsWith('redis')
           ? `${name} not found: the redis workloads (2, 3) are skipped, and 4 and the soak use the Node echo server instead (${install})`
           : name === 'nutcracker'
-            ? `nutcracker not found: the twemproxy comparison of workload 8 is skipped (${install})`
+            ? `nutcracker not found: the twemproxy comparison of workload 9 is skipped (${install})`
             : `${name} not found (${install}); no current workload needs it`;
     say(`bench: ${line}`);
     notes.push(line);

@@ -1,4 +1,4 @@
-// Workload 8: sidepool's redis mode (commands of many connections multiplexed onto a few
+// Workload 9: sidepool's redis mode (commands of many connections multiplexed onto a few
 // pipelined links) against a plain TCP proxy (HAProxy, sidepool tcp) and a Redis-aware one
 // (twemproxy), with redis-benchmark: 50 persistent clients, the same pipelined (-P 16),
 // and a new connection per request (-k 0).
@@ -16,7 +16,7 @@ const LABELS = {
 };
 
 export default {
-  id: '8',
+  id: '9',
   name: 'redis-mode',
   title: 'redis mode: multiplexed, pipelined links',
 
@@ -168,7 +168,7 @@ export default {
       sections: [
         {
           title:
-            '8. redis mode: 50 clients, pipelined, and a connection per request (redis-benchmark requests/s; higher is better)',
+            '9. redis mode: 50 clients, pipelined, and a connection per request (redis-benchmark requests/s; higher is better)',
           text: mdTable(header, rows),
           notes: [
             ...variants.map((v) => `${v.label}: redis-benchmark ${v.args.join(' ')}`),
@@ -183,7 +183,7 @@ export default {
           ],
         },
         {
-          title: `8b. Proxy CPU per request (µs, user + system of all threads and workers; ratio to ${LABELS[cpuBase]}; lower is better)`,
+          title: `9b. Proxy CPU per request (µs, user + system of all threads and workers; ratio to ${LABELS[cpuBase]}; lower is better)`,
           text: mdTable(['variant', ...proxies.map((name) => LABELS[name])], cpuRows),
           notes: [
             "each proxy's CPU over one whole redis-benchmark run, divided by the requests of all its tests; median of the runs, ratios per run",
