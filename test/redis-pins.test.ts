@@ -250,3 +250,32 @@ void t.test(
     t.equal((await upstreamConnections(redis.port)) <= 6, true);
   },
 );
+
+void t.test('what sidepool sends a pinned link itself never reaches a subscriber', async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  const proxy = await startRedisProxy(redis, { minIdle: 1, maxSize: 4 });
+  t.teardown(() => proxy.app.stop(100));
+  const publisher = await RawClient.connect(proxy.port);
+  t.teardown(() => publisher.close());
+
+  // A name set locally goes to the subscriber's link (CLIENT SETNAME, its +OK swallowed).
+  const named = await RawClient.connect(proxy.port);
+  t.teardown(() => named.close());
+  t.same(await named.send('CLIENT SETNAME sub1\r\nSUBSCRIBE ch\r\n', 2), [
+    '+OK\r\n',
+    '*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n',
+  ]);
+  // A RESP3 client's link is switched with HELLO 3 (its map swallowed).
+  const resp3 = await RawClient.connect(proxy.port);
+  t.teardown(() => resp3.close());
+  await resp3.send('HELLO 3\r\n', 1);
+  t.same(await resp3.send('SUBSCRIBE ch\r\n', 1), ['>3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n']);
+  t.same(await publisher.send('PUBLISH ch hello\r\n', 1), [':2\r\n']);
+  t.same(await named.read(1), ['*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n']);
+  t.same(await resp3.read(1), ['>3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n']);
+  t.same(await named.send('PING\r\n', 1), ['*2\r\n$4\r\npong\r\n$0\r\n\r\n'], 'nothing else came');
+  t.same(await resp3.send('PING\r\n', 1), ['+PONG\r\n'], 'nothing else came');
+  // The subscriber's name is on its link, where CLIENT GETNAME goes while pinned.
+  t.same(await named.send('RESET\r\nCLIENT GETNAME\r\n', 2), ['+RESET\r\n', '$-1\r\n']);
+});

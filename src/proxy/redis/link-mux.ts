@@ -125,6 +125,8 @@ export class LinkMux {
   private readonly framer = new ReplyFramer();
   /** A RESET went out on an uncounted link: its reply makes the link counted again. */
   private awaitingReset = false;
+  /** Replies still matched to commands sent before the link went uncounted. */
+  private leadIn = 0;
   /** After a restore: its replies all came as expected. */
   private restoreOk = true;
   private restoreTimer: NodeJS.Timeout | undefined;
@@ -232,10 +234,14 @@ export class LinkMux {
     this.socket.once('drain', callback);
   }
 
-  /** Everything from now on is the pinned client's, unmatched (subscribe, monitor, reply off). */
+  /**
+   * Everything sent from now on is the pinned client's, unmatched (subscribe, monitor,
+   * replies off). What is outstanding now (sidepool's own HELLO or CLIENT SETNAME, the
+   * client's earlier commands) still gets its reply matched first.
+   */
   uncount(): void {
     this.counted = false;
-    this.size = 0;
+    this.leadIn = this.size;
   }
 
   /** Sends RESET on an uncounted link; its reply (a NOTIFY to the client) counts again. */
@@ -392,7 +398,7 @@ export class LinkMux {
       let action = FORWARD;
       if (end === REPLY_MORE) {
         // Part of a value: for whoever the value is for.
-        if (this.size > 0 && this.counted) {
+        if (this.size > 0 && (this.counted || this.leadIn > 0)) {
           const at = this.head;
           target = this.actions[at] === SWALLOW ? undefined : this.owners[at];
         } else if (shared) {
@@ -402,7 +408,10 @@ export class LinkMux {
           target = this.state === 'restoring' ? undefined : this.owner;
         }
       } else if (!this.counted) {
-        if (this.awaitingReset && framer.isReset && this.size > 0) {
+        if (this.leadIn > 0 && this.size > 0 && !isPushType(framer.type)) {
+          this.leadIn--;
+          consumed = true;
+        } else if (this.awaitingReset && framer.isReset && this.size > 0) {
           this.awaitingReset = false;
           this.counted = true;
           consumed = true;

@@ -660,12 +660,13 @@ export class RedisSession implements Session, MuxClient, PlacementWaiter {
       command === MONITOR ||
       (command === CLIENT && this.connectionReason(buf, command) === 'client_reply') ||
       (command === UNSUBSCRIBE && pin.level === 'session');
-    this.send(mux, buf, A_FORWARD);
     if (goesUncounted && mux.counted) {
-      // Replies stop matching commands (one per channel, none at all, a stream of lines).
+      // From this command on, replies stop matching commands (one per channel, none at
+      // all, a stream of lines): everything is the client's.
       mux.uncount();
       this.pending = 0;
     }
+    this.send(mux, buf, A_FORWARD);
     return true;
   }
 
