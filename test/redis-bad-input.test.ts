@@ -164,12 +164,17 @@ void t.test(
       2,
     );
     setup.close();
+    await until(() => proxy.route.activeSessions === 0, 20_000, 'the setup client gone');
     const steady = steadyClients(proxy.port, 4);
+    await until(() => proxy.route.activeSessions === 4, 20_000, 'the steady clients in');
 
     // Asks for 64 MB of replies and reads none of them.
     const deaf = net.connect(proxy.port, '127.0.0.1');
     deaf.on('error', () => {});
     await new Promise((resolve) => deaf.once('connect', resolve));
+    // The client's connect comes before the proxy has its session: on a loaded machine the
+    // count below could read 4 before the deaf client was ever counted.
+    await until(() => proxy.route.activeSessions === 5, 20_000, 'the deaf client has a session');
     deaf.pause();
     const ask = command('GET', 'blob');
     let asked = 0;
