@@ -138,6 +138,17 @@ export class Link {
     return this.state === 'closed';
   }
 
+  /**
+   * Whether the socket can still carry bytes. A socket destroyed a moment ago emits 'close'
+   * only on the next tick, so the link may not know it is dead yet: ask before handing out.
+   */
+  get hasLiveSocket(): boolean {
+    const socket = this.socketRef;
+    return (
+      socket !== undefined && !socket.destroyed && !socket.readableEnded && !socket.writableEnded
+    );
+  }
+
   private enterIdle(idleTimeoutMs: number): void {
     this.state = 'idle';
     this.idleSince = Date.now();

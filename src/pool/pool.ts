@@ -288,6 +288,10 @@ export class Pool extends EventEmitter implements LinkOwner {
    */
   release(link: Link, reusable: boolean): void {
     if (link.state !== 'active') return;
+    if (!link.hasLiveSocket) {
+      link.socketClosed();
+      return;
+    }
     if (!reusable || link.expired || this.state !== 'open' || this.total > this.settings.maxSize) {
       link.close(link.expired && reusable ? 'lifetime' : 'released');
       return;
@@ -336,8 +340,13 @@ export class Pool extends EventEmitter implements LinkOwner {
     this.schedulePulse();
   }
 
+  /** The next idle link with a live socket; dead ones met on the way are closed. */
   private takeIdle(): Link | undefined {
-    return this.newestIdleFirst ? this.idle.pop() : this.idle.shift();
+    for (;;) {
+      const link = this.newestIdleFirst ? this.idle.pop() : this.idle.shift();
+      if (link === undefined || link.hasLiveSocket) return link;
+      link.socketClosed();
+    }
   }
 
   // ── LinkOwner ────────────────────────────────────────────────────────────
@@ -394,9 +403,10 @@ export class Pool extends EventEmitter implements LinkOwner {
    */
   private pulse(): void {
     if (this.state !== 'open') return;
-    while (this.waiters.size > 0 && this.idle.length > 0) {
+    while (this.waiters.size > 0) {
+      const link = this.takeIdle();
+      if (link === undefined) break;
       const waiter = this.waiters.shift() as Waiter;
-      const link = this.takeIdle() as Link;
       if (this.backoff.failures > 0) this.backoff.succeed();
       link.lease();
       this.active.add(link);
