@@ -1,4 +1,5 @@
 import net from 'node:net';
+import type { Test } from 'tap';
 import t from 'tap';
 import type { Link } from '../src/pool/link.js';
 import { Pool } from '../src/pool/pool.js';
@@ -72,3 +73,104 @@ void t.test('a waiter is not served a released link whose socket is destroyed', 
     'consistent afterwards',
   );
 });
+
+/** Counts what would otherwise take the test process down or go unreported. */
+function escapes(t: Test): { rejections: unknown[]; exceptions: unknown[] } {
+  const caught = { rejections: [] as unknown[], exceptions: [] as unknown[] };
+  const onRejection = (reason: unknown): void => void caught.rejections.push(reason);
+  const onException = (err: unknown): void => void caught.exceptions.push(err);
+  process.on('unhandledRejection', onRejection);
+  process.on('uncaughtException', onException);
+  t.teardown(() => {
+    process.off('unhandledRejection', onRejection);
+    process.off('uncaughtException', onException);
+  });
+  return caught;
+}
+
+void t.test(
+  'a waiter callback that throws is isolated; the queue behind it is served',
+  async (t) => {
+    const { pool, dialer, lines } = makePool({ minIdle: 0, maxSize: 1 });
+    t.teardown(() => pool.destroy());
+    const caught = escapes(t);
+    dialer.manual = true;
+    let thrown: Link | undefined;
+    pool.wait((_err, link) => {
+      thrown = link;
+      throw new Error('a bug in session code');
+    });
+    const served: Link[] = [];
+    for (let i = 0; i < 2; i++) pool.wait((_err, link) => void served.push(link as Link));
+    dialer.settle();
+    await until(() => thrown !== undefined, 1000, 'the first waiter called');
+    t.equal(thrown?.state, 'closed', 'the link the throwing callback got is closed');
+    await until(() => dialer.pending.length === 1, 1000, 'a replacement dial');
+    dialer.settle();
+    await until(() => served.length === 1, 1000, 'the second waiter served');
+    pool.release(served[0] as Link, true);
+    await until(() => served.length === 2, 1000, 'the third waiter served');
+    t.equal(served[1], served[0], 'on the link the second gave back');
+    t.same(pool.stats(), { idle: 0, active: 1, connecting: 0, waiters: 0, maxSize: 1, minIdle: 0 });
+    t.match(pool.totals, { acquired: 3, refused: 0, callbackErrors: 1 });
+    t.equal(dialer.open.length, 1, 'no socket leaked');
+    t.match(
+      lines.find((l) => l.msg === 'a waiter callback threw'),
+      { level: 50, link: 1 },
+    );
+    t.same(caught, { rejections: [], exceptions: [] }, 'nothing escaped the pool');
+  },
+);
+
+void t.test('a throwing callback for a refusal or a timeout does not escape either', async (t) => {
+  const { pool, dialer } = makePool({ minIdle: 0, maxSize: 1, maxWaiters: 1, acquireTimeout: 30 });
+  t.teardown(() => pool.destroy());
+  const caught = escapes(t);
+  dialer.manual = true;
+  let calls = 0;
+  const throwing = (): void => {
+    calls++;
+    throw new Error('a bug in session code');
+  };
+  pool.wait(throwing); // times out
+  pool.wait(throwing); // refused: the queue is full
+  await until(() => calls === 2, 1000, 'both called');
+  t.match(pool.totals, { refused: 2, callbackErrors: 2 });
+  t.equal(pool.stats().waiters, 0);
+  t.same(caught, { rejections: [], exceptions: [] }, 'nothing escaped the pool');
+});
+
+void t.test(
+  'links go out after the pool loop, and a waiter that leaves first gets none',
+  async (t) => {
+    const { pool } = makePool({ minIdle: 1, maxSize: 1 });
+    t.teardown(() => pool.destroy());
+    pool.start();
+    await until(() => pool.isWarm);
+    const held = pool.tryAcquire() as Link;
+    let called = false;
+    const waiter = pool.wait(() => (called = true));
+    pool.release(held, true);
+    t.equal(called, false, 'not called inside release()');
+    waiter.cancel();
+    await new Promise((r) => setImmediate(r));
+    t.equal(called, false, 'never called after cancel()');
+    t.match(pool.stats(), { idle: 1, active: 0, waiters: 0 }, 'the link it was given came back');
+  },
+);
+
+void t.test(
+  'a link handed out and destroyed before its waiter heard fails that waiter',
+  async (t) => {
+    const { pool } = makePool({ minIdle: 1, maxSize: 1 });
+    pool.start();
+    await until(() => pool.isWarm);
+    const held = pool.tryAcquire() as Link;
+    const queued = pool.acquire();
+    pool.release(held, true);
+    const destroyed = pool.destroy();
+    await t.rejects(queued, { code: 'SIDEPOOL_POOL_CLOSED' });
+    await destroyed;
+    t.equal(held.state, 'closed');
+  },
+);

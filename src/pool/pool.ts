@@ -99,13 +99,23 @@ export interface PoolStats {
 
 type WaiterCallback = (err: Error | null, link?: Link) => void;
 
+/**
+ * A waiter's life: queued, then handed its link or error (which the pool delivers after
+ * the loop that decided it), then done; or cancelled, from either of the first two.
+ */
+type WaiterState = 'queued' | 'handed' | 'done' | 'cancelled';
+
 /** A downstream waiting for a link. `cancel()` takes it out of the queue. */
 export class Waiter implements QueueEntry<Waiter> {
   queuePrev: Waiter | undefined;
   queueNext: Waiter | undefined;
   queued = false;
   timer: NodeJS.Timeout | undefined;
-  settled = false;
+  state: WaiterState = 'queued';
+  /** What the waiter was handed, until it is delivered. */
+  link: Link | undefined;
+  error: Error | undefined;
+  result: AcquireResult = 'failed';
   readonly enqueuedAt = performance.now();
 
   constructor(
@@ -138,8 +148,18 @@ export class Pool extends EventEmitter implements LinkOwner {
   private readonly newestIdleFirst: boolean;
   private readonly backoff: Backoff;
 
-  /** Running totals since the pool was made, for `/pools`. */
-  readonly totals = { dials: 0, dialFailures: 0, acquired: 0, refused: 0, evictions: 0 };
+  /**
+   * Running totals since the pool was made, for `/pools`. `callbackErrors`: waiter
+   * callbacks that threw (a bug in the code that borrowed the link; the link was closed).
+   */
+  readonly totals = {
+    dials: 0,
+    dialFailures: 0,
+    acquired: 0,
+    refused: 0,
+    evictions: 0,
+    callbackErrors: 0,
+  };
   private readonly idle: Link[] = [];
   private readonly active = new Set<Link>();
   private readonly connecting = new Set<Link>();
@@ -149,6 +169,9 @@ export class Pool extends EventEmitter implements LinkOwner {
   private retryAt = 0;
   private retryTimer: NodeJS.Timeout | undefined;
   private pulseQueued = false;
+  /** Waiters handed a link or an error, to be told once the current loop is done. */
+  private handed: Waiter[] = [];
+  private deliveryQueued = false;
   private warm = false;
   private closed: Promise<void> | undefined;
   private resolveClosed: (() => void) | undefined;
@@ -231,17 +254,18 @@ export class Pool extends EventEmitter implements LinkOwner {
   wait(callback: WaiterCallback): Waiter {
     const waiter = new Waiter(this, callback);
     if (this.state !== 'open') {
-      this.settleLater(waiter, new PoolClosedError(this.name), 'failed');
+      this.handOut(waiter, new PoolClosedError(this.name), undefined, 'failed');
       return waiter;
     }
     if (this.idle.length === 0 && this.connector.isDown?.() === true) {
-      this.settleLater(waiter, new UpstreamDownError(this.name), 'failed');
+      this.handOut(waiter, new UpstreamDownError(this.name), undefined, 'failed');
       return waiter;
     }
     if (this.waiters.size >= this.settings.maxWaiters) {
-      this.settleLater(
+      this.handOut(
         waiter,
         new PoolOverflowError(this.name, this.settings.maxWaiters),
+        undefined,
         'overflow',
       );
       return waiter;
@@ -273,13 +297,19 @@ export class Pool extends EventEmitter implements LinkOwner {
     });
   }
 
-  /** Takes a waiter out of the queue: the downstream left. */
+  /**
+   * Takes a waiter out of the queue: the downstream left. A link it was handed but not yet
+   * told of goes back to the pool unused.
+   */
   cancel(waiter: Waiter): void {
-    if (waiter.settled) return;
-    waiter.settled = true;
+    if (waiter.state !== 'queued' && waiter.state !== 'handed') return;
+    const link = waiter.link;
+    waiter.state = 'cancelled';
+    waiter.link = undefined;
     this.waiters.remove(waiter);
     if (waiter.timer !== undefined) clearTimeout(waiter.timer);
     this.observer.acquired('aborted', (performance.now() - waiter.enqueuedAt) / 1000);
+    if (link !== undefined) this.release(link, true);
   }
 
   /**
@@ -410,7 +440,7 @@ export class Pool extends EventEmitter implements LinkOwner {
       if (this.backoff.failures > 0) this.backoff.succeed();
       link.lease();
       this.active.add(link);
-      this.settle(waiter, null, link, link.uses === 1 ? 'dialed' : 'idle');
+      this.handOut(waiter, undefined, link, link.uses === 1 ? 'dialed' : 'idle');
     }
 
     const wanted =
@@ -443,61 +473,68 @@ export class Pool extends EventEmitter implements LinkOwner {
     const link = new Link(this.nextLinkId++, this, this.keepIdleBytes);
     this.connecting.add(link);
     const started = performance.now();
-    this.connector.dial().then(
-      ({ socket, endpoint }) => {
-        this.totals.dials++;
-        this.observer.dialed('success', endpoint, (performance.now() - started) / 1000);
-        if (link.isClosed) {
-          socket.destroy();
-          return;
-        }
-        // A connect alone does not end a backoff: an upstream that accepts and closes
-        // at once must still be retried slowly. A link that serves (lease) does.
-        this.connecting.delete(link);
-        link.connected(
-          socket,
-          endpoint,
-          this.settings.idleTimeout,
-          lifetimeWithJitter(this.settings.maxLifetime),
-        );
-        this.idle.push(link);
-        this.pulse();
-        this.checkWarm();
-      },
-      (err: unknown) => {
-        const error = err instanceof Error ? err : new Error(String(err));
-        const code = codeOf(error);
-        const result: DialResult =
-          code === 'SIDEPOOL_CONNECT_TIMEOUT'
-            ? 'timeout'
-            : code === 'SIDEPOOL_TLS_HANDSHAKE_FAILED'
-              ? 'tls_error'
-              : 'error';
-        const endpoint = error instanceof DialError ? error.endpoint : this.name;
-        this.totals.dialFailures++;
-        this.observer.dialed(result, endpoint, (performance.now() - started) / 1000);
-        if (link.isClosed) return;
-        const delay = this.failDial();
-        this.log.warn(
-          {
-            code,
-            cause: error.cause === undefined ? undefined : codeOf(error.cause),
-            err: describe(error),
-            failures: this.backoff.failures,
-            retryInMs: delay,
-          },
-          'dial failed',
-        );
-        link.close('dial_failed', error);
-        if (this.waiters.size > 0 && this.connector.isDown?.() === true) {
-          this.log.warn(
-            { waiters: this.waiters.size },
-            'every endpoint is down: failing queued downstreams',
+    this.connector
+      .dial()
+      .then(
+        ({ socket, endpoint }) => {
+          this.totals.dials++;
+          this.observer.dialed('success', endpoint, (performance.now() - started) / 1000);
+          if (link.isClosed) {
+            socket.destroy();
+            return;
+          }
+          // A connect alone does not end a backoff: an upstream that accepts and closes
+          // at once must still be retried slowly. A link that serves (lease) does.
+          this.connecting.delete(link);
+          link.connected(
+            socket,
+            endpoint,
+            this.settings.idleTimeout,
+            lifetimeWithJitter(this.settings.maxLifetime),
           );
-          this.failWaiters(new UpstreamDownError(this.name));
-        }
-      },
-    );
+          this.idle.push(link);
+          this.pulse();
+          this.checkWarm();
+        },
+        (err: unknown) => {
+          const error = err instanceof Error ? err : new Error(String(err));
+          const code = codeOf(error);
+          const result: DialResult =
+            code === 'SIDEPOOL_CONNECT_TIMEOUT'
+              ? 'timeout'
+              : code === 'SIDEPOOL_TLS_HANDSHAKE_FAILED'
+                ? 'tls_error'
+                : 'error';
+          const endpoint = error instanceof DialError ? error.endpoint : this.name;
+          this.totals.dialFailures++;
+          this.observer.dialed(result, endpoint, (performance.now() - started) / 1000);
+          if (link.isClosed) return;
+          const delay = this.failDial();
+          this.log.warn(
+            {
+              code,
+              cause: error.cause === undefined ? undefined : codeOf(error.cause),
+              err: describe(error),
+              failures: this.backoff.failures,
+              retryInMs: delay,
+            },
+            'dial failed',
+          );
+          link.close('dial_failed', error);
+          if (this.waiters.size > 0 && this.connector.isDown?.() === true) {
+            this.log.warn(
+              { waiters: this.waiters.size },
+              'every endpoint is down: failing queued downstreams',
+            );
+            this.failWaiters(new UpstreamDownError(this.name));
+          }
+        },
+      )
+      // Only a fault of the pool itself (or a 'warm' listener) can land here: say so loudly
+      // rather than leave an unhandled rejection.
+      .catch((err: unknown) => {
+        this.log.error({ err: describe(err) }, 'pool fault after a dial');
+      });
   }
 
   /** Records a failed dial; returns how long until the next one may start. */
@@ -533,9 +570,9 @@ export class Pool extends EventEmitter implements LinkOwner {
   }
 
   private timeOut(waiter: Waiter): void {
-    if (waiter.settled) return;
+    if (waiter.state !== 'queued') return;
     this.waiters.remove(waiter);
-    this.settle(
+    this.handOut(
       waiter,
       new AcquireTimeoutError(this.name, this.settings.acquireTimeout),
       undefined,
@@ -545,32 +582,73 @@ export class Pool extends EventEmitter implements LinkOwner {
 
   private failWaiters(err: Error): void {
     for (let waiter = this.waiters.shift(); waiter; waiter = this.waiters.shift()) {
-      this.settle(waiter, err, undefined, 'failed');
+      this.handOut(waiter, err, undefined, 'failed');
     }
   }
 
-  private settle(
+  /**
+   * Decides what a waiter gets; it is told after the loop that decided it, on the next
+   * tick. So borrower code never runs inside the pool's own loops (pulse, a dial's
+   * settlement, close), whose invariants hold whatever that code does.
+   */
+  private handOut(
     waiter: Waiter,
-    err: Error | null,
+    error: Error | undefined,
     link: Link | undefined,
     result: AcquireResult,
   ): void {
-    waiter.settled = true;
+    waiter.state = 'handed';
+    waiter.error = error;
+    waiter.link = link;
+    waiter.result = result;
+    this.handed.push(waiter);
+    if (!this.deliveryQueued) {
+      this.deliveryQueued = true;
+      process.nextTick(this.deliver);
+    }
+  }
+
+  private readonly deliver = (): void => {
+    this.deliveryQueued = false;
+    const batch = this.handed;
+    this.handed = [];
+    for (const waiter of batch) this.tell(waiter);
+  };
+
+  /** Tells one waiter; a callback that throws is logged and counted, its link closed. */
+  private tell(waiter: Waiter): void {
+    if (waiter.state !== 'handed') return;
+    let { link, error, result } = waiter;
+    waiter.link = undefined;
+    waiter.error = undefined;
+    if (link !== undefined && link.state !== 'active') {
+      // Closed since it was handed out (destroy(), or its socket died): queue again.
+      if (this.state === 'open') {
+        waiter.state = 'queued';
+        this.waiters.unshift(waiter);
+        this.schedulePulse();
+        return;
+      }
+      link = undefined;
+      error = new PoolClosedError(this.name);
+      result = 'failed';
+    }
+    waiter.state = 'done';
     if (waiter.timer !== undefined) clearTimeout(waiter.timer);
     if (link !== undefined) this.totals.acquired++;
     else this.totals.refused++;
     this.observer.acquired(result, (performance.now() - waiter.enqueuedAt) / 1000);
-    waiter.callback(err, link);
-  }
-
-  /** Errors found before queueing still reach the caller asynchronously, as promised. */
-  private settleLater(waiter: Waiter, err: Error, result: AcquireResult): void {
-    waiter.settled = true;
-    this.totals.refused++;
-    process.nextTick(() => {
-      this.observer.acquired(result, 0);
-      waiter.callback(err);
-    });
+    try {
+      waiter.callback(error ?? null, link);
+    } catch (err) {
+      this.totals.callbackErrors++;
+      this.log.error(
+        { link: link?.id, err: describe(err), stack: err instanceof Error ? err.stack : undefined },
+        'a waiter callback threw',
+      );
+      // Its holder may have written to it: the link cannot be trusted to anyone else.
+      if (link?.state === 'active') link.close('released');
+    }
   }
 
   private checkClosed(): void {

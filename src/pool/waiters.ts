@@ -17,6 +17,17 @@ export class WaiterQueue<T extends QueueEntry<T>> {
     this.size++;
   }
 
+  /** Puts an entry back at the head: it was next in line before. */
+  unshift(entry: T): void {
+    entry.queuePrev = undefined;
+    entry.queueNext = this.head;
+    entry.queued = true;
+    if (this.head === undefined) this.tail = entry;
+    else this.head.queuePrev = entry;
+    this.head = entry;
+    this.size++;
+  }
+
   shift(): T | undefined {
     const entry = this.head;
     if (entry !== undefined) this.remove(entry);
