@@ -167,6 +167,8 @@ export class Pool extends EventEmitter implements LinkOwner {
   private state: PoolState = 'open';
   private nextLinkId = 1;
   private retryAt = 0;
+  /** Links with this id or above were dialed after the last failed dial. */
+  private firstLinkSinceFailure = 0;
   private retryTimer: NodeJS.Timeout | undefined;
   private pulseQueued = false;
   /** Waiters handed a link or an error, to be told once the current loop is done. */
@@ -238,7 +240,7 @@ export class Pool extends EventEmitter implements LinkOwner {
     if (this.state !== 'open' || this.waiters.size > 0) return undefined;
     const link = this.takeIdle();
     if (link === undefined) return undefined;
-    if (this.backoff.failures > 0) this.backoff.succeed();
+    this.leased(link);
     link.lease();
     this.active.add(link);
     this.totals.acquired++;
@@ -257,7 +259,7 @@ export class Pool extends EventEmitter implements LinkOwner {
       this.handOut(waiter, new PoolClosedError(this.name), undefined, 'failed');
       return waiter;
     }
-    if (this.idle.length === 0 && this.connector.isDown?.() === true) {
+    if (this.upstreamDown()) {
       this.handOut(waiter, new UpstreamDownError(this.name), undefined, 'failed');
       return waiter;
     }
@@ -427,6 +429,23 @@ export class Pool extends EventEmitter implements LinkOwner {
   }
 
   /**
+   * Fail fast only when nothing can serve a waiter: no link is alive (a busy one will be
+   * released, and in modes that reuse links it serves the queue) and the connector says no
+   * dial can succeed now.
+   */
+  private upstreamDown(): boolean {
+    return this.idle.length + this.active.size === 0 && this.connector.isDown?.() === true;
+  }
+
+  /**
+   * A link is taken. One dialed since the last failed dial proves dials work again and
+   * ends the backoff; an older one proves nothing about the upstream now.
+   */
+  private leased(link: Link): void {
+    if (this.backoff.failures > 0 && link.id >= this.firstLinkSinceFailure) this.backoff.succeed();
+  }
+
+  /**
    * The one reconcile step: serve waiters from idle links, dial for the waiters that no
    * dial in flight will serve, top up to minIdle, never above maxSize; after a failure,
    * one dial at a time until one succeeds.
@@ -437,7 +456,7 @@ export class Pool extends EventEmitter implements LinkOwner {
       const link = this.takeIdle();
       if (link === undefined) break;
       const waiter = this.waiters.shift() as Waiter;
-      if (this.backoff.failures > 0) this.backoff.succeed();
+      this.leased(link);
       link.lease();
       this.active.add(link);
       this.handOut(waiter, undefined, link, link.uses === 1 ? 'dialed' : 'idle');
@@ -521,7 +540,7 @@ export class Pool extends EventEmitter implements LinkOwner {
             'dial failed',
           );
           link.close('dial_failed', error);
-          if (this.waiters.size > 0 && this.connector.isDown?.() === true) {
+          if (this.waiters.size > 0 && this.upstreamDown()) {
             this.log.warn(
               { waiters: this.waiters.size },
               'every endpoint is down: failing queued downstreams',
@@ -541,6 +560,7 @@ export class Pool extends EventEmitter implements LinkOwner {
   private failDial(): number {
     // Failures of dials that were in flight together are one step of backoff, not many.
     const now = Date.now();
+    this.firstLinkSinceFailure = this.nextLinkId;
     if (now < this.retryAt && this.backoff.failures > 0) return this.retryAt - now;
     const delay = this.backoff.fail();
     this.retryAt = now + delay;

@@ -42,7 +42,14 @@ export class FakeDialer implements Connector {
   readonly dialTimes: number[] = [];
   failing = false;
   manual = false;
+  /** Say "down" after a failed dial until one succeeds, as a one-endpoint Dialer does. */
+  reportsDown = false;
+  private lastFailed = false;
   readonly pending: PendingDial[] = [];
+
+  isDown(): boolean {
+    return this.reportsDown && this.lastFailed;
+  }
 
   dial(): Promise<Dialed> {
     this.dials++;
@@ -53,8 +60,7 @@ export class FakeDialer implements Connector {
         return;
       }
       setImmediate(() => {
-        if (this.failing)
-          reject(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }));
+        if (this.failing) reject(this.refused());
         else resolve(this.make());
       });
     });
@@ -65,7 +71,12 @@ export class FakeDialer implements Connector {
     const next = this.pending.shift();
     if (next === undefined) throw new Error('no pending dial');
     if (ok) next.resolve(this.make());
-    else next.reject(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }));
+    else next.reject(this.refused());
+  }
+
+  private refused(): Error {
+    this.lastFailed = true;
+    return Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' });
   }
 
   get open(): FakeSocket[] {
@@ -73,6 +84,7 @@ export class FakeDialer implements Connector {
   }
 
   private make(): Dialed {
+    this.lastFailed = false;
     const socket = new FakeSocket(this.sockets.length + 1);
     this.sockets.push(socket);
     return { socket, endpoint: 'fake:1' };

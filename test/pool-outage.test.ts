@@ -1,0 +1,72 @@
+import t from 'tap';
+import { startProxy } from './helpers/app.js';
+import { request } from './helpers/http.js';
+import { startHttpUpstream } from './helpers/http-upstream.js';
+import { makePool } from './helpers/pool.js';
+import { sleep, until } from './helpers/util.js';
+
+void t.test('a failed dial does not fail the queue while a live link will serve it', async (t) => {
+  const { pool, dialer } = makePool({ minIdle: 0, maxSize: 2, acquireTimeout: 5000 });
+  t.teardown(() => pool.destroy());
+  dialer.reportsDown = true;
+  const held = await pool.acquire();
+  dialer.failing = true;
+  const queued = pool.acquire();
+  await until(() => pool.totals.dialFailures >= 1, 1000, 'the dial for it failed');
+  t.equal(dialer.isDown(), true, 'the connector says every endpoint is down');
+  const late = pool.acquire();
+  await sleep(30);
+  t.equal(pool.stats().waiters, 2, 'both still queued');
+  pool.release(held, true);
+  t.equal(await queued, held, 'the queued caller got the link given back');
+  pool.release(held, true);
+  t.equal(await late, held, 'and so did the one that came while dials failed');
+  t.equal(pool.totals.refused, 0, 'nobody was refused');
+});
+
+void t.test('with no live link and dials failing, queued callers fail fast', async (t) => {
+  const { pool, dialer, lines } = makePool({ minIdle: 0, maxSize: 2, acquireTimeout: 5000 });
+  t.teardown(() => pool.destroy());
+  dialer.reportsDown = true;
+  dialer.failing = true;
+  const started = Date.now();
+  const results = await Promise.allSettled([pool.acquire(), pool.acquire()]);
+  t.match(results, [
+    { status: 'rejected', reason: { code: 'SIDEPOOL_UPSTREAM_DOWN' } },
+    { status: 'rejected', reason: { code: 'SIDEPOOL_UPSTREAM_DOWN' } },
+  ]);
+  t.ok(Date.now() - started < 2500, 'long before acquireTimeout');
+  t.ok(lines.some((l) => l.msg === 'every endpoint is down: failing queued downstreams'));
+});
+
+void t.test('http: busy healthy links serve the queue although a dial was refused', async (t) => {
+  let finishSlow: (() => void) | undefined;
+  const upstream = await startHttpUpstream((req, res) => {
+    if (req.url === '/slow') finishSlow = () => res.end('slow');
+    else res.end(`fast ${req.url}`);
+  });
+  t.teardown(() => upstream.close());
+  const proxy = await startProxy(
+    upstream.address,
+    { minIdle: 0, maxSize: 2, acquireTimeout: '5s' },
+    { mode: 'http' },
+  );
+  t.teardown(() => proxy.app.stop(100));
+  const slow = request(proxy.port, '/slow');
+  await until(() => finishSlow !== undefined, 3000, 'the slow request upstream');
+  // The upstream stops accepting; its open connection keeps serving.
+  upstream.server.close();
+  const queued = request(proxy.port, '/queued');
+  await until(() => proxy.pool.totals.dialFailures >= 1, 3000, 'a refused dial');
+  const late = request(proxy.port, '/late');
+  await until(() => proxy.pool.stats().waiters === 2, 3000, 'both queued');
+  finishSlow?.();
+  const results = await Promise.all([slow, queued, late]);
+  t.same(
+    results.map((r) => `${r.status} ${r.body}`),
+    ['200 slow', '200 fast /queued', '200 fast /late'],
+    'every request was served on the one live link',
+  );
+  t.equal(upstream.connections, 1);
+  t.equal(proxy.pool.totals.refused, 0);
+});
