@@ -2,8 +2,9 @@ import t from 'tap';
 import { startProxy } from './helpers/app.js';
 import { request } from './helpers/http.js';
 import { startHttpUpstream } from './helpers/http-upstream.js';
+import { Backoff } from '../src/pool/backoff.js';
 import { makePool } from './helpers/pool.js';
-import { sleep, until } from './helpers/util.js';
+import { roundTrip, sleep, startEcho, startServer, until } from './helpers/util.js';
 
 void t.test('a failed dial does not fail the queue while a live link will serve it', async (t) => {
   const { pool, dialer } = makePool({ minIdle: 0, maxSize: 2, acquireTimeout: 5000 });
@@ -69,4 +70,68 @@ void t.test('http: busy healthy links serve the queue although a dial was refuse
   );
   t.equal(upstream.connections, 1);
   t.equal(proxy.pool.totals.refused, 0);
+});
+
+void t.test('a caller arriving during backoff dials at once; one dial at a time', async (t) => {
+  const { pool, dialer, lines } = makePool(
+    { minIdle: 1, maxSize: 4, acquireTimeout: 10_000 },
+    { backoff: new Backoff(5000, 10_000, () => 0.999) },
+  );
+  t.teardown(() => pool.destroy());
+  dialer.reportsDown = true;
+  dialer.manual = true;
+  pool.start();
+  dialer.settle(false);
+  await until(() => lines.some((l) => l.msg === 'dial failed'), 1000, 'the warm-up dial failed');
+  const retryInMs = lines.find((l) => l.msg === 'dial failed')?.retryInMs as number;
+  t.ok(retryInMs >= 4000, `the next scheduled dial is seconds away (${retryInMs}ms)`);
+  // Callers arrive while the pool backs off: one dial now, not one each, not in 5s.
+  const callers = [pool.acquire(), pool.acquire(), pool.acquire()];
+  await until(() => dialer.pending.length === 1, 1000, 'a dial for the callers');
+  await sleep(20);
+  t.equal(dialer.pending.length, 1, 'one dial at a time');
+  dialer.settle(true);
+  const first = await callers[0];
+  t.equal(first?.state, 'active', 'the first success serves the first caller at once');
+  // The success ended the outage: the others get links without waiting out the backoff.
+  await until(() => dialer.pending.length >= 1, 1000, 'dials for the others');
+  while (dialer.pending.length > 0) dialer.settle(true);
+  await until(() => dialer.pending.length >= 1 || pool.stats().waiters === 0, 1000);
+  while (dialer.pending.length > 0) dialer.settle(true);
+  const rest = await Promise.all(callers.slice(1));
+  t.equal(rest.length, 2);
+  t.equal(pool.totals.refused, 0);
+});
+
+void t.test('after an outage the first app connection gets through at once', async (t) => {
+  let upstream = await startEcho();
+  const port = upstream.port;
+  t.teardown(() => upstream.close());
+  const proxy = await startProxy(upstream.address, { minIdle: 1, acquireTimeout: '20s' });
+  t.teardown(() => proxy.app.stop(100));
+  await until(() => proxy.pool.isWarm);
+  await upstream.close();
+  // Let the backoff grow until the next scheduled dial is seconds away.
+  const LONG_MS = 1500;
+  await until(
+    () =>
+      proxy.lines.some(
+        (l) => l.msg === 'dial failed' && typeof l.retryInMs === 'number' && l.retryInMs >= LONG_MS,
+      ),
+    30_000,
+    `a backoff of ${LONG_MS}ms or more`,
+  );
+  const failure = proxy.lines.findLast((l) => l.msg === 'dial failed') as {
+    time: number;
+    retryInMs: number;
+  };
+  const scheduledAt = failure.time + failure.retryInMs;
+  upstream = await startServer((socket) => socket.pipe(socket), port);
+  const reply = await roundTrip(proxy.port, 'first');
+  const servedAt = Date.now();
+  t.equal(reply.toString(), 'first', 'the first connection after the outage was served');
+  t.ok(
+    servedAt < scheduledAt,
+    `before the pool's next scheduled dial (${scheduledAt - servedAt}ms early of ${failure.retryInMs}ms)`,
+  );
 });

@@ -171,6 +171,8 @@ export class Pool extends EventEmitter implements LinkOwner {
   private firstLinkSinceFailure = 0;
   private retryTimer: NodeJS.Timeout | undefined;
   private pulseQueued = false;
+  /** A caller queued since the last dial started: during a backoff it gets a dial now. */
+  private demand = false;
   /** Waiters handed a link or an error, to be told once the current loop is done. */
   private handed: Waiter[] = [];
   private deliveryQueued = false;
@@ -251,16 +253,13 @@ export class Pool extends EventEmitter implements LinkOwner {
 
   /**
    * Queues for a link. The callback runs later, exactly once, with the link or with an
-   * AcquireTimeoutError, PoolOverflowError or PoolClosedError; not at all after `cancel()`.
+   * AcquireTimeoutError, PoolOverflowError, PoolClosedError or UpstreamDownError (no link
+   * alive and the dial made for it failed); not at all after `cancel()`.
    */
   wait(callback: WaiterCallback): Waiter {
     const waiter = new Waiter(this, callback);
     if (this.state !== 'open') {
       this.handOut(waiter, new PoolClosedError(this.name), undefined, 'failed');
-      return waiter;
-    }
-    if (this.upstreamDown()) {
-      this.handOut(waiter, new UpstreamDownError(this.name), undefined, 'failed');
       return waiter;
     }
     if (this.waiters.size >= this.settings.maxWaiters) {
@@ -273,6 +272,7 @@ export class Pool extends EventEmitter implements LinkOwner {
       return waiter;
     }
     this.waiters.push(waiter);
+    this.demand = true;
     if (this.settings.acquireTimeout > 0) {
       // Not unref()ed: a queued caller is work in progress that must be answered.
       waiter.timer = setTimeout(() => this.timeOut(waiter), this.settings.acquireTimeout);
@@ -397,6 +397,10 @@ export class Pool extends EventEmitter implements LinkOwner {
     if (from === 'idle') removeFrom(this.idle, link);
     else if (from === 'active') this.active.delete(link);
     else this.connecting.delete(link);
+    // The last link that could serve the queue is gone: the queue gets a dial of its own
+    // (which either serves it or, failing, fails it fast).
+    if (from !== 'connecting' && this.waiters.size > 0 && this.idle.length + this.active.size === 0)
+      this.demand = true;
     if (EVICTIONS.has(reason)) {
       this.totals.evictions++;
       this.observer.evicted(reason as EvictionReason);
@@ -467,13 +471,18 @@ export class Pool extends EventEmitter implements LinkOwner {
     let dials = Math.min(wanted, this.settings.maxSize - this.total);
     if (dials <= 0) return;
     if (this.backoff.failures > 0) {
+      // One dial at a time until one succeeds. Warm-up waits out the backoff; a caller
+      // that came since the last dial does not: its dial may be the first success, which
+      // ends the outage for everyone.
+      if (this.connecting.size > 0) return;
       const now = Date.now();
-      if (now < this.retryAt) {
+      if (now < this.retryAt && !(this.demand && this.waiters.size > 0)) {
         this.scheduleRetry(this.retryAt - now);
         return;
       }
-      dials = this.connecting.size === 0 ? 1 : 0;
+      dials = 1;
     }
+    this.demand = false;
     for (let i = 0; i < dials; i++) this.dial();
   }
 
