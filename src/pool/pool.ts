@@ -28,6 +28,12 @@ export interface Connector {
   isDown?(): boolean;
   /** A link to this endpoint broke in use (a reset): for outlier detection. */
   linkBroke?(endpoint: string): void;
+  /**
+   * Why this endpoint takes no new links now (unhealthy or ejected; removed from
+   * discovery), or undefined while it does. A link to it is closed when released rather
+   * than reused, so health and balance hold per request and not only per dial.
+   */
+  whyUnavailable?(endpoint: string): 'unhealthy' | 'endpoint_removed' | undefined;
 }
 
 export type AcquireResult = 'idle' | 'dialed' | 'timeout' | 'overflow' | 'aborted' | 'failed';
@@ -326,6 +332,15 @@ export class Pool extends EventEmitter implements LinkOwner {
     }
     if (!reusable || link.expired || this.state !== 'open' || this.total > this.settings.maxSize) {
       link.close(link.expired && reusable ? 'lifetime' : 'released');
+      return;
+    }
+    const unavailable = this.connector.whyUnavailable?.(link.endpoint);
+    if (unavailable !== undefined) {
+      this.log.info(
+        { link: link.id, endpoint: link.endpoint, reason: unavailable },
+        'link to an unavailable endpoint closed on release',
+      );
+      link.close(unavailable);
       return;
     }
     this.active.delete(link);

@@ -88,6 +88,13 @@ export class Dialer implements Connector {
     return this.endpoints.allDown;
   }
 
+  /** Why `endpointName` takes no new links now, or undefined while it does. */
+  whyUnavailable(endpointName: string): 'unhealthy' | 'endpoint_removed' | undefined {
+    const endpoint = this.endpoints.find(endpointName);
+    if (endpoint === undefined || endpoint.removed) return 'endpoint_removed';
+    return endpoint.isAvailable() ? undefined : 'unhealthy';
+  }
+
   /** A link to `endpoint` broke (reset): counts toward its ejection. */
   linkBroke(endpointName: string): void {
     const endpoint = this.endpoints.find(endpointName);
