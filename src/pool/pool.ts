@@ -242,11 +242,12 @@ export class Pool extends EventEmitter implements LinkOwner {
 
   /**
    * Takes an idle link now, or returns undefined. Never jumps the queue: with waiters
-   * queued, the idle link is theirs.
+   * queued, the idle link is theirs. `newest` takes the most recently idle link whatever
+   * the pool's order: after a link turned out dead, the one least likely to be dead too.
    */
-  tryAcquire(): Link | undefined {
+  tryAcquire(options?: { newest?: boolean }): Link | undefined {
     if (this.state !== 'open' || this.waiters.size > 0) return undefined;
-    const link = this.takeIdle();
+    const link = this.takeIdle(options?.newest === true);
     if (link === undefined) return undefined;
     this.leased(link);
     link.lease();
@@ -388,9 +389,9 @@ export class Pool extends EventEmitter implements LinkOwner {
   }
 
   /** The next idle link with a live socket; dead ones met on the way are closed. */
-  private takeIdle(): Link | undefined {
+  private takeIdle(newest = this.newestIdleFirst): Link | undefined {
     for (;;) {
-      const link = this.newestIdleFirst ? this.idle.pop() : this.idle.shift();
+      const link = newest ? this.idle.pop() : this.idle.shift();
       if (link === undefined || link.hasLiveSocket) return link;
       link.socketClosed();
     }

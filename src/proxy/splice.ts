@@ -16,6 +16,27 @@ export interface SpliceOutcome {
   brokenBy: 'downstream' | 'upstream' | 'timeout' | 'proxy' | undefined;
 }
 
+/**
+ * What went upstream before the upstream sent any byte back. If the upstream closes or
+ * resets first, the link was most likely dead when it was taken (its FIN or RST already
+ * on the way) and nothing was processed: the session may replay this on another link.
+ */
+export interface Unanswered {
+  chunks: Buffer[];
+  bytes: number;
+  /** The downstream's FIN went up too. */
+  ended: boolean;
+}
+
+/** At most this much is kept for a replay; a session that sent more stays on its link. */
+const MAX_REPLAY_BYTES = 64 * 1024;
+/**
+ * A close this long after the splice began, or after the first byte went up, is the
+ * upstream's answer (it had time to act on the bytes, or its own timer ran out on the
+ * session), not a link that was dead when taken: no replay.
+ */
+const REPLAY_WINDOW_MS = 1000;
+
 export interface SpliceTimeouts {
   /** No bytes either way for this long ends the session; 0 = never. */
   idleTimeoutMs: number;
@@ -50,11 +71,21 @@ export class Splice {
   private done = false;
   private halfCloseTimer: NodeJS.Timeout | undefined;
   private halfCloseTimeoutMs = 0;
+  /** Kept while the upstream has not answered and the session could still move. */
+  private unanswered: Unanswered | undefined;
+  /** When the splice began, then when the first byte went up: the replay window's start. */
+  private replayFrom = 0;
 
+  /**
+   * `onUnanswered`, when given, is called instead of `onDone` if the upstream closes or
+   * resets before sending any byte (within a short window and a byte bound): both sockets
+   * are then released by the splice, untouched, for the session to go on with another link.
+   */
   constructor(
     private readonly down: Duplex,
     private readonly up: Duplex,
     private readonly onDone: (outcome: SpliceOutcome) => void,
+    private readonly onUnanswered?: (sent: Unanswered) => void,
   ) {}
 
   /**
@@ -71,9 +102,15 @@ export class Splice {
     const up = this.up as Spliced;
     const { idleTimeoutMs, halfCloseTimeoutMs } = timeouts;
     this.halfCloseTimeoutMs = halfCloseTimeoutMs;
+    if (this.onUnanswered !== undefined && (greeting === undefined || greeting.length === 0)) {
+      this.unanswered = { chunks: [], bytes: 0, ended: false };
+      this.replayFrom = performance.now();
+    }
     if (early !== undefined) {
       this.bytesUp += sendAhead(early.chunks, up);
+      for (const chunk of early.chunks) this.keepSent(chunk);
       if (early.ended) {
+        if (this.unanswered !== undefined) this.unanswered.ended = true;
         up.end();
         this.startHalfCloseTimer();
       }
@@ -115,10 +152,12 @@ export class Splice {
 
   downData(chunk: Buffer): number {
     this.bytesUp += chunk.length;
-    return relay(chunk, this.up);
+    const flags = relay(chunk, this.up);
+    return this.unanswered !== undefined && this.keepSent(chunk) ? flags | CHUNK_KEPT : flags;
   }
 
   upData(chunk: Buffer): number {
+    this.unanswered = undefined;
     this.bytesDown += chunk.length;
     return relay(chunk, this.down);
   }
@@ -133,11 +172,13 @@ export class Splice {
   }
 
   downEnd(): void {
+    if (this.unanswered !== undefined) this.unanswered.ended = true;
     this.up.end();
     this.startHalfCloseTimer();
   }
 
   upEnd(): void {
+    if (this.moveOn()) return;
     this.down.end();
     this.startHalfCloseTimer();
   }
@@ -164,6 +205,7 @@ export class Splice {
   }
 
   upClose(): void {
+    if (this.moveOn()) return;
     this.upClosed = true;
     if (!closedCleanly(this.up)) {
       this.noteBreak('upstream', undefined);
@@ -202,9 +244,46 @@ export class Splice {
     }
   }
 
-  private finish(): void {
-    if (this.done || !this.downClosed || !this.upClosed) return;
+  /** Keeps a chunk sent upstream for a replay; false (and no more keeping) past the bound. */
+  private keepSent(chunk: Buffer): boolean {
+    const sent = this.unanswered;
+    if (sent === undefined) return false;
+    if (sent.bytes + chunk.length > MAX_REPLAY_BYTES) {
+      this.unanswered = undefined;
+      return false;
+    }
+    if (sent.bytes === 0) this.replayFrom = performance.now();
+    sent.chunks.push(chunk);
+    sent.bytes += chunk.length;
+    return true;
+  }
+
+  /**
+   * The upstream closed or reset before answering: when a replay is allowed, let go of
+   * both sockets and hand what was sent to the session. True when it did.
+   */
+  private moveOn(): boolean {
+    const sent = this.unanswered;
+    if (sent === undefined || this.done || this.downClosed || this.down.destroyed) return false;
+    this.unanswered = undefined;
+    if (performance.now() - this.replayFrom > REPLAY_WINDOW_MS) return false;
     this.done = true;
+    this.stopRelaying();
+    const down = this.down as Spliced;
+    const up = this.up as Spliced;
+    down.off('error', onDownError);
+    down.off('close', onDownClose);
+    up.off('close', onUpClose);
+    down.off('timeout', onIdleTimeout);
+    (down as Duplex as Socket).setTimeout?.(0);
+    down[kSplice] = undefined;
+    // The link's error listener stays: the session closes the link next.
+    (this.onUnanswered as (sent: Unanswered) => void)(sent);
+    return true;
+  }
+
+  /** No more relaying: no reads, no end or drain handling, no half-close timer. */
+  private stopRelaying(): void {
     if (this.halfCloseTimer !== undefined) clearTimeout(this.halfCloseTimer);
     const down = this.down as Spliced;
     const up = this.up as Spliced;
@@ -214,6 +293,12 @@ export class Splice {
     up.off('end', onUpEnd);
     down.off('drain', onDownDrain);
     up.off('drain', onUpDrain);
+  }
+
+  private finish(): void {
+    if (this.done || !this.downClosed || !this.upClosed) return;
+    this.done = true;
+    this.stopRelaying();
     // The error listeners stay: a late error on a destroyed socket must not go unhandled.
     this.onDone({
       bytesUp: this.bytesUp,

@@ -5,7 +5,7 @@ import { CHUNK_KEPT, READ_PAUSE, readWith, stopReading } from '../net/reads.js';
 import type { Link } from '../pool/link.js';
 import type { Waiter } from '../pool/pool.js';
 import type { Route, Session } from './route.js';
-import { Splice, type SpliceOutcome } from './splice.js';
+import { Splice, type SpliceOutcome, type Unanswered } from './splice.js';
 
 type SessionState = 'waiting' | 'spliced' | 'ended';
 
@@ -20,8 +20,21 @@ interface EarlyBytes {
 const MAX_EARLY_BYTES = 64 * 1024;
 
 /**
+ * How many times a session moves to another link because its upstream closed before
+ * answering. More than one dead link in a row happens after an upstream restart, when
+ * every idle link dies at once; past this the app sees the close.
+ */
+const MAX_MOVES = 2;
+
+/**
  * tcp mode: one downstream socket spliced onto one link for the rest of its life. The
  * link's bytes belong to this session, so the link is closed afterwards, never reused.
+ *
+ * A link can die between the pool's last look at it and the session's first bytes (the
+ * upstream's FIN or RST already in the kernel, or crossing them: a restart, an idle or
+ * login timer). When the upstream closes before sending anything back, the session moves
+ * to another link with what it had sent (see Splice: bounded in bytes and time), so the
+ * app never sees a dead link.
  */
 export class TcpSession implements Session {
   private state: SessionState = 'waiting';
@@ -30,6 +43,8 @@ export class TcpSession implements Session {
   private splice: Splice | undefined;
   private readonly startedAt = performance.now();
   private early: EarlyBytes | undefined;
+  private moves = 0;
+  private errorsHandled = false;
 
   constructor(
     private readonly route: Route,
@@ -38,7 +53,12 @@ export class TcpSession implements Session {
   ) {}
 
   start(): void {
-    const link = this.route.pool.tryAcquire();
+    this.acquire();
+  }
+
+  private acquire(): void {
+    // After a dead link, the newest idle one: the least likely to have died too.
+    const link = this.route.pool.tryAcquire({ newest: this.moves > 0 });
     if (link !== undefined) {
       this.attach(link, false);
       return;
@@ -46,10 +66,10 @@ export class TcpSession implements Session {
     // While queued we keep reading (up to a bound), so that a reset or close from the
     // downstream is seen at once and takes it out of the queue. A FIN is a half-close, not
     // a departure: the bytes and the FIN go upstream once a link comes.
-    this.early = { chunks: [], bytes: 0, ended: false };
+    this.early ??= { chunks: [], bytes: 0, ended: false };
     (this.socket as Waiting)[kSession] = this;
     this.socket.on('end', onWaitingEnd);
-    this.socket.on('error', onWaitingError);
+    this.handleErrors();
     this.socket.on('close', onWaitingClose);
     readWith(this.socket, onWaitingBytes);
     this.waiter = this.route.pool.wait((err, link) => this.onLink(err, link));
@@ -101,9 +121,53 @@ export class TcpSession implements Session {
         'session open',
       );
     }
-    this.splice = new Splice(this.socket, link.socket, (outcome) => this.spliceDone(outcome));
+    this.splice = new Splice(
+      this.socket,
+      link.socket,
+      (outcome) => this.spliceDone(outcome),
+      this.moves < MAX_MOVES ? (sent) => this.linkDied(sent) : undefined,
+    );
     this.splice.start(this.route.timeouts, this.early, link.takeIdleBytes());
     this.early = undefined;
+  }
+
+  /** The upstream closed the link before answering: go on with another, replaying `sent`. */
+  private linkDied(sent: Unanswered): void {
+    const link = this.link as Link;
+    this.link = undefined;
+    this.splice = undefined;
+    this.moves++;
+    this.route.pool.release(link, false);
+    this.route.log.info(
+      {
+        session: this.id,
+        link: link.id,
+        endpoint: link.endpoint,
+        replayBytes: sent.bytes,
+        move: this.moves,
+      },
+      'upstream closed the link before answering: the session moves to another',
+    );
+    this.state = 'waiting';
+    this.early = { chunks: sent.chunks, bytes: sent.bytes, ended: sent.ended };
+    this.handleErrors();
+    // The FINs of other dead links may wait in the same batch of I/O events as this one's:
+    // choose the next link once they are read, and their links have left the pool.
+    setImmediate(onMoveOn, this);
+  }
+
+  /** Between splices the downstream's errors need a listener; its close is what counts. */
+  private handleErrors(): void {
+    if (this.errorsHandled) return;
+    this.errorsHandled = true;
+    this.socket.on('error', onWaitingError);
+  }
+
+  /** After a dead link: take another, unless the downstream left meanwhile. */
+  moveOn(): void {
+    if (this.state !== 'waiting') return;
+    if (this.socket.destroyed) this.end();
+    else this.acquire();
   }
 
   private spliceDone(outcome: SpliceOutcome): void {
@@ -185,6 +249,9 @@ export class TcpSession implements Session {
 const kSession = Symbol('sidepool.tcp-session');
 type Waiting = Socket & { [kSession]?: TcpSession };
 
+function onMoveOn(session: TcpSession): void {
+  session.moveOn();
+}
 function onWaitingBytes(this: Duplex, chunk: Buffer): number {
   return (this as Waiting)[kSession]?.waitingData(chunk) ?? READ_PAUSE;
 }
