@@ -135,3 +135,27 @@ void t.test('after an outage the first app connection gets through at once', asy
     `before the pool's next scheduled dial (${scheduledAt - servedAt}ms early of ${failure.retryInMs}ms)`,
   );
 });
+
+void t.test(
+  'after the upstream closes idle links, warm-up pauses; callers still get links',
+  async (t) => {
+    const { pool, dialer, lines } = makePool({ minIdle: 2, maxSize: 4 });
+    t.teardown(() => pool.destroy());
+    pool.start();
+    await until(() => pool.isWarm);
+    await sleep(1100); // past YOUNG_LINK_MS: these are idle losses, not failed dials
+    for (const socket of dialer.sockets) socket.finish();
+    await until(() => pool.stats().idle === 0, 1000, 'the idle links left the pool');
+    t.match(
+      lines.find((l) => l.msg === 'idle link lost'),
+      { warmUpInMs: 2000 },
+    );
+    const dials = dialer.dials;
+    await sleep(300);
+    t.equal(dialer.dials, dials, 'no warm-up dial into an upstream that may be stopping');
+    const link = await pool.acquire();
+    t.equal(dialer.dials, dials + 1, 'a caller gets a dial at once');
+    pool.release(link, false);
+    await until(() => pool.stats().idle === 2, 5000, 'warm again after the pause');
+  },
+);

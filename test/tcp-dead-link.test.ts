@@ -36,7 +36,7 @@ void t.test(
     // proxy accepts the apps before it reads the links' FINs or resets in the same batch
     // of events: every app is handed a dead link. This is the window after an upstream
     // restart, made certain instead of waited for.
-    const ROUNDS = 12;
+    const ROUNDS = 8;
     const SESSIONS = 8;
     const failures: string[] = [];
     for (let round = 0; round < ROUNDS; round++) {

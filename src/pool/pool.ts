@@ -65,6 +65,15 @@ export interface PoolObserver {
 /** An idle link the upstream closes this soon after its dial, unused, was a failed dial. */
 const YOUNG_LINK_MS = 1000;
 
+/**
+ * After the upstream closes an idle link, warm-up waits this long before it dials again
+ * (a downstream that needs a link does not wait). The upstream may be shutting down: a
+ * server that still accepts while it stops (PostgreSQL forks a child for each connection
+ * and waits up to authentication_timeout for its startup packet) is held up by every warm
+ * link dialed into it, and by nothing an app sends at once.
+ */
+const WARM_UP_PAUSE_MS = 2000;
+
 const NO_OBSERVER: PoolObserver = { acquired() {}, dialed() {}, evicted() {} };
 
 export interface PoolSettings {
@@ -175,7 +184,10 @@ export class Pool extends EventEmitter implements LinkOwner {
   private retryAt = 0;
   /** Links with this id or above were dialed after the last failed dial. */
   private firstLinkSinceFailure = 0;
-  private retryTimer: NodeJS.Timeout | undefined;
+  /** Warm-up (dials for minIdle, not for waiters) waits until then. */
+  private warmUpAt = 0;
+  private wakeTimer: NodeJS.Timeout | undefined;
+  private wakeTimerAt = 0;
   private pulseQueued = false;
   /** A caller queued since the last dial started: during a backoff it gets a dial now. */
   private demand = false;
@@ -358,7 +370,7 @@ export class Pool extends EventEmitter implements LinkOwner {
     if (this.closed === undefined) {
       this.state = 'closing';
       this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
-      this.clearRetry();
+      this.clearWake();
       this.failWaiters(new PoolClosedError(this.name));
       for (const link of [...this.idle, ...this.connecting]) link.close('pool_closed');
       this.checkClosed();
@@ -424,15 +436,19 @@ export class Pool extends EventEmitter implements LinkOwner {
         // An upstream that accepts and at once closes (full, restarting, refusing us) would
         // have us redial in a hot loop: a link lost unused soon after its dial counts as a
         // failed dial and backs off.
-        const young = link.uses === 0 && Date.now() - link.createdAt < YOUNG_LINK_MS;
+        const now = Date.now();
+        const young = link.uses === 0 && now - link.createdAt < YOUNG_LINK_MS;
         const retryInMs = young ? this.failDial() : undefined;
+        this.warmUpAt = Math.max(this.warmUpAt, now + WARM_UP_PAUSE_MS);
         this.log.info(
           {
             link: link.id,
             endpoint: link.endpoint,
             reason,
             err: error && describe(error),
+            idleMs: now - link.idleSince,
             retryInMs,
+            warmUpInMs: WARM_UP_PAUSE_MS,
           },
           young ? 'link lost right after its dial' : 'idle link lost',
         );
@@ -482,18 +498,28 @@ export class Pool extends EventEmitter implements LinkOwner {
       this.handOut(waiter, undefined, link, link.uses === 1 ? 'dialed' : 'idle');
     }
 
-    const wanted =
-      this.waiters.size + this.settings.minIdle - this.idle.length - this.connecting.size;
-    let dials = Math.min(wanted, this.settings.maxSize - this.total);
+    // Dials in flight serve waiters first; the rest of them count toward minIdle.
+    const now = Date.now();
+    const forWaiters = Math.max(0, this.waiters.size - this.connecting.size);
+    let forWarmth = Math.max(
+      0,
+      this.settings.minIdle -
+        this.idle.length -
+        Math.max(0, this.connecting.size - this.waiters.size),
+    );
+    if (forWarmth > 0 && now < this.warmUpAt) {
+      this.wakeAt(this.warmUpAt);
+      forWarmth = 0;
+    }
+    let dials = Math.min(forWaiters + forWarmth, this.settings.maxSize - this.total);
     if (dials <= 0) return;
     if (this.backoff.failures > 0) {
       // One dial at a time until one succeeds. Warm-up waits out the backoff; a caller
       // that came since the last dial does not: its dial may be the first success, which
       // ends the outage for everyone.
       if (this.connecting.size > 0) return;
-      const now = Date.now();
       if (now < this.retryAt && !(this.demand && this.waiters.size > 0)) {
-        this.scheduleRetry(this.retryAt - now);
+        this.wakeAt(this.retryAt);
         return;
       }
       dials = 1;
@@ -592,18 +618,23 @@ export class Pool extends EventEmitter implements LinkOwner {
     return delay;
   }
 
-  private scheduleRetry(delay: number): void {
-    if (this.retryTimer !== undefined) return;
-    this.retryTimer = setTimeout(() => {
-      this.retryTimer = undefined;
-      this.pulse();
-    }, delay);
-    this.retryTimer.unref();
+  /** Pulses again at `time` (epoch ms): one timer, for the earliest time asked. */
+  private wakeAt(time: number): void {
+    if (this.wakeTimer !== undefined && this.wakeTimerAt <= time) return;
+    this.clearWake();
+    this.wakeTimerAt = time;
+    this.wakeTimer = setTimeout(this.wake, Math.max(0, time - Date.now()));
+    this.wakeTimer.unref();
   }
 
-  private clearRetry(): void {
-    if (this.retryTimer !== undefined) clearTimeout(this.retryTimer);
-    this.retryTimer = undefined;
+  private readonly wake = (): void => {
+    this.wakeTimer = undefined;
+    this.pulse();
+  };
+
+  private clearWake(): void {
+    if (this.wakeTimer !== undefined) clearTimeout(this.wakeTimer);
+    this.wakeTimer = undefined;
   }
 
   private checkWarm(): void {
