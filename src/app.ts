@@ -198,6 +198,7 @@ export class App {
       routes: live.filter((r) => [...r.pools()].includes(pool)).map((r) => r.name),
       warm: pool.isWarm,
       ...pool.stats(),
+      upstreamIdleLimitMs: pool.upstreamIdleLimitMs ?? null,
       totals: { ...pool.totals },
       endpoints: this.destinations.get(key)?.view() ?? [],
     }));
@@ -211,6 +212,7 @@ export class App {
         routes: [route.name],
         warm: pool.isWarm,
         ...pool.stats(),
+        upstreamIdleLimitMs: pool.upstreamIdleLimitMs ?? null,
         totals: { ...pool.totals },
         ...mode.view?.(pool),
         endpoints: this.destinations.get(key)?.view() ?? [],

@@ -71,6 +71,20 @@ export class Metrics {
     },
   });
 
+  private readonly poolIdleLimit = new Gauge({
+    name: 'sidepool_pool_upstream_idle_limit_seconds',
+    help: 'The idle age at which the upstream was seen to close links (learned; warm links are recycled at half of it). Absent until learned.',
+    labelNames: ['pool'] as const,
+    registers: [this.registry],
+    collect: () => {
+      this.poolIdleLimit.reset();
+      for (const pool of this.pools()) {
+        const ms = pool.upstreamIdleLimitMs;
+        if (ms !== undefined) this.poolIdleLimit.set({ pool: pool.name }, ms / 1000);
+      }
+    },
+  });
+
   private readonly poolWaiters = new Gauge({
     name: 'sidepool_pool_waiters',
     help: 'Downstreams queued for a link.',

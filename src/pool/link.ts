@@ -134,6 +134,15 @@ export class Link {
     this.owner.linkClosed(this, from, reason, error ?? this.lastError);
   }
 
+  /**
+   * Since when the upstream may count this link idle: the start of its dial while it has
+   * not carried a session (a server's login timer starts at its accept, which a busy loop
+   * may see long before our connect callback runs), else when it last went idle.
+   */
+  get upstreamIdleSince(): number {
+    return this.uses === 0 ? this.createdAt : this.idleSince;
+  }
+
   get isClosed(): boolean {
     return this.state === 'closed';
   }
@@ -160,6 +169,14 @@ export class Link {
       this.idleTimer = setTimeout(onIdleTimeout, idleTimeoutMs, this);
       this.idleTimer.unref();
     }
+  }
+
+  /** Restarts the idle timer of an idle link: it fires `ms` from now. */
+  rearmIdleTimer(ms: number): void {
+    if (this.state !== 'idle') return;
+    this.clearIdleTimer();
+    this.idleTimer = setTimeout(onIdleTimeout, ms, this);
+    this.idleTimer.unref();
   }
 
   private clearIdleTimer(): void {

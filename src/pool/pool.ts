@@ -12,6 +12,7 @@ import {
   describe,
 } from '../errors.js';
 import { Backoff } from './backoff.js';
+import { UpstreamIdleLimit } from './idle-limit.js';
 import { Link, type CloseReason, type LinkOwner, type LinkState } from './link.js';
 import { WaiterQueue, type QueueEntry } from './waiters.js';
 
@@ -162,6 +163,7 @@ export class Pool extends EventEmitter implements LinkOwner {
   private readonly keepIdleBytes: boolean;
   private readonly newestIdleFirst: boolean;
   private readonly backoff: Backoff;
+  private readonly idleLimit = new UpstreamIdleLimit();
 
   /**
    * Running totals since the pool was made, for `/pools`. `callbackErrors`: waiter
@@ -250,6 +252,28 @@ export class Pool extends EventEmitter implements LinkOwner {
 
   get isWarm(): boolean {
     return this.warm;
+  }
+
+  /**
+   * The idle age (ms) at which the upstream was seen to close links, once learned: warm
+   * links are then recycled well before it (see UpstreamIdleLimit).
+   */
+  get upstreamIdleLimitMs(): number | undefined {
+    return this.idleLimit.limitMs;
+  }
+
+  /** A fresh link's idle timer: its dial counts against a learned limit. */
+  private idleTimeoutFor(link: Link): number {
+    if (this.idleLimit.recycleMs === undefined) return this.idleTimeoutMs;
+    return Math.max(1, this.idleTimeoutMs - (Date.now() - link.createdAt));
+  }
+
+  /** How long a link may sit idle: idleTimeout, or less when the upstream's limit is known. */
+  private get idleTimeoutMs(): number {
+    const configured = this.settings.idleTimeout;
+    const recycle = this.idleLimit.recycleMs;
+    if (recycle === undefined) return configured;
+    return configured > 0 ? Math.min(configured, recycle) : recycle;
   }
 
   /**
@@ -357,7 +381,7 @@ export class Pool extends EventEmitter implements LinkOwner {
       return;
     }
     this.active.delete(link);
-    link.release(this.settings.idleTimeout);
+    link.release(this.idleTimeoutMs);
     this.idle.push(link);
     this.pulse();
   }
@@ -400,12 +424,20 @@ export class Pool extends EventEmitter implements LinkOwner {
     this.schedulePulse();
   }
 
-  /** The next idle link with a live socket; dead ones met on the way are closed. */
+  /**
+   * The next idle link with a live socket and short of the upstream's idle limit; dead ones
+   * met on the way are closed, and ones whose recycling a busy loop delayed are recycled.
+   */
   private takeIdle(newest = this.newestIdleFirst): Link | undefined {
+    const recycleMs = this.idleLimit.recycleMs;
+    const now = recycleMs === undefined ? 0 : Date.now();
     for (;;) {
       const link = newest ? this.idle.pop() : this.idle.shift();
-      if (link === undefined || link.hasLiveSocket) return link;
-      link.socketClosed();
+      if (link === undefined) return undefined;
+      if (!link.hasLiveSocket) link.socketClosed();
+      else if (recycleMs !== undefined && now - link.upstreamIdleSince >= recycleMs)
+        link.close('idle');
+      else return link;
     }
   }
 
@@ -440,6 +472,7 @@ export class Pool extends EventEmitter implements LinkOwner {
         const young = link.uses === 0 && now - link.createdAt < YOUNG_LINK_MS;
         const retryInMs = young ? this.failDial() : undefined;
         this.warmUpAt = Math.max(this.warmUpAt, now + WARM_UP_PAUSE_MS);
+        if (this.idleLimit.observe(now - link.upstreamIdleSince, now)) this.learnedIdleLimit();
         this.log.info(
           {
             link: link.id,
@@ -456,6 +489,21 @@ export class Pool extends EventEmitter implements LinkOwner {
     }
     if (this.state === 'open') this.schedulePulse();
     else this.checkClosed();
+  }
+
+  /** The upstream's idle limit is known (or lower): recycle idle links before it from now on. */
+  private learnedIdleLimit(): void {
+    const recycleMs = this.idleLimit.recycleMs as number;
+    this.log.warn(
+      { upstreamIdleLimitMs: this.idleLimit.limitMs, recycleAfterMs: recycleMs },
+      'the upstream closes idle links at about the same age: warm links are recycled before it',
+    );
+    const now = Date.now();
+    for (const link of [...this.idle]) {
+      const idleMs = now - link.upstreamIdleSince;
+      if (idleMs >= recycleMs) link.close('idle');
+      else link.rearmIdleTimer(recycleMs - idleMs);
+    }
   }
 
   // ── reconcile ───────────────────────────────────────────────────────────
@@ -559,7 +607,7 @@ export class Pool extends EventEmitter implements LinkOwner {
           link.connected(
             socket,
             endpoint,
-            this.settings.idleTimeout,
+            this.idleTimeoutFor(link),
             lifetimeWithJitter(this.settings.maxLifetime),
           );
           this.idle.push(link);

@@ -1,0 +1,89 @@
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import t from 'tap';
+import { startProxy } from './helpers/app.js';
+import { startPostgres } from './helpers/pg-cluster.js';
+import { until } from './helpers/util.js';
+
+const run = promisify(execFile);
+const MOVED = 'upstream closed the link before answering: the session moves to another';
+const LEARNED =
+  'the upstream closes idle links at about the same age: warm links are recycled before it';
+
+void t.test(
+  'PostgreSQL authentication_timeout = 1s: learned, and no psql connection fails',
+  async (t) => {
+    const pg = await startPostgres({ conf: ['authentication_timeout = 1s'] });
+    t.teardown(() => pg.stop());
+    const proxy = await startProxy(`127.0.0.1:${pg.port}`, { minIdle: 4 });
+    t.teardown(() => proxy.app.stop(100));
+    /** Links PostgreSQL closed: idle ones, and ones a session had just taken. */
+    const closedByServer = (lines: typeof proxy.lines): number =>
+      lines.filter((l) => l.msg === MOVED || l.msg === 'idle link lost').length;
+
+    // PostgreSQL closes each warm link 1s after its accept (no startup packet came). Wait
+    // until sidepool has learned that, or until it has lost 12 links (three bursts of
+    // minIdle) without learning it, as it did before: then it redials forever.
+    const started = Date.now();
+    await until(
+      () => proxy.pool.upstreamIdleLimitMs !== undefined || closedByServer(proxy.lines) >= 12,
+      60_000,
+      'the limit learned, or 12 links closed by PostgreSQL',
+    );
+    const learnedAt = Date.now();
+    const closedBefore = closedByServer(proxy.lines);
+    const linesBefore = proxy.lines.length;
+    const limit = proxy.pool.upstreamIdleLimitMs;
+    t.ok(
+      limit !== undefined && limit >= 950 && limit <= 1300,
+      `learned ${limit}ms for authentication_timeout = 1s (after ${closedBefore} links lost)`,
+    );
+
+    /**
+     * psql connections, four loops at a time, spread over time so that they meet links of
+     * every age. The loops run in shells of their own: spawning each psql from this
+     * process would stall the loop sidepool runs on (a fork waits for the exec).
+     */
+    const COUNT = 40;
+    const LOOPS = 4;
+    const connections = async (port: number): Promise<number> => {
+      const loop = (from: number): Promise<string> =>
+        run(
+          'bash',
+          [
+            '-c',
+            `for i in $(seq ${from} ${LOOPS} ${COUNT - 1}); do
+               out=$(psql -h 127.0.0.1 -p ${port} -U postgres -XAtqc "SELECT $i" 2>&1)
+               [ "$out" = "$i" ] && echo ok || echo "failed $i: $(echo $out | tr '\\n' ' ')"
+               sleep 0.$((RANDOM % 10))
+             done`,
+          ],
+          { timeout: 120_000 },
+        ).then((r) => r.stdout);
+      const outputs = await Promise.all(Array.from({ length: LOOPS }, (_, i) => loop(i)));
+      const results = outputs.join('').trim().split('\n');
+      t.equal(results.length, COUNT, `${COUNT} psql runs on port ${port}`);
+      const failures = results.filter((line) => line !== 'ok');
+      if (failures.length > 0) t.comment(failures.join('\n'));
+      return failures.length;
+    };
+    const [direct, through] = [await connections(pg.port), await connections(proxy.port)];
+    t.equal(
+      through,
+      direct,
+      `failed psql connections: ${through} of ${COUNT} through sidepool, ${direct} direct`,
+    );
+    t.equal(through, 0);
+    // Once learned, links are recycled long before PostgreSQL's timer. On a quiet machine
+    // it closes none; here a loop starved of CPU for half a second may still lose one.
+    const closedAfter = closedByServer(proxy.lines.slice(linesBefore));
+    const perSecondBefore = closedBefore / ((learnedAt - started) / 1000);
+    const perSecondAfter = closedAfter / ((Date.now() - learnedAt) / 1000);
+    t.ok(
+      perSecondAfter < perSecondBefore / 10,
+      `links closed by PostgreSQL: ${closedBefore} in ${learnedAt - started}ms before, ` +
+        `${closedAfter} in ${Date.now() - learnedAt}ms after`,
+    );
+    t.equal(proxy.lines.filter((l) => l.msg === LEARNED).length, 1, 'logged once');
+  },
+);
