@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import t from 'tap';
 import { startProxy } from './helpers/app.js';
-import { startPostgres } from './helpers/pg-cluster.js';
+import { startPostgres } from './helpers/postgres.js';
 import { until } from './helpers/util.js';
 
 const run = promisify(execFile);

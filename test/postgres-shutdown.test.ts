@@ -1,6 +1,6 @@
 import t from 'tap';
 import { startProxy } from './helpers/app.js';
-import { startPostgres } from './helpers/pg-cluster.js';
+import { psql, startPostgres } from './helpers/postgres.js';
 import { until } from './helpers/util.js';
 
 void t.test(
@@ -17,7 +17,7 @@ void t.test(
     const proxy = await startProxy(`127.0.0.1:${pg.port}`, { minIdle: 4 });
     t.teardown(() => proxy.app.stop(100));
     await until(() => proxy.pool.stats().idle === 4, 20_000, 'warm');
-    t.equal(await pg.sql('SELECT 1', proxy.port), '1', 'a query through sidepool');
+    t.equal(await psql(proxy.port, 'SELECT 1'), '1', 'a query through sidepool');
     await until(() => proxy.pool.stats().idle === 4, 20_000, 'warm again');
 
     const through = await pg.stopServer('fast');
@@ -28,7 +28,7 @@ void t.test(
 
     await pg.startServer();
     await until(() => proxy.pool.stats().idle === 4, 30_000, 'links back after the restart');
-    t.equal(await pg.sql('SELECT 2', proxy.port), '2', 'queries work again');
+    t.equal(await psql(proxy.port, 'SELECT 2'), '2', 'queries work again');
 
     await until(() => proxy.pool.stats().idle === 4, 20_000, 'warm before the restart');
     const restartStarted = performance.now();
@@ -37,6 +37,6 @@ void t.test(
     const restart = performance.now() - restartStarted;
     t.ok(restart < 15_000, `pg_ctl stop -m fast, then start: ${Math.round(restart)}ms`);
     await until(() => proxy.pool.stats().idle === 4, 30_000, 'links back after the second restart');
-    t.equal(await pg.sql('SELECT 3', proxy.port), '3');
+    t.equal(await psql(proxy.port, 'SELECT 3'), '3');
   },
 );

@@ -30,6 +30,10 @@ export interface PgCluster {
   /** Backends of `user` (client backends only) in pg_stat_activity. */
   backends(user: string): Promise<number>;
   restart(mode?: 'fast' | 'smart' | 'immediate'): Promise<void>;
+  /** `pg_ctl stop -m <mode> -w`; resolves with how long it took, in ms. Rejects when it fails. */
+  stopServer(mode?: 'fast' | 'immediate', waitSeconds?: number): Promise<number>;
+  /** `pg_ctl start -w` on the same port and data directory. */
+  startServer(): Promise<void>;
   stop(): Promise<void>;
   pid(): Promise<number>;
 }
@@ -43,12 +47,41 @@ export interface PgClusterOptions {
 
 const UID_USER = 'postgres';
 
-async function asPostgres(args: string[], cwd?: string): Promise<string> {
+async function asPostgres(args: string[], cwd?: string, timeoutMs = 60_000): Promise<string> {
   const { stdout } = await run('runuser', ['-u', UID_USER, '--', ...args], {
     cwd,
-    timeout: 60_000,
+    timeout: timeoutMs,
   });
   return stdout;
+}
+
+/** Runs SQL with psql against `port` (a cluster, or sidepool in front of one). */
+export async function psql(
+  port: number,
+  query: string,
+  database = 'postgres',
+  user = 'postgres',
+): Promise<string> {
+  const { stdout } = await run(
+    'psql',
+    [
+      '-h',
+      '127.0.0.1',
+      '-p',
+      String(port),
+      '-U',
+      user,
+      '-d',
+      database,
+      '-XAtq',
+      '-v',
+      'ON_ERROR_STOP=1',
+      '-c',
+      query,
+    ],
+    { timeout: 30_000 },
+  );
+  return stdout.trim();
 }
 
 export async function startPostgres(options: PgClusterOptions = {}): Promise<PgCluster> {
@@ -117,30 +150,13 @@ export async function startPostgres(options: PgClusterOptions = {}): Promise<PgC
   await writeHba();
   const pgCtl = path.join(PG_BIN, 'pg_ctl');
   const log = path.join(dir, 'postgres.log');
-  await asPostgres([pgCtl, 'start', '-w', '-t', '60', '-D', data, '-l', log, '-s']);
-
-  const sql = async (query: string, database = 'postgres'): Promise<string> => {
-    const { stdout } = await run(
-      'psql',
-      [
-        '-h',
-        '127.0.0.1',
-        '-p',
-        String(port),
-        '-U',
-        'postgres',
-        '-d',
-        database,
-        '-XAtq',
-        '-v',
-        'ON_ERROR_STOP=1',
-        '-c',
-        query,
-      ],
-      { timeout: 30_000 },
-    );
-    return stdout.trim();
+  const startServer = async (): Promise<void> => {
+    await asPostgres([pgCtl, 'start', '-w', '-t', '60', '-D', data, '-l', log, '-s']);
   };
+  await startServer();
+
+  const sql = (query: string, database = 'postgres'): Promise<string> =>
+    psql(port, query, database);
   const cluster: PgCluster = {
     port,
     dir,
@@ -172,6 +188,16 @@ export async function startPostgres(options: PgClusterOptions = {}): Promise<PgC
         '-s',
       ]);
     },
+    stopServer: async (mode = 'fast', waitSeconds = 60) => {
+      const started = performance.now();
+      await asPostgres(
+        [pgCtl, 'stop', '-w', '-t', String(waitSeconds), '-m', mode, '-D', data, '-s'],
+        undefined,
+        (waitSeconds + 30) * 1000,
+      );
+      return performance.now() - started;
+    },
+    startServer,
     pid: async () =>
       Number((await readFile(path.join(data, 'postmaster.pid'), 'utf8')).split('\n')[0]),
     stop: async () => {
