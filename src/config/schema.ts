@@ -1,28 +1,56 @@
 import { accessSync, constants } from 'node:fs';
 import { z } from 'zod';
 import { parseAddress } from './address.js';
-import { parseDuration } from './duration.js';
+import { formatDuration, parseDuration } from './duration.js';
 
 /**
  * The configuration schema: the one place where config keys, their types and their
  * defaults are written down. The TypeScript types are inferred from it.
  */
 
-const duration = z
-  .union([z.string(), z.number()], {
-    error: 'expected a duration such as 250ms, 5s, 5m, 1h, or a number of milliseconds',
-  })
-  .transform((value, ctx) => {
-    const ms = parseDuration(value);
-    if (ms === undefined) {
-      ctx.addIssue({
-        code: 'custom',
-        message: `expected a duration such as 250ms, 5s, 5m, 1h, or a number of milliseconds, got ${JSON.stringify(value)}`,
-      });
-      return z.NEVER;
-    }
-    return ms;
-  });
+/**
+ * The longest duration a setTimeout keeps: Node turns anything above 2^31−1 ms into 1 ms.
+ * 596h is the largest whole number of hours below it.
+ */
+export const MAX_DURATION_MS = 596 * 3_600_000;
+
+/**
+ * A duration in milliseconds, at most `maxMs` (which must keep every timer made from it
+ * in range). With `positive`, 0 is refused: for keys where 0 would mean "at once, in a
+ * loop" rather than "off".
+ */
+function durationOf(options: { positive?: boolean; maxMs?: number } = {}) {
+  const maxMs = options.maxMs ?? MAX_DURATION_MS;
+  return z
+    .union([z.string(), z.number()], {
+      error: 'expected a duration such as 250ms, 5s, 5m, 1h, or a number of milliseconds',
+    })
+    .transform((value, ctx) => {
+      const ms = parseDuration(value);
+      if (ms === undefined) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `expected a duration such as 250ms, 5s, 5m, 1h, or a number of milliseconds, got ${JSON.stringify(value)}`,
+        });
+        return z.NEVER;
+      }
+      if (ms > maxMs) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `must be at most ${formatDuration(maxMs)} (${maxMs} ms), got ${JSON.stringify(value)}: Node's timers hold no longer`,
+        });
+        return z.NEVER;
+      }
+      if (options.positive === true && ms === 0) {
+        ctx.addIssue({ code: 'custom', message: 'must be more than 0' });
+        return z.NEVER;
+      }
+      return ms;
+    });
+}
+
+const duration = durationOf();
+const positiveDuration = durationOf({ positive: true });
 
 function address(kind: 'listen' | 'upstream') {
   return z
@@ -36,30 +64,45 @@ function address(kind: 'listen' | 'upstream') {
     });
 }
 
-const count = (min: number) =>
+/** A whole number from `min` to `max`. */
+const count = (min: number, max: number) =>
   z
     .number({
       error: (issue) => (issue.code === 'invalid_type' ? 'expected a whole number' : undefined),
     })
-    .int('expected a whole number')
-    .min(min, `must be at least ${min}`);
+    .superRefine((value, ctx) => {
+      // Bounds first: 1e300 is "at most", not "not a whole number" (zod's int() says so
+      // of anything above 2^53).
+      if (value > max) ctx.addIssue({ code: 'custom', message: `must be at most ${max}` });
+      else if (value < min) ctx.addIssue({ code: 'custom', message: `must be at least ${min}` });
+      else if (!Number.isInteger(value))
+        ctx.addIssue({ code: 'custom', message: 'expected a whole number' });
+    });
+
+/** One source address holds at most this many connections to one endpoint (ports). */
+const MAX_LINKS = 65_535;
 
 export const poolSchema = z
   .strictObject({
     /** Warm links kept ready; default 4, or maxSize when that is smaller. */
-    minIdle: count(0).optional(),
+    minIdle: count(0, MAX_LINKS).optional(),
     /** Links per destination: idle + active + connecting. */
-    maxSize: count(1).default(64),
-    /** Downstreams that may queue while the pool is at maxSize. */
-    maxWaiters: count(0).default(1024),
-    /** A downstream queued longer than this is closed. */
+    maxSize: count(1, MAX_LINKS).default(64),
+    /** Downstreams that may queue while the pool is at maxSize (each holds a socket). */
+    maxWaiters: count(0, 1_000_000).default(1024),
+    /** A downstream queued longer than this is closed. 0 = it waits without limit. */
     acquireTimeout: duration.default(5000),
-    /** A dial (TCP connect, and TLS handshake) longer than this fails. */
+    /** A dial (TCP connect, and TLS handshake) longer than this fails. 0 = no limit. */
     connectTimeout: duration.default(3000),
-    /** Idle links above minIdle close after this; warm ones are replaced by fresh ones. */
+    /**
+     * Idle links above minIdle close after this; warm ones are replaced by fresh ones.
+     * 0 = idle links are kept.
+     */
     idleTimeout: duration.default(300_000),
-    /** Idle links older than this close (±10% jitter). 0 = no limit. */
-    maxLifetime: duration.default(3_600_000),
+    /**
+     * Idle links older than this close (±10% jitter, hence the lower limit). 0 = no limit.
+     */
+    maxLifetime: durationOf({ maxMs: 540 * 3_600_000 }).default(3_600_000),
   })
   .transform(({ minIdle, ...pool }) => ({
     minIdle: minIdle ?? Math.min(4, pool.maxSize),
@@ -131,7 +174,7 @@ export const routeTlsSchema = z
     /** mTLS: refuse downstreams without a certificate that `ca` verifies. */
     requireClientCert: z.boolean().default(false),
     minVersion: tlsVersion.default('TLSv1.2'),
-    /** A downstream that has not finished its handshake by then is closed. */
+    /** A downstream that has not finished its handshake by then is closed. 0 = no limit. */
     handshakeTimeout: duration.default(10_000),
   })
   .superRefine((value, ctx) => {
@@ -160,6 +203,7 @@ const upstreamObject = z
     addresses: z.array(address('upstream')).min(1, 'expected at least one address').optional(),
     /** A DNS name (host:port) resolved, A and AAAA, at start and every dnsRefresh. */
     dns: address('upstream').optional(),
+    /** How often `dns` is resolved again. 0 = only at start. */
     dnsRefresh: duration.default(30_000),
     /** DNS servers to ask (host:port); default: the system's. */
     resolvers: z.array(address('upstream')).min(1).optional(),
@@ -200,7 +244,7 @@ const probeSchema = z.union(
     z.strictObject({
       http: z.strictObject({
         path: z.string().startsWith('/').default('/'),
-        expectStatus: count(100).max(599).default(200),
+        expectStatus: count(100, 599).default(200),
         /** Host header; default: the endpoint address. */
         host: z.string().optional(),
       }),
@@ -211,21 +255,23 @@ const probeSchema = z.union(
 
 /** Active health probes, on their own connections. */
 export const healthSchema = z.strictObject({
-  interval: duration.default(10_000),
-  timeout: duration.default(2000),
-  healthyThreshold: count(1).default(2),
-  unhealthyThreshold: count(1).default(3),
+  interval: positiveDuration.default(10_000),
+  /** A probe (connect, TLS, exchange) that takes longer fails. */
+  timeout: positiveDuration.default(2000),
+  healthyThreshold: count(1, 1000).default(2),
+  unhealthyThreshold: count(1, 1000).default(3),
   probe: probeSchema.default('tcp'),
 });
 
 /** Passive outlier detection from dial failures, TLS failures and resets. */
 export const outlierSchema = z.strictObject({
   /** Failures in a row that eject an endpoint; 0 turns ejection off. */
-  consecutiveFailures: count(0).default(5),
-  baseEjectionTime: duration.default(30_000),
-  maxEjectionTime: duration.default(300_000),
+  consecutiveFailures: count(0, 1_000_000).default(5),
+  /** The first ejection; each later one lasts this × times ejected. */
+  baseEjectionTime: positiveDuration.default(30_000),
+  maxEjectionTime: positiveDuration.default(300_000),
   /** Never eject more than this share of a destination's endpoints. */
-  maxEjectedPercent: count(0).max(100).default(50),
+  maxEjectedPercent: count(0, 100).default(50),
 });
 
 /** Route keys that only http mode reads. */
@@ -370,7 +416,7 @@ export const redisSchema = z.strictObject({
   /** One write to a Redis link holds at most this; a larger command gets a link of its own. */
   maxBatchBytes: byteSize(1024, 64 * 1024 * 1024).default(64 * 1024),
   /** Replies outstanding per shared link; past it on every link, clients queue. */
-  maxPending: count(1).max(1_000_000).default(256),
+  maxPending: count(1, 1_000_000).default(256),
   /** sidepool's login on every link: AUTH [username] <password in passwordFile>. */
   auth: z
     .strictObject({
@@ -505,7 +551,10 @@ export const configSchema = z
       .strictObject({
         /** After SIGTERM, listeners keep accepting this long before they close. */
         delay: duration.default(0),
-        /** Active sessions may run this long after the listeners close. */
+        /**
+         * Active sessions may run this long after the listeners close (also for routes a
+         * reload retires). 0 = they are ended at once.
+         */
         timeout: duration.default(30_000),
       })
       .prefault({}),
@@ -514,7 +563,7 @@ export const configSchema = z
      * and this many workers accept on the shared listeners, each with its share of every
      * pool's minIdle, maxSize and maxWaiters.
      */
-    workers: z.number().int().min(1).max(64).default(1),
+    workers: count(1, 64).default(1),
     /**
      * With workers: `own`, each worker binds a socket of its own for every TCP route
      * (SO_REUSEPORT: the kernel spreads connections over them), where Node.js has
