@@ -5,6 +5,7 @@ import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { App } from './app.js';
 import { parseDuration } from './config/duration.js';
+import { effectiveConfig } from './config/effective.js';
 import { loadConfig, type ConfigFlags } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { ConfigError, SidepoolError, describe } from './errors.js';
@@ -94,7 +95,7 @@ async function load(args: RunArgs): Promise<Config | number> {
 async function check(args: RunArgs): Promise<number> {
   const config = await load(args);
   if (typeof config === 'number') return config;
-  process.stdout.write(YAML.stringify(config));
+  process.stdout.write(YAML.stringify(effectiveConfig(config)));
   return 0;
 }
 

@@ -275,7 +275,7 @@ export const outlierSchema = z.strictObject({
 });
 
 /** Route keys that only http mode reads. */
-const HTTP_ONLY_KEYS = [
+export const HTTP_ONLY_KEYS = [
   'upstreamKeepAlive',
   'responseTimeout',
   'headersTimeout',
@@ -526,6 +526,9 @@ function withRedisDefaults<R extends { mode: string; redis?: z.output<typeof red
     ? { ...route, redis: redisSchema.parse({}) }
     : route;
 }
+
+/** A route's keys in the order the schema gives them, for printing. */
+export const ROUTE_KEYS: readonly string[] = Object.keys(routeObject.shape);
 
 export const routeSchema = routeObject
   .superRefine(httpOnlyKeys)
