@@ -4,7 +4,7 @@ import { isDeepStrictEqual } from 'node:util';
 import type { Logger } from 'pino';
 import { AdminServer } from './admin/server.js';
 import { Metrics } from './admin/metrics.js';
-import { parseAddress, type Address } from './config/address.js';
+import { listenAddress, parseAddress } from './config/address.js';
 import { destinationKey, destinationName } from './config/load.js';
 import type { Config, RouteConfig } from './config/schema.js';
 import { ResolveError, codeOf, reloadProblems } from './errors.js';
@@ -563,10 +563,6 @@ function modeSettings(route: RouteConfig): unknown {
 function pickPool(route: RouteConfig) {
   const { connectTimeout: _connectTimeout, ...settings } = route.pool;
   return settings;
-}
-
-export function listenAddress(text: string): Address {
-  return parseAddress(text, { allowAnyHost: true, allowPortZero: true }) as Address;
 }
 
 const SECRET_KEYS = new Set(['passphrase', 'password', 'secret', 'token']);

@@ -170,18 +170,24 @@ export class LinkClosedError extends SidepoolError {
   }
 }
 
+/** A listener could not bind; `owner` says whose (`route redis`, `admin server`). */
 export class ListenError extends SidepoolError {
-  constructor(route: string, listen: string, cause: unknown) {
+  constructor(owner: string, listen: string, cause: unknown, problem?: string) {
     const code = codeOf(cause);
+    const unix = !/:\d+$/.test(listen);
     const why =
-      code === 'EADDRINUSE'
-        ? 'EADDRINUSE, the address is already in use'
-        : code === 'EACCES'
-          ? 'EACCES, permission denied (ports below 1024 need privileges)'
-          : code === 'EADDRNOTAVAIL'
-            ? 'EADDRNOTAVAIL, no such local address'
-            : describe(cause);
-    super('SIDEPOOL_LISTEN_FAILED', `route ${route}: cannot listen on ${listen}: ${why}`, {
+      problem !== undefined
+        ? `${code}, ${problem}`
+        : code === 'EADDRINUSE'
+          ? 'EADDRINUSE, the address is already in use'
+          : code === 'EACCES'
+            ? unix
+              ? 'EACCES, permission denied'
+              : 'EACCES, permission denied (ports below 1024 need privileges)'
+            : code === 'EADDRNOTAVAIL'
+              ? 'EADDRNOTAVAIL, no such local address'
+              : describe(cause);
+    super('SIDEPOOL_LISTEN_FAILED', `${owner}: cannot listen on ${listen}: ${why}`, {
       cause,
     });
   }

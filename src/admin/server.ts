@@ -1,7 +1,8 @@
 import http from 'node:http';
 import type { Logger } from 'pino';
-import { boundAddress, boundPort, formatAddress, type Address } from '../config/address.js';
-import { ListenError, describe } from '../errors.js';
+import { boundAddress, boundPort, type Address } from '../config/address.js';
+import { describe } from '../errors.js';
+import { listenOn } from '../net/listen.js';
 
 /** What the admin endpoints ask of the running app. */
 export interface AdminHandlers {
@@ -72,21 +73,8 @@ export class AdminServer {
   }
 
   async listen(): Promise<void> {
-    const address = this.listenAddress;
-    await new Promise<void>((resolve, reject) => {
-      const onError = (err: Error): void =>
-        reject(new ListenError('admin', formatAddress(address), err));
-      this.server.once('error', onError);
-      const done = (): void => {
-        this.server.off('error', onError);
-        this.server.on('error', (err) =>
-          this.log.error({ err: describe(err) }, 'admin server error'),
-        );
-        resolve();
-      };
-      if (address.kind === 'unix') this.server.listen(address.path, done);
-      else this.server.listen(address.port, address.host, done);
-    });
+    await listenOn(this.server, this.listenAddress, 'admin server');
+    this.server.on('error', (err) => this.log.error({ err: describe(err) }, 'admin server error'));
     this.log.info({ listen: this.address }, 'admin listening');
   }
 

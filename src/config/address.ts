@@ -33,6 +33,11 @@ export function parseAddress(
   return { kind: 'tcp', host, port };
 }
 
+/** A listen address from the config (validated there): `:port` and port 0 allowed. */
+export function listenAddress(text: string): Address {
+  return parseAddress(text, { allowAnyHost: true, allowPortZero: true }) as Address;
+}
+
 function unixAddress(path: string): Address | string {
   if (path === '') return 'a unix socket path is empty';
   return { kind: 'unix', path };

@@ -4,7 +4,8 @@ import { isDeepStrictEqual } from 'node:util';
 import YAML from 'yaml';
 import type { core } from 'zod';
 import { ConfigError, type ConfigIssue, describe } from '../errors.js';
-import { parseAddress, formatAddress, type Address } from './address.js';
+import { parseAddress, formatAddress } from './address.js';
+import { bindingConflicts, bindingIssues, bindingsOf } from './listeners.js';
 import { configSchema, type Config, type RouteConfig } from './schema.js';
 
 /** Values given on the command line; each overrides the config file. */
@@ -102,7 +103,10 @@ export function parseConfig(raw: unknown): Config {
   return deepFreeze(config);
 }
 
-/** Reads the file (if any), applies the flags and validates. */
+/**
+ * Reads the file (if any), applies the flags and validates, then checks what `run` would
+ * find when it binds (see bindingIssues): a config this accepts is one `run` can start.
+ */
 export async function loadConfig(
   path: string | undefined,
   flags: ConfigFlags = {},
@@ -117,7 +121,11 @@ export async function loadConfig(
       },
     ]);
   }
-  return parseConfig(applyFlags(raw, flags));
+  const config = parseConfig(applyFlags(raw, flags));
+  // What binding would find: listen names resolved, unix socket directories.
+  const issues = await bindingIssues(bindingsOf(config));
+  if (issues.length > 0) throw new ConfigError(issues);
+  return config;
 }
 
 /** The key that decides which routes share a pool: the same upstream addresses or DNS name. */
@@ -169,8 +177,11 @@ function normaliseAddress(text: string): string {
 function crossFieldIssues(config: Config): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
   const names = new Map<string, number>();
-  const listens = new Map<string, number>();
   const pools = new Map<string, number>();
+  const listenIssues = new Map(
+    bindingConflicts(bindingsOf(config)).map((issue) => [issue.path, issue]),
+  );
+  for (const [path, issue] of listenIssues) if (!path.startsWith('routes[')) issues.push(issue);
   config.routes.forEach((route, i) => {
     const at = `routes[${i}]`;
     if (route.pool.minIdle > route.pool.maxSize) {
@@ -193,18 +204,8 @@ function crossFieldIssues(config: Config): ConfigIssue[] {
       });
     } else names.set(route.name, i);
 
-    const listen = parseAddress(route.listen, {
-      allowAnyHost: true,
-      allowPortZero: true,
-    }) as Address;
-    const listenKey = formatAddress(listen);
-    const listenAt = listens.get(listenKey);
-    if (listenAt !== undefined && !(listen.kind === 'tcp' && listen.port === 0)) {
-      issues.push({
-        path: `${at}.listen`,
-        message: `${route.listen} is already the listen address of routes[${listenAt}]`,
-      });
-    } else listens.set(listenKey, i);
+    const listenIssue = listenIssues.get(`${at}.listen`);
+    if (listenIssue !== undefined) issues.push(listenIssue);
 
     const key = destinationKey(route);
     const poolAt = pools.get(key);

@@ -1,9 +1,9 @@
-import { lstat, unlink } from 'node:fs/promises';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import type { Address } from '../config/address.js';
-import { boundAddress, boundPort, formatAddress } from '../config/address.js';
-import { ListenError, SidepoolError, codeOf, describe } from '../errors.js';
+import { boundAddress, boundPort } from '../config/address.js';
+import { SidepoolError, codeOf, describe } from '../errors.js';
+import { listenOn } from '../net/listen.js';
 import { adoptOwnReads } from '../net/reads.js';
 import type { Pool } from '../pool/pool.js';
 import type { RouteMode } from './mode.js';
@@ -131,26 +131,11 @@ export class Route {
   async listen(): Promise<void> {
     if (this.state !== 'new') return;
     const address = this.listenAddress;
-    if (address.kind === 'unix') await removeStaleSocket(address.path);
     // A socket of this process's own (exclusive: not through the cluster primary's handle).
     const ownSocket = this.reusePort && address.kind === 'tcp' && address.port !== 0;
-    await new Promise<void>((resolve, reject) => {
-      const onError = (err: Error): void => {
-        reject(new ListenError(this.name, formatAddress(address), err));
-      };
-      this.server.once('error', onError);
-      const listening = (): void => {
-        this.server.off('error', onError);
-        resolve();
-      };
-      if (address.kind === 'unix') this.server.listen(address.path, listening);
-      else {
-        const own = ownSocket ? { exclusive: true, reusePort: true } : {};
-        this.server.listen(
-          { host: address.host, port: address.port, backlog: 4096, ...own },
-          listening,
-        );
-      }
+    await listenOn(this.server, address, `route ${this.name}`, {
+      backlog: 4096,
+      reusePort: ownSocket,
     });
     this.state = 'listening';
     this.tls?.watch();
@@ -252,23 +237,4 @@ export class Route {
     this.observer.opened();
     session.start();
   };
-}
-
-/** A unix socket file left by a process that died would make listen fail with EADDRINUSE. */
-async function removeStaleSocket(path: string): Promise<void> {
-  try {
-    const stat = await lstat(path);
-    if (!stat.isSocket()) return;
-    const live = await new Promise<boolean>((resolve) => {
-      const probe = net.connect({ path });
-      probe.once('connect', () => {
-        probe.destroy();
-        resolve(true);
-      });
-      probe.once('error', () => resolve(false));
-    });
-    if (!live) await unlink(path);
-  } catch {
-    // Nothing there: nothing to remove.
-  }
 }

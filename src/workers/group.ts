@@ -3,7 +3,8 @@ import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } fro
 import type { Logger } from 'pino';
 import { AdminServer } from '../admin/server.js';
 import { Metrics } from '../admin/metrics.js';
-import { listenAddress, redact } from '../app.js';
+import { redact } from '../app.js';
+import { listenAddress } from '../config/address.js';
 import type { Config } from '../config/schema.js';
 import { WorkerCallError, WorkerStartError, codeOf, describe, reloadProblems } from '../errors.js';
 import {
