@@ -1,13 +1,12 @@
 import net from 'node:net';
 import type { Logger } from 'pino';
 import type { Address } from '../config/address.js';
-import { boundAddress, boundPort } from '../config/address.js';
 import { SidepoolError, codeOf, describe } from '../errors.js';
-import { listenOn } from '../net/listen.js';
 import { adoptOwnReads } from '../net/reads.js';
 import type { Pool } from '../pool/pool.js';
 import type { RouteMode } from './mode.js';
 import type { SpliceOutcome, SpliceTimeouts } from './splice.js';
+import { Listener, type ListenerTarget } from './listener.js';
 import type { TlsTermination } from './tls-listener.js';
 import { TcpSession } from './tcp.js';
 
@@ -74,10 +73,11 @@ export interface RouteOptions {
 type RouteState = 'new' | 'listening' | 'closing' | 'closed';
 
 /**
- * One listener bound to one pool. Accepts downstream sockets and hands each to a session
- * of the route's mode; owns those sessions until they end.
+ * One route: the sessions a listener hands it, each in the route's mode, on the route's
+ * pool. Owns those sessions until they end, and its listener until a reload hands that
+ * to the route that replaces it.
  */
-export class Route {
+export class Route implements ListenerTarget {
   readonly name: string;
   /** The protocol mode holding pools of its own, when the route has one. */
   readonly mode: RouteMode | undefined;
@@ -86,14 +86,14 @@ export class Route {
   readonly observer: RouteObserver;
   /** Applied to sessions that start from now on (a reload may change them). */
   timeouts: SpliceTimeouts;
-  private readonly listenAddress: Address;
-  private readonly server: net.Server;
+  private listener: Listener;
   /** TLS termination, when the listener speaks TLS; owned by the route. */
   readonly tls: TlsTermination | undefined;
+  /** With TLS, the server (never bound) that handshakes the sockets the listener accepts. */
+  private readonly tlsServer: net.Server | undefined;
   private readonly sessions = new Set<Session>();
   private readonly createSession: SessionFactory;
   private readonly ownReads: boolean;
-  private readonly reusePort: boolean;
   private state: RouteState = 'new';
   private nextSessionId = 1;
   private endedBytesUp = 0;
@@ -109,38 +109,50 @@ export class Route {
     this.observer = options.observer ?? NO_OBSERVER;
     this.timeouts = options.timeouts;
     this.createSession = options.mode?.createSession ?? options.createSession ?? tcpSession;
-    this.listenAddress = options.listen;
     this.tls = options.tls;
     this.ownReads = options.ownReads === true && this.tls === undefined;
-    this.reusePort = options.reusePort === true;
-    // Adoption needs a socket that has read nothing yet.
-    const serverOptions = { allowHalfOpen: true, noDelay: true, pauseOnConnect: this.ownReads };
-    if (this.tls === undefined) {
-      this.server = net.createServer(serverOptions);
-      this.server.on('connection', this.onConnection);
-    } else {
-      this.server = this.tls.createServer(serverOptions, this.onConnection);
+    this.listener = new Listener(
+      options.listen,
+      `route ${this.name}`,
+      this.log,
+      this.ownReads,
+      options.reusePort === true,
+    );
+    if (this.tls !== undefined) {
+      this.tlsServer = this.tls.createServer(
+        { allowHalfOpen: true, noDelay: true },
+        this.onConnection,
+      );
+      this.tlsServer.on('error', (err) => {
+        this.log.error({ code: codeOf(err), err: describe(err) }, 'TLS server error');
+      });
     }
-    this.server.on('error', (err) => {
-      // After listening, an accept error (EMFILE, …) must not take the process down.
-      this.log.error({ code: codeOf(err), err: describe(err) }, 'listener error');
-    });
   }
 
-  /** Binds the listener. Rejects with ListenError (port in use, no permission, …). */
+  /** Adoption (net/reads.ts) needs a socket that has read nothing yet. */
+  get wantsPausedSockets(): boolean {
+    return this.ownReads;
+  }
+
+  /** Binds a listener of its own. Rejects with ListenError (port in use, no permission, …). */
   async listen(): Promise<void> {
     if (this.state !== 'new') return;
-    const address = this.listenAddress;
-    // A socket of this process's own (exclusive: not through the cluster primary's handle).
-    const ownSocket = this.reusePort && address.kind === 'tcp' && address.port !== 0;
-    await listenOn(this.server, address, `route ${this.name}`, {
-      backlog: 4096,
-      reusePort: ownSocket,
-    });
+    await this.listener.listen();
+    this.adopt(this.listener);
+  }
+
+  /**
+   * Starts accepting on `listener`, already bound: one bound for this route, or the
+   * listener of the route this one replaces (which then stops getting connections).
+   */
+  adopt(listener: Listener): void {
+    if (this.state !== 'new') throw new Error(`route ${this.name} is ${this.state}`);
+    this.listener = listener;
     this.state = 'listening';
+    listener.handTo(this);
     this.tls?.watch();
     this.log.info(
-      { listen: this.address, tls: this.tls !== undefined, reusePort: ownSocket },
+      { listen: this.address, tls: this.tls !== undefined, reusePort: listener.reusePort },
       'route listening',
     );
   }
@@ -162,39 +174,47 @@ export class Route {
     return this.destinationPool === undefined ? [] : [this.destinationPool];
   }
 
+  /** The listener this route accepts on, for the route that replaces it. */
+  get currentListener(): Listener {
+    return this.listener;
+  }
+
   get isListening(): boolean {
-    return this.state === 'listening';
+    return (
+      this.state === 'listening' && this.listener.isListening && this.listener.isHandingTo(this)
+    );
   }
 
   /** The bound address (with the real port when the config said port 0). */
   get address(): string {
-    return boundAddress(this.server, this.listenAddress);
+    return this.listener.address;
   }
 
   /** The bound TCP port, for tests and the demo. */
   get port(): number {
-    return boundPort(this.server);
+    return this.listener.port;
   }
 
   get activeSessions(): number {
     return this.sessions.size;
   }
 
-  /** Stops accepting; resolves when every session has ended. Idempotent. */
+  /**
+   * Stops accepting (closing the listener, unless a route that replaces this one has it
+   * now); resolves when every session has ended. Idempotent.
+   */
   close(): Promise<void> {
     if (this.closing === undefined) {
       const wasListening = this.state === 'listening';
       this.state = 'closing';
       for (const session of this.sessions) session.drain?.();
       this.tls?.close();
-      const stopped = wasListening
-        ? new Promise<void>((resolve) => this.server.close(() => resolve()))
-        : Promise.resolve();
-      const drained =
+      if (this.listener.isHandingTo(this) || !wasListening) this.listener.close();
+      this.closing = (
         this.sessions.size === 0
           ? Promise.resolve()
-          : new Promise<void>((resolve) => (this.drained = resolve));
-      this.closing = Promise.all([stopped, drained]).then(() => {
+          : new Promise<void>((resolve) => (this.drained = resolve))
+      ).then(() => {
         this.state = 'closed';
       });
       if (wasListening) this.log.info('route stopped accepting');
@@ -224,6 +244,12 @@ export class Route {
     this.endedBytesDown += session.bytesDown;
     this.sessions.delete(session);
     if (this.sessions.size === 0) this.drained?.();
+  }
+
+  /** A socket the listener accepted. */
+  accept(socket: net.Socket): void {
+    if (this.tlsServer !== undefined) this.tlsServer.emit('connection', socket);
+    else this.onConnection(socket);
   }
 
   private readonly onConnection = (accepted: net.Socket): void => {

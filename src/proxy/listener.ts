@@ -1,0 +1,129 @@
+import net from 'node:net';
+import type { Logger } from 'pino';
+import { boundAddress, boundPort, type Address } from '../config/address.js';
+import { codeOf, describe } from '../errors.js';
+import { listenOn } from '../net/listen.js';
+
+/** Who gets a listener's connections: a route, now; another route after a reload. */
+export interface ListenerTarget {
+  /** Takes one accepted socket. */
+  accept(socket: net.Socket): void;
+  /**
+   * Sockets must arrive having read nothing (the server's `pauseOnConnect`): for a route
+   * that moves the accepted handle onto a socket reading into its own buffers.
+   */
+  readonly wantsPausedSockets: boolean;
+}
+
+type ListenerState = 'new' | 'binding' | 'listening' | 'closed';
+
+/**
+ * One bound address. It hands each accepted socket to its target, which a reload may
+ * change: a route rebuilt on the same address gets the listener that is already bound,
+ * so the address never stops accepting and nothing has to bind it twice. (Binding the new
+ * route beside the old one would need SO_REUSEPORT, which net.Server offers from Node
+ * 22.12 only, and would let the kernel hand connections to the old listener while both
+ * are open.) Sockets accepted before it has a target wait; closing it without one ends
+ * them.
+ */
+export class Listener {
+  private readonly server: net.Server;
+  private state: ListenerState = 'new';
+  private target: ListenerTarget | undefined;
+  private readonly waiting: net.Socket[] = [];
+  /** Whether the bound socket is this process's own (SO_REUSEPORT), not the primary's. */
+  readonly reusePort: boolean;
+
+  constructor(
+    readonly listenAddress: Address,
+    /** Whose listener, for errors and logs: `route redis`. */
+    readonly owner: string,
+    private readonly log: Logger,
+    /** Whether the first target wants paused sockets (see ListenerTarget). */
+    pauseOnConnect = false,
+    /**
+     * Bind a socket of this process's own with SO_REUSEPORT (a TCP port other than 0)
+     * rather than share the cluster primary's: each worker then has its own accept queue.
+     */
+    reusePort = false,
+  ) {
+    this.reusePort = reusePort && listenAddress.kind === 'tcp' && listenAddress.port !== 0;
+    this.server = net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect });
+    this.server.on('connection', this.onConnection);
+    this.server.on('error', (err) => {
+      // After listening, an accept error (EMFILE, …) must not take the process down.
+      if (this.state === 'listening')
+        this.log.error({ code: codeOf(err), err: describe(err) }, 'listener error');
+    });
+  }
+
+  /** Binds the address. Rejects with ListenError (in use, no permission, …). */
+  async listen(): Promise<void> {
+    if (this.state !== 'new') throw new Error(`${this.owner}: listen() called twice`);
+    this.state = 'binding';
+    try {
+      await listenOn(this.server, this.listenAddress, this.owner, {
+        backlog: 4096,
+        reusePort: this.reusePort,
+      });
+    } catch (err) {
+      this.state = 'closed';
+      throw err;
+    }
+    this.state = 'listening';
+  }
+
+  get isListening(): boolean {
+    return this.state === 'listening';
+  }
+
+  /** The bound address (with the real port when the config said port 0). */
+  get address(): string {
+    return boundAddress(this.server, this.listenAddress);
+  }
+
+  get port(): number {
+    return boundPort(this.server);
+  }
+
+  /** From now on `target` gets the connections, first those that waited for one. */
+  handTo(target: ListenerTarget): void {
+    this.target = target;
+    // Read per connection by net.Server: it applies to the next accept.
+    (this.server as net.Server & { pauseOnConnect: boolean }).pauseOnConnect =
+      target.wantsPausedSockets;
+    for (const socket of this.waiting.splice(0)) target.accept(socket);
+  }
+
+  /** Whether `target` is the one this listener hands connections to. */
+  isHandingTo(target: ListenerTarget): boolean {
+    return this.target === target;
+  }
+
+  /**
+   * Stops accepting and frees the address at once; connections still waiting for a target
+   * are ended. Connections handed on are their target's: this does not wait for them
+   * (net.Server's close callback would). Idempotent.
+   */
+  close(): void {
+    if (this.state === 'closed') return;
+    const wasListening = this.state === 'listening';
+    this.state = 'closed';
+    this.target = undefined;
+    for (const socket of this.waiting.splice(0)) socket.destroy();
+    if (wasListening) this.server.close();
+  }
+
+  private readonly onConnection = (socket: net.Socket): void => {
+    if (this.state !== 'listening') {
+      socket.destroy();
+      return;
+    }
+    if (this.target !== undefined) {
+      this.target.accept(socket);
+      return;
+    }
+    socket.on('error', () => {});
+    this.waiting.push(socket);
+  };
+}
