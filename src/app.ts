@@ -1,15 +1,16 @@
 import { lookup } from 'node:dns/promises';
 import net from 'node:net';
-import { isDeepStrictEqual } from 'node:util';
 import type { Logger } from 'pino';
 import { AdminServer } from './admin/server.js';
 import { Metrics } from './admin/metrics.js';
 import { listenAddress, parseAddress } from './config/address.js';
 import { destinationKey, destinationName } from './config/load.js';
+import { planReload, type ReloadPlan } from './config/reload-plan.js';
 import type { Config, RouteConfig } from './config/schema.js';
-import { ResolveError, codeOf, reloadProblems } from './errors.js';
+import { ConfigError, ResolveError, codeOf, reloadProblems } from './errors.js';
 import { Pool, type Connector, type PoolSettings } from './pool/pool.js';
 import { httpSessionFactory, httpSettings } from './proxy/http/mode.js';
+import { Listener } from './proxy/listener.js';
 import type { ModeContext } from './proxy/mode.js';
 import { MODES, NEGOTIATES_TLS } from './proxy/modes.js';
 import { Route } from './proxy/route.js';
@@ -57,15 +58,16 @@ export class App {
   readonly destinations = new Map<string, Destination>();
   /** Routes by name. */
   readonly routes = new Map<string, Route>();
-  /** The destination key of each route (live or retiring). */
-  private readonly routeDestinations = new Map<Route, string>();
-  /** Routes removed by a reload, finishing their sessions. */
-  private readonly retiring = new Set<Route>();
+  /** The destination (and its key) each route dials: live, retiring, or built by a reload. */
+  private readonly routeDestinations = new Map<Route, { key: string; destination: Destination }>();
+  /** Routes removed or replaced by a reload, finishing their sessions by a deadline. */
+  private readonly retiring = new Map<Route, NodeJS.Timeout | undefined>();
+  /** Pools (and their destinations) replaced by a reload, closing once no route uses them. */
+  private readonly retiredUpstreams = new Set<Upstream>();
   private readonly options: AppOptions;
   private state: AppState = 'new';
   private stopping: Promise<void> | undefined;
   private reloading: Promise<unknown> = Promise.resolve();
-  private applying = false;
 
   constructor(config: Config, logger: Logger, options: AppOptions = {}) {
     this.config = config;
@@ -75,7 +77,7 @@ export class App {
     this.tlsObserver = options.tlsObserver ?? this.metrics.tlsObserver();
     this.metrics.attach({
       pools: () => this.allPools(),
-      routes: () => [...this.routes.values(), ...this.retiring],
+      routes: () => [...this.routes.values(), ...this.retiring.keys()],
       isDraining: () => this.state === 'draining' || this.state === 'stopped',
       endpoints: () => this.endpointStates(),
       certificateExpiries: () => this.certificateExpiries(),
@@ -85,7 +87,7 @@ export class App {
   /** The earliest expiry of the certificates each TLS route and pool has loaded. */
   certificateExpiries(): ReturnType<typeof earliestExpiries> {
     const owners: CertificateOwner[] = [];
-    for (const route of [...this.routes.values(), ...this.retiring]) {
+    for (const route of [...this.routes.values(), ...this.retiring.keys()]) {
       if (route.tls !== undefined) {
         owners.push({ owner: `route/${route.name}`, certificates: route.tls.certificates() });
       }
@@ -101,24 +103,25 @@ export class App {
     return earliestExpiries(owners);
   }
 
-  /** Every pool: the destination pools, and those of the modes of live and retiring routes. */
+  /**
+   * Every pool: the destination pools (live and retired by a reload), and those of the
+   * modes of live and retiring routes.
+   */
   *allPools(): Iterable<Pool> {
     yield* this.pools.values();
-    for (const route of [...this.routes.values(), ...this.retiring]) {
+    for (const { pool } of this.retiredUpstreams) if (pool !== undefined) yield pool;
+    for (const route of [...this.routes.values(), ...this.retiring.keys()]) {
       if (route.mode !== undefined) yield* route.mode.pools();
     }
   }
 
-  /** Resolves upstreams, builds pools and routes, binds every listener, starts warming. */
+  /**
+   * Resolves upstreams, builds pools and routes, binds every listener, starts warming:
+   * the plan of a reload from no routes, so that a failure leaves nothing behind.
+   */
   async start(): Promise<void> {
-    await checkResolvable(this.config.routes);
-    const routes = this.config.routes.map((routeConfig) => this.makeRoute(routeConfig));
+    await this.applyPlan(this.config, planReload({ ...this.config, routes: [] }, this.config));
     try {
-      await Promise.all([...this.destinations.values()].map((d) => d.resolve()));
-      for (const route of routes) {
-        await route.listen();
-        this.routes.set(route.name, route);
-      }
       if (this.config.admin !== false) {
         this.admin = new AdminServer(
           listenAddress(this.config.admin.listen),
@@ -128,13 +131,9 @@ export class App {
         await this.admin.listen();
       }
     } catch (err) {
-      for (const route of routes) void route.close();
       await this.stop(0);
       throw err;
     }
-    for (const pool of this.pools.values()) pool.start();
-    for (const route of this.routes.values()) route.mode?.start();
-    for (const destination of this.destinations.values()) destination.startProbes();
     this.state = 'running';
   }
 
@@ -149,16 +148,17 @@ export class App {
     return this.state === 'draining';
   }
 
+  /** Computed from the config in force: every route in it listening (and healthy, if asked). */
   readiness(): { ready: boolean; reasons: string[] } {
     const reasons: string[] = [];
     if (this.state === 'draining' || this.state === 'stopped') reasons.push('draining');
     else if (this.state !== 'running') reasons.push('starting');
-    for (const route of this.routes.values()) {
-      if (!route.isListening) reasons.push(`route ${route.name} is not listening`);
-      const wantsUpstream =
-        this.config.routes.find((r) => r.name === route.name)?.readyWhen === 'upstreamHealthy';
-      if (wantsUpstream && !this.upstreamHealthy(route)) {
-        const upstream = this.destinationOfRoute(route)?.name ?? route.name;
+    for (const routeConfig of this.config.routes) {
+      const route = this.routes.get(routeConfig.name);
+      if (route === undefined || !route.isListening) {
+        reasons.push(`route ${routeConfig.name} is not listening`);
+      } else if (routeConfig.readyWhen === 'upstreamHealthy' && !this.upstreamHealthy(route)) {
+        const upstream = this.routeDestinations.get(route)?.destination.name ?? route.name;
         reasons.push(`route ${route.name}: upstream ${upstream} is not healthy`);
       }
     }
@@ -167,18 +167,13 @@ export class App {
 
   /** Some endpoint is up, and something proves it: a passed probe, or a link dialed. */
   private upstreamHealthy(route: Route): boolean {
-    const destination = this.destinationOfRoute(route);
+    const destination = this.routeDestinations.get(route)?.destination;
     if (destination === undefined || destination.isDown()) return false;
     if (destination.hasProbes) {
       return destination.endpoints.all.some((e) => e.health === 'healthy' && e.probeSuccesses > 0);
     }
     const pools = [...route.pools()];
     return pools.length === 0 || pools.some((p) => p.totals.dials > 0 || p.options.minIdle === 0);
-  }
-
-  private destinationOfRoute(route: Route): Destination | undefined {
-    const key = this.routeDestinations.get(route);
-    return key === undefined ? undefined : this.destinations.get(key);
   }
 
   private *endpointStates(): Iterable<{ pool: string; endpoint: string; up: boolean }> {
@@ -189,33 +184,47 @@ export class App {
     }
   }
 
-  /** A JSON-ready picture of every pool, for `/pools`. */
+  /** A JSON-ready picture of every pool, for `/pools`; pools a reload replaced say so. */
   poolsView(): unknown {
-    const live = [...this.routes.values()];
-    const destinationPools = [...this.pools.entries()].map(([key, pool]) => ({
+    const upstreams: Array<Upstream & { pool: Pool; retiring: boolean }> = [
+      ...[...this.pools].map(([key, pool]) => ({
+        key,
+        pool,
+        destination: this.destinations.get(key) as Destination,
+        retiring: false,
+      })),
+      ...[...this.retiredUpstreams].flatMap((u) =>
+        u.pool === undefined ? [] : [{ ...u, pool: u.pool, retiring: true }],
+      ),
+    ];
+    const routes = [...this.routes.values(), ...this.retiring.keys()];
+    const destinationPools = upstreams.map(({ key, pool, destination, retiring }) => ({
       pool: pool.name,
       destination: key,
-      routes: live.filter((r) => [...r.pools()].includes(pool)).map((r) => r.name),
+      ...(retiring ? { retiring: true } : {}),
+      routes: routes.filter((r) => [...r.pools()].includes(pool)).map((r) => r.name),
       warm: pool.isWarm,
       ...pool.stats(),
       upstreamIdleLimitMs: pool.upstreamIdleLimitMs ?? null,
       totals: { ...pool.totals },
-      endpoints: this.destinations.get(key)?.view() ?? [],
+      endpoints: destination.view(),
     }));
-    const modePools = live.flatMap((route) => {
+    const modePools = routes.flatMap((route) => {
       const mode = route.mode;
       if (mode === undefined) return [];
-      const key = this.routeDestinations.get(route) ?? '';
+      const upstream = this.routeDestinations.get(route);
+      const retiring = this.retiring.has(route);
       return [...mode.pools()].map((pool) => ({
         pool: pool.name,
-        destination: key,
+        destination: upstream?.key ?? '',
+        ...(retiring ? { retiring: true } : {}),
         routes: [route.name],
         warm: pool.isWarm,
         ...pool.stats(),
         upstreamIdleLimitMs: pool.upstreamIdleLimitMs ?? null,
         totals: { ...pool.totals },
         ...mode.view?.(pool),
-        endpoints: this.destinations.get(key)?.view() ?? [],
+        endpoints: upstream?.destination.view() ?? [],
       }));
     });
     return [...destinationPools, ...modePools];
@@ -231,9 +240,9 @@ export class App {
   }
 
   /**
-   * Re-reads the configuration and applies it: new routes start, removed routes drain,
-   * changed pool settings apply to the running pools. An invalid configuration changes
-   * nothing. Reloads run one at a time.
+   * Re-reads the configuration and applies it whole, or not at all (see planReload):
+   * new routes start, removed routes drain, changed routes and destinations are rebuilt
+   * beside the old ones, sizes and timeouts apply to what runs. Reloads run one at a time.
    */
   reload(): Promise<{ ok: boolean; problems?: string[] }> {
     const next = this.reloading.then(() => this.reloadNow());
@@ -249,7 +258,9 @@ export class App {
     }
     try {
       const next = await this.options.loadConfig();
-      await this.apply(next);
+      const plan = planReload(this.config, next);
+      if (plan.refusals.length > 0) throw new ConfigError(plan.refusals);
+      await this.applyPlan(next, plan);
       this.metrics.configReloads.inc({ result: 'success' });
       this.log.info({ routes: [...this.routes.keys()] }, 'config reloaded');
       return { ok: true };
@@ -266,126 +277,156 @@ export class App {
     }
   }
 
-  private async apply(next: Config): Promise<void> {
-    this.applying = true;
+  /**
+   * Applies a plan: every prepare step, undoing those done if one fails (the error is
+   * thrown and nothing has changed); then every commit step, which cannot fail.
+   */
+  private async applyPlan(next: Config, plan: ReloadPlan): Promise<void> {
+    const routeConfig = (name: string): RouteConfig =>
+      next.routes.find((r) => r.name === name) as RouteConfig;
+    const made = new Map<string, Upstream>();
+    const built = new Map<string, Route>();
+    const bound = new Map<string, Listener>();
+    const undo: Array<() => void> = [];
     try {
-      await this.applyNow(next);
-    } finally {
-      this.applying = false;
-      this.closeUnusedPools();
-    }
-  }
-
-  private async applyNow(next: Config): Promise<void> {
-    await checkResolvable(next.routes);
-    const kept = new Map<string, RouteConfig>();
-    const added: RouteConfig[] = [];
-    const removed: Route[] = [];
-    for (const routeConfig of next.routes) {
-      const current = this.routes.get(routeConfig.name);
-      const before = this.config.routes.find((r) => r.name === routeConfig.name);
-      if (current !== undefined && before !== undefined && sameShape(before, routeConfig)) {
-        kept.set(routeConfig.name, routeConfig);
-      } else {
-        added.push(routeConfig);
-        if (current !== undefined) removed.push(current);
-      }
-    }
-    for (const route of this.routes.values()) {
-      if (!next.routes.some((r) => r.name === route.name)) removed.push(route);
-    }
-
-    const known = new Set(this.destinations.keys());
-    // A route that moves or changes upstream may reuse its old address: the old listener
-    // goes first. Its sessions go on draining.
-    for (const route of removed) this.retire(route);
-    const started: Route[] = [];
-    try {
-      for (const routeConfig of added) {
-        const route = this.makeRoute(routeConfig);
-        started.push(route);
-        await route.listen();
-      }
-    } catch (err) {
-      for (const route of started) void route.close();
-      throw err;
-    }
-    await Promise.all(
-      [...this.destinations.entries()]
-        .filter(([key]) => !known.has(key))
-        .map(([, d]) => d.resolve()),
-    );
-    for (const route of started) {
-      this.routes.set(route.name, route);
-      if (route.mode !== undefined) route.mode.start();
-      else route.pool.start();
-    }
-    for (const [key, destination] of this.destinations)
-      if (!known.has(key)) destination.startProbes();
-    for (const [name, routeConfig] of kept) {
-      const route = this.routes.get(name) as Route;
-      route.timeouts = {
-        idleTimeoutMs: routeConfig.idleTimeout,
-        halfCloseTimeoutMs: routeConfig.halfCloseTimeout,
-      };
-      for (const pool of route.pools()) {
-        if (!isDeepStrictEqual(pool.options, pickPool(routeConfig))) {
-          pool.configure(routeConfig.pool);
-          this.log.info({ pool: pool.name, ...routeConfig.pool }, 'pool settings changed');
+      for (const step of plan.prepare) {
+        if (step.kind === 'create-destination') {
+          const config = routeConfig(step.route);
+          await checkResolvable([config]);
+          const upstream = this.makeUpstream(step.key, config, made);
+          made.set(step.key, upstream);
+          undo.push(() => {
+            upstream.destination.close();
+            void upstream.pool?.destroy();
+          });
+          await upstream.destination.resolve();
+        } else if (step.kind === 'build-route') {
+          const config = routeConfig(step.route);
+          const key = destinationKey(config);
+          const upstream = made.get(key) ?? this.upstream(key);
+          const route = this.makeRoute(config, upstream);
+          built.set(step.route, route);
+          undo.push(() => {
+            this.routeDestinations.delete(route);
+            void route.close().then(() => route.mode?.destroy());
+          });
+        } else {
+          const route = built.get(step.route) as Route;
+          const listener = new Listener(
+            listenAddress(step.listen),
+            `route ${step.route}`,
+            route.log,
+            route.wantsPausedSockets,
+            this.options.reusePort === true,
+          );
+          undo.push(() => listener.close());
+          await listener.listen();
+          bound.set(step.route, listener);
         }
       }
+    } catch (err) {
+      for (const step of undo.reverse()) step();
+      throw err;
     }
-    if (next.log.level !== this.config.log.level) this.log.level = next.log.level;
-    if (!isDeepStrictEqual(next.admin, this.config.admin)) {
-      this.log.warn('admin settings change on restart only; the admin server keeps its address');
+
+    const oldRoutes = new Map(this.routes);
+    for (const step of plan.commit) {
+      switch (step.kind) {
+        case 'attach': {
+          const route = built.get(step.route) as Route;
+          const listener =
+            step.listener === 'bound'
+              ? (bound.get(step.route) as Listener)
+              : (oldRoutes.get(step.listener.takeFrom) as Route).currentListener;
+          this.routes.set(step.route, route);
+          route.adopt(listener);
+          route.mode?.start();
+          break;
+        }
+        case 'retire-route': {
+          const route = oldRoutes.get(step.route) as Route;
+          if (this.routes.get(step.route) === route) this.routes.delete(step.route);
+          this.retire(route, step.reason, next.drain.timeout);
+          break;
+        }
+        case 'retire-destination': {
+          this.retiredUpstreams.add(this.upstream(step.key));
+          this.pools.delete(step.key);
+          this.destinations.delete(step.key);
+          break;
+        }
+        case 'start-destination': {
+          const { pool, destination } = made.get(step.key) as Upstream;
+          if (pool !== undefined) this.pools.set(step.key, pool);
+          this.destinations.set(step.key, destination);
+          pool?.start();
+          destination.startProbes();
+          break;
+        }
+        case 'resize-pool': {
+          // The destination's pool, or (postgres, redis) the pools of the routes' modes.
+          const destinationPool = this.pools.get(step.key);
+          const pools =
+            destinationPool !== undefined
+              ? [destinationPool]
+              : [...this.routes.values()]
+                  .filter((r) => this.routeDestinations.get(r)?.key === step.key)
+                  .flatMap((r) => [...r.pools()]);
+          const settings = routeConfig(step.route).pool;
+          for (const pool of pools) {
+            pool.configure(settings);
+            this.log.info(
+              { pool: pool.name, changed: step.changed, ...settings },
+              'pool settings changed',
+            );
+          }
+          break;
+        }
+        case 'reconfigure-route': {
+          const config = routeConfig(step.route);
+          (this.routes.get(step.route) as Route).timeouts = sessionTimeouts(config);
+          this.log.info({ route: step.route, changed: step.changed }, 'route settings changed');
+          break;
+        }
+        case 'log-level':
+          this.log.level = step.level;
+          break;
+      }
     }
     this.config = next;
+    this.closeUnusedPools();
   }
 
-  private retire(route: Route): void {
-    this.routes.delete(route.name);
-    this.retiring.add(route);
+  /** A route leaves: it stops accepting (unless its listener went to its replacement). */
+  private retire(route: Route, reason: 'removed' | 'rebuilt', _timeoutMs: number): void {
+    this.retiring.set(route, undefined);
     this.log.info(
-      { route: route.name, activeSessions: route.activeSessions },
-      'route removed: draining',
+      { route: route.name, reason, activeSessions: route.activeSessions },
+      reason === 'removed' ? 'route removed: draining' : 'route rebuilt: the old one drains',
     );
     void route
       .close()
       .then(() => route.mode?.close())
       .then(() => {
         this.retiring.delete(route);
+        this.routeDestinations.delete(route);
         this.closeUnusedPools();
       });
   }
 
-  /** Pools that no route (live or draining) uses any more close gracefully. */
+  /** Pools a reload replaced or dropped close gracefully once no route uses them. */
   private closeUnusedPools(): void {
-    // Mid-reload, new pools exist before their routes are in place: wait for the end.
-    if (this.applying) return;
-    const used = new Set<Pool>();
-    const usedDestinations = new Set<string>();
-    for (const route of [...this.routes.values(), ...this.retiring]) {
-      for (const pool of route.pools()) used.add(pool);
-      const key = this.routeDestinations.get(route);
-      if (key !== undefined) usedDestinations.add(key);
+    const used = new Set<Destination>();
+    for (const route of [...this.routes.values(), ...this.retiring.keys()]) {
+      const upstream = this.routeDestinations.get(route);
+      if (upstream !== undefined) used.add(upstream.destination);
     }
-    for (const [route] of this.routeDestinations) {
-      if (this.routes.get(route.name) !== route && !this.retiring.has(route)) {
-        this.routeDestinations.delete(route);
-      }
-    }
-    for (const [key, pool] of this.pools) {
-      if (!used.has(pool)) {
-        this.pools.delete(key);
-        void pool.close();
-        this.log.info({ pool: pool.name }, 'pool closed: no route uses it');
-      }
-    }
-    for (const [key, destination] of this.destinations) {
-      if (!usedDestinations.has(key)) {
-        destination.close();
-        this.destinations.delete(key);
-      }
+    for (const upstream of this.retiredUpstreams) {
+      if (used.has(upstream.destination)) continue;
+      this.retiredUpstreams.delete(upstream);
+      upstream.destination.close();
+      void upstream.pool?.close();
+      this.log.info({ pool: upstream.destination.name }, 'pool closed: no route uses it');
     }
   }
 
@@ -393,7 +434,7 @@ export class App {
     this.state = 'draining';
     this.log.info({ delayMs, timeoutMs }, 'draining: not ready any more');
     if (delayMs > 0) await sleep(delayMs);
-    const routes = [...this.routes.values(), ...this.retiring];
+    const routes = [...this.routes.values(), ...this.retiring.keys()];
     const active = routes.reduce((n, r) => n + r.activeSessions, 0);
     const closed = Promise.all(routes.map((route) => route.close()));
     this.log.info({ activeSessions: active, timeoutMs }, 'draining: listeners closed');
@@ -407,11 +448,16 @@ export class App {
       for (const route of routes) route.destroySessions();
       await closed;
     }
+    for (const deadline of this.retiring.values()) clearTimeout(deadline);
+    const upstreams = [
+      ...this.retiredUpstreams,
+      ...[...this.pools.keys()].map((key) => this.upstream(key)),
+    ];
     await Promise.all([
-      ...[...this.pools.values()].map((pool) => pool.destroy()),
+      ...upstreams.map(({ pool }) => pool?.destroy()),
       ...routes.map((route) => route.mode?.destroy()),
     ]);
-    for (const destination of this.destinations.values()) destination.close();
+    for (const { destination } of upstreams) destination.close();
     await this.admin?.close();
     this.state = 'stopped';
     this.log.info('stopped');
@@ -435,20 +481,23 @@ export class App {
     };
   }
 
-  private makeRoute(routeConfig: RouteConfig): Route {
-    const modeFactory = MODES[routeConfig.mode];
-    const destination = this.destinationFor(routeConfig);
-    const mode = modeFactory?.(this.modeContext(routeConfig, destination));
-    const pool = mode === undefined ? this.poolFor(routeConfig, destination) : undefined;
+  private upstream(key: string): Upstream {
+    return {
+      key,
+      pool: this.pools.get(key),
+      destination: this.destinations.get(key) as Destination,
+    };
+  }
+
+  private makeRoute(routeConfig: RouteConfig, upstream: Upstream): Route {
+    const { pool, destination } = upstream;
+    const mode = MODES[routeConfig.mode]?.(this.modeContext(routeConfig, destination));
     const route = new Route({
       name: routeConfig.name,
       listen: listenAddress(routeConfig.listen),
-      pool,
+      pool: mode === undefined ? pool : undefined,
       mode,
-      timeouts: {
-        idleTimeoutMs: routeConfig.idleTimeout,
-        halfCloseTimeoutMs: routeConfig.halfCloseTimeout,
-      },
+      timeouts: sessionTimeouts(routeConfig),
       logger: this.log.child({ route: routeConfig.name, pool: pool?.name ?? routeConfig.name }),
       observer: this.metrics.routeObserver(routeConfig.name),
       createSession:
@@ -470,45 +519,39 @@ export class App {
               observer: this.tlsObserver,
             }),
     });
-    this.routeDestinations.set(route, destinationKey(routeConfig));
+    this.routeDestinations.set(route, { key: upstream.key, destination });
     return route;
   }
 
-  /** The destination of a route's upstream: shared by the routes with the same key. */
-  private destinationFor(route: RouteConfig): Destination {
-    const key = destinationKey(route);
-    let destination = this.destinations.get(key);
-    if (destination === undefined) {
-      // Readable (`db:5432+tls`) unless another destination has that name already.
-      const readable = destinationName(route);
-      const taken = [...this.destinations.values()].some((d) => d.name === readable);
-      const name = taken ? key : readable;
-      destination = new Destination(
-        name,
-        route,
-        this.log.child({ pool: name }),
-        this.metrics.destinationObserver(name),
-        this.tlsObserver,
-        NEGOTIATES_TLS.has(route.mode),
-      );
-      this.destinations.set(key, destination);
-    }
-    return destination;
-  }
-
-  private poolFor(route: RouteConfig, destination: Destination): Pool {
-    const key = destinationKey(route);
-    let pool = this.pools.get(key);
-    if (pool === undefined) {
-      pool = this.makePool(destination, destination.name, destination.dialer, route.pool, {
-        // Bytes on an idle http link are a broken upstream, not a greeting to replay; and
-        // reused links are taken newest first, so that the excess idles out.
-        keepIdleBytes: route.mode !== 'http',
-        newestIdleFirst: route.mode === 'http',
-      });
-      this.pools.set(key, pool);
-    }
-    return pool;
+  /**
+   * A new pool and destination for `key`, not started. It keeps the name of the pool it
+   * replaces, so that its metrics go on; else the readable name (`db:5432+tls`), unless
+   * another pool to the same endpoints has that already.
+   */
+  private makeUpstream(key: string, route: RouteConfig, made: Map<string, Upstream>): Upstream {
+    const taken = [...this.destinations.values(), ...[...made.values()].map((u) => u.destination)];
+    const readable = destinationName(route);
+    const name =
+      this.destinations.get(key)?.name ?? (taken.some((d) => d.name === readable) ? key : readable);
+    const destination = new Destination(
+      name,
+      route,
+      this.log.child({ pool: name }),
+      this.metrics.destinationObserver(name),
+      this.tlsObserver,
+      NEGOTIATES_TLS.has(route.mode),
+    );
+    // postgres and redis routes hold pools of their own (their mode makes them).
+    const pool =
+      MODES[route.mode] !== undefined
+        ? undefined
+        : this.makePool(destination, name, destination.dialer, route.pool, {
+            // Bytes on an idle http link are a broken upstream, not a greeting to replay;
+            // and reused links are taken newest first, so that the excess idles out.
+            keepIdleBytes: route.mode !== 'http',
+            newestIdleFirst: route.mode === 'http',
+          });
+    return { key, pool, destination };
   }
 
   private makePool(
@@ -543,26 +586,16 @@ export class App {
   }
 }
 
-/** Routes keep running across a reload when what they listen on and dial is unchanged. */
-function sameShape(a: RouteConfig, b: RouteConfig): boolean {
-  return (
-    a.listen === b.listen &&
-    a.mode === b.mode &&
-    destinationKey(a) === destinationKey(b) &&
-    (a.mode !== 'http' || isDeepStrictEqual(httpSettings(a), httpSettings(b))) &&
-    isDeepStrictEqual(modeSettings(a), modeSettings(b)) &&
-    isDeepStrictEqual(a.tls, b.tls)
-  );
+/** A pool and the destination its links go to, by destination key. */
+interface Upstream {
+  key: string;
+  /** The destination's pool; none for modes that hold pools of their own (postgres, redis). */
+  pool: Pool | undefined;
+  destination: Destination;
 }
 
-/** A protocol mode's own settings (the route's key named like the mode), if it has any. */
-function modeSettings(route: RouteConfig): unknown {
-  return (route as unknown as Record<string, unknown>)[route.mode];
-}
-
-function pickPool(route: RouteConfig) {
-  const { connectTimeout: _connectTimeout, ...settings } = route.pool;
-  return settings;
+function sessionTimeouts(route: RouteConfig): Route['timeouts'] {
+  return { idleTimeoutMs: route.idleTimeout, halfCloseTimeoutMs: route.halfCloseTimeout };
 }
 
 const SECRET_KEYS = new Set(['passphrase', 'password', 'secret', 'token']);

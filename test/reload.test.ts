@@ -167,6 +167,7 @@ void t.test('an invalid config is rejected and the running config kept', async (
   await writeFile(
     path,
     YAML.stringify({
+      admin: { listen: '127.0.0.1:0' },
       routes: [{ listen: `127.0.0.1:${port}`, upstream: 'no-such-host.invalid:1' }],
     }),
   );
@@ -206,7 +207,7 @@ void t.test('SIGHUP reloads the running CLI', async (t) => {
   );
   const cli = startCli(['run', '--config', path]);
   t.teardown(() => cli.child.kill('SIGKILL'));
-  await cli.waitFor((l) => l.msg === 'route listening');
+  await cli.waitFor((l) => l.msg === 'route listening', 30_000);
   await writeConfig(
     path,
     [
@@ -216,7 +217,7 @@ void t.test('SIGHUP reloads the running CLI', async (t) => {
     { admin: false },
   );
   cli.child.kill('SIGHUP');
-  await cli.waitFor((l) => l.msg === 'config reloaded');
+  await cli.waitFor((l) => l.msg === 'config reloaded', 30_000);
   t.equal((await roundTrip(port2, 'two')).toString(), 'two');
   cli.child.kill('SIGTERM');
   t.equal(await cli.exited, 0);
