@@ -397,19 +397,32 @@ export class App {
     this.closeUnusedPools();
   }
 
-  /** A route leaves: it stops accepting (unless its listener went to its replacement). */
-  private retire(route: Route, reason: 'removed' | 'rebuilt', _timeoutMs: number): void {
-    this.retiring.set(route, undefined);
+  /**
+   * A route leaves: it stops accepting (unless its listener went to the route that
+   * replaces it) and its sessions get drain.timeout to end, then are ended.
+   */
+  private retire(route: Route, reason: 'removed' | 'rebuilt', timeoutMs: number): void {
+    const deadline = setTimeout(() => {
+      this.log.warn(
+        { route: route.name, sessions: route.activeSessions, timeoutMs },
+        'retired route: drain timeout, ending its sessions',
+      );
+      route.destroySessions();
+    }, timeoutMs);
+    deadline.unref();
+    this.retiring.set(route, deadline);
     this.log.info(
-      { route: route.name, reason, activeSessions: route.activeSessions },
+      { route: route.name, reason, activeSessions: route.activeSessions, timeoutMs },
       reason === 'removed' ? 'route removed: draining' : 'route rebuilt: the old one drains',
     );
     void route
       .close()
       .then(() => route.mode?.close())
       .then(() => {
+        clearTimeout(deadline);
         this.retiring.delete(route);
         this.routeDestinations.delete(route);
+        this.metrics.routeGone(route);
         this.closeUnusedPools();
       });
   }

@@ -11,7 +11,7 @@ import YAML from 'yaml';
 import { App } from '../src/app.js';
 import { loadConfig } from '../src/config/load.js';
 import { startDns } from './helpers/dnsmasq.js';
-import { request } from './helpers/http.js';
+import { metric, parseMetrics, request } from './helpers/http.js';
 import { freePort } from './helpers/redis.js';
 import {
   captureLogger,
@@ -174,6 +174,49 @@ void t.test('health added to a kept route takes effect; its sessions go on', asy
   const destination = app.destinations.values().next().value;
   t.equal(destination?.hasProbes, true);
   open.destroy();
+});
+
+void t.test('retired routes drain within drain.timeout; their bytes count once', async (t) => {
+  const one = await startTagged('one');
+  const two = await startTagged('two');
+  t.teardown(() => one.close());
+  t.teardown(() => two.close());
+  const [portGone, portKept] = [await freePort(), await freePort()];
+  const routes = [
+    { name: 'gone', listen: `127.0.0.1:${portGone}`, upstream: one.address },
+    { name: 'kept', listen: `127.0.0.1:${portKept}`, upstream: one.address },
+  ];
+  const drain = { delay: 0, timeout: '300ms' };
+  const { app, write } = await setup(t, { drain, routes });
+  const admin = app.admin?.port as number;
+
+  const onGone = net.connect(portGone, '127.0.0.1');
+  const onKept = net.connect(portKept, '127.0.0.1');
+  let closed = 0;
+  for (const s of [onGone, onKept]) s.once('close', () => closed++);
+  for (const s of [onGone, onKept]) s.on('error', () => {});
+  let keptEcho = '';
+  onKept.on('data', (c: Buffer) => (keptEcho += c.toString()));
+  onKept.write('x'.repeat(3000));
+  await until(() => keptEcho.length === 3004, 5000, 'the echo of 3000 bytes');
+
+  // `kept` moves to another upstream (rebuilt under its name); `gone` is removed.
+  await write({ drain, routes: [{ ...routes[1], upstream: two.address }] });
+  t.same(await app.reload(), { ok: true });
+  t.equal((await roundTrip(portKept, 'y')).toString(), 'two:y', 'new sessions: new upstream');
+
+  const scrapes: Array<number | undefined> = [];
+  for (let i = 0; i < 3; i++) {
+    const m = parseMetrics((await request(admin, '/metrics')).body);
+    scrapes.push(metric(m, 'sidepool_bytes_total', { route: 'kept', direction: 'upstream' }));
+  }
+  t.same(scrapes, [3001, 3001, 3001], 'the old route is not added again on each scrape');
+
+  // drain.timeout is 300ms; without a deadline they would stay open for good.
+  await until(() => closed === 2, 5000, 'the old sessions ended by the deadline');
+  await until(() => app.pools.size === 1, 5000, 'the old pool closed');
+  const m = parseMetrics((await request(admin, '/metrics')).body);
+  t.equal(metric(m, 'sidepool_bytes_total', { route: 'kept', direction: 'upstream' }), 3001);
 });
 
 void t.test('readiness is computed from the config in force', async (t) => {

@@ -40,7 +40,11 @@ const REQUEST_BUCKETS = [
 export class Metrics {
   readonly registry = new Registry();
   private source: MetricsSource | undefined;
-  private readonly bytesReported = new Map<string, { up: number; down: number }>();
+  /**
+   * Bytes already added to the counter, per route object: a reload can run an old route
+   * (draining) and its replacement under one name, each with totals of its own.
+   */
+  private readonly bytesReported = new Map<Route, { up: number; down: number }>();
   /** Each pool observer's series by endpoint and result, to drop an endpoint's. */
   private readonly endpointConnects = new Map<string, Map<string, HotCounter>>();
 
@@ -480,17 +484,23 @@ export class Metrics {
 
   /** Bytes of ended and live sessions, added to the counter as deltas since the last scrape. */
   private flushBytes(): void {
-    for (const route of this.routes()) {
-      const now = route.bytesSoFar();
-      const last = this.bytesReported.get(route.name) ?? { up: 0, down: 0 };
-      // A route replaced on reload starts again from zero under the same name.
-      if (now.up < last.up || now.down < last.down) last.up = last.down = 0;
-      if (now.up > last.up)
-        this.bytes.inc({ route: route.name, direction: 'upstream' }, now.up - last.up);
-      if (now.down > last.down)
-        this.bytes.inc({ route: route.name, direction: 'downstream' }, now.down - last.down);
-      this.bytesReported.set(route.name, now);
-    }
+    for (const route of this.routes()) this.flushRouteBytes(route);
+  }
+
+  private flushRouteBytes(route: Route): void {
+    const now = route.bytesSoFar();
+    const last = this.bytesReported.get(route) ?? { up: 0, down: 0 };
+    if (now.up > last.up)
+      this.bytes.inc({ route: route.name, direction: 'upstream' }, now.up - last.up);
+    if (now.down > last.down)
+      this.bytes.inc({ route: route.name, direction: 'downstream' }, now.down - last.down);
+    this.bytesReported.set(route, now);
+  }
+
+  /** A route has ended its last session: its bytes are counted, and it is forgotten. */
+  routeGone(route: Route): void {
+    this.flushRouteBytes(route);
+    this.bytesReported.delete(route);
   }
 
   private pools(): Iterable<Pool> {
