@@ -6,7 +6,15 @@ import { Metrics } from '../admin/metrics.js';
 import { redact } from '../app.js';
 import { listenAddress } from '../config/address.js';
 import type { Config } from '../config/schema.js';
-import { WorkerCallError, WorkerStartError, codeOf, describe, reloadProblems } from '../errors.js';
+import { planReload } from '../config/reload-plan.js';
+import {
+  ConfigError,
+  WorkerCallError,
+  WorkerStartError,
+  codeOf,
+  describe,
+  reloadProblems,
+} from '../errors.js';
 import {
   WORKER_ENV,
   isMessage,
@@ -317,49 +325,62 @@ export class WorkerGroup {
     try {
       next = await this.options.loadConfig();
     } catch (err) {
-      const problems = reloadProblems(err);
-      for (const problem of problems) {
-        this.log.error(
-          { code: codeOf(err), problem },
-          'reload rejected: the running config is kept',
-        );
+      return this.rejected(reloadProblems(err), codeOf(err));
+    }
+    // admin and workers are the primary's: a change to them is refused, as in one process.
+    const refusals = planReload(this.config, next).refusals;
+    if (refusals.length > 0) return this.rejected(reloadProblems(new ConfigError(refusals)));
+    const applied: Slot[] = [];
+    const problems = (await this.applyOnWorkers(next, applied)).flat();
+    if (problems.length > 0) {
+      // Each worker applies whole or not at all; the group too: the workers that applied
+      // it go back to the running config.
+      const undone = await this.applyOnWorkers(this.config, [], applied);
+      for (const problem of undone.flat()) {
+        this.log.error({ problem }, 'reload: a worker could not go back to the running config');
       }
-      this.metrics.configReloads.inc({ result: 'failure' });
-      return { ok: false, problems };
+      return this.rejected(problems);
     }
-    if (next.workers !== this.slots.length) {
-      this.log.warn(
-        { running: this.slots.length, configured: next.workers },
-        'the number of workers changes on restart only',
-      );
-      next = { ...next, workers: this.slots.length };
+    this.config = next;
+    this.metrics.configReloads.inc({ result: 'success' });
+    this.log.info('config reloaded by every worker');
+    return { ok: true };
+  }
+
+  private rejected(problems: string[], code?: string): { ok: false; problems: string[] } {
+    for (const problem of problems) {
+      this.log.error({ code, problem }, 'reload rejected: the running config is kept');
     }
-    const results = await Promise.all(
-      this.slots.map(async (slot) => {
+    this.metrics.configReloads.inc({ result: 'failure' });
+    return { ok: false, problems };
+  }
+
+  /**
+   * Has each worker (of `slots`, default all) apply its share of `config`; returns each
+   * one's problems, and adds the slots that applied it to `applied`.
+   */
+  private applyOnWorkers(
+    config: Config,
+    applied: Slot[],
+    slots: readonly Slot[] = this.slots,
+  ): Promise<string[][]> {
+    return Promise.all(
+      slots.map(async (slot) => {
         if (slot.worker === undefined) return [`worker ${slot.index + 1} is not running`];
         try {
-          const config = workerConfig(next, slot.index, this.slots.length);
+          const share = workerConfig(config, slot.index, this.slots.length);
           // A reload may bind new listeners and resolve new upstreams: allow it time.
-          const r = (await this.call(slot.worker, { op: 'reload', config }, 30_000)) as {
+          const r = (await this.call(slot.worker, { op: 'reload', config: share }, 30_000)) as {
             ok: boolean;
             problems?: string[];
           };
+          if (r.ok) applied.push(slot);
           return r.ok ? [] : (r.problems ?? []).map((p) => `worker ${slot.index + 1}: ${p}`);
         } catch (err) {
           return [`worker ${slot.index + 1}: ${describe(err)}`];
         }
       }),
     );
-    const problems = results.flat();
-    // A worker restarted from now on starts with this config.
-    this.config = next;
-    if (problems.length > 0) {
-      this.metrics.configReloads.inc({ result: 'failure' });
-      return { ok: false, problems };
-    }
-    this.metrics.configReloads.inc({ result: 'success' });
-    this.log.info('config reloaded by every worker');
-    return { ok: true };
   }
 
   private async drain(): Promise<void> {
