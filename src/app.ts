@@ -144,6 +144,14 @@ export class App {
     return route;
   }
 
+  /** Sessions open now, on live routes and on routes a reload retired. */
+  get activeSessions(): number {
+    let n = 0;
+    for (const route of [...this.routes.values(), ...this.retiring.keys()])
+      n += route.activeSessions;
+    return n;
+  }
+
   get isDraining(): boolean {
     return this.state === 'draining';
   }

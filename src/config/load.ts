@@ -39,7 +39,13 @@ export async function readConfigFile(path: string): Promise<unknown> {
       })),
     );
   }
-  return doc.toJS() ?? {};
+  try {
+    // maxAliasCount (yaml's default, said here): a file of nested aliases ("billion
+    // laughs") would expand to gigabytes; it is refused instead.
+    return doc.toJS({ maxAliasCount: 100 }) ?? {};
+  } catch (err) {
+    throw new ConfigError([{ path: '', message: `${path}: ${describe(err)}` }], { cause: err });
+  }
 }
 
 /**

@@ -17,6 +17,7 @@ import {
 } from '../errors.js';
 import {
   WORKER_ENV,
+  WORKER_EXIT_CUT,
   isMessage,
   type WorkerCall,
   type WorkerReply,
@@ -130,12 +131,24 @@ export class WorkerGroup {
     return this.stopping;
   }
 
-  /** A second signal: every worker exits now, without finishing its sessions. */
-  exitNow(): void {
-    for (const worker of this.running()) {
-      // A worker that died meanwhile is past telling; its exit is handled as any other.
-      if (worker.isConnected()) worker.send({ type: 'sidepool:exit' }, ignoreSendError);
-    }
+  /**
+   * A second signal: every worker exits now, without finishing its sessions. Resolves,
+   * once they have exited (or after a few seconds), to whether any of them cut sessions.
+   */
+  async exitNow(): Promise<boolean> {
+    const exits = this.running().map(
+      (worker) =>
+        new Promise<boolean>((resolve) => {
+          const timer = setTimeout(() => resolve(false), 3000);
+          worker.once('exit', (code: number | null) => {
+            clearTimeout(timer);
+            resolve(code === WORKER_EXIT_CUT);
+          });
+          if (worker.isConnected()) worker.send({ type: 'sidepool:exit' }, ignoreSendError);
+          else worker.kill('SIGKILL');
+        }),
+    );
+    return (await Promise.all(exits)).some(Boolean);
   }
 
   /** Re-reads the config, checks it once, and has every worker apply its share. */

@@ -35,6 +35,9 @@ export interface WorkerFailed {
 }
 export type WorkerStarted = WorkerReady | WorkerFailed;
 
+/** A worker's exit code when told to exit now while it had sessions open. */
+export const WORKER_EXIT_CUT = 3;
+
 /** Tells the worker to exit now (a second signal to the primary). */
 export interface WorkerExit {
   type: 'sidepool:exit';

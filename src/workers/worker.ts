@@ -5,8 +5,10 @@ import { SidepoolError, describe } from '../errors.js';
 import { handleProcessFaults } from '../faults.js';
 import { createLogger } from '../log.js';
 import { reusePortAvailable } from '../net/reuse-port.js';
+import { onSignal } from '../signals.js';
 import {
   WORKER_ENV,
+  WORKER_EXIT_CUT,
   isMessage,
   type WorkerCall,
   type WorkerExit,
@@ -71,8 +73,8 @@ export function runWorker(): Promise<number> {
     };
     const onMessage = (message: unknown): void => {
       if (isMessage<WorkerExit>(message, 'sidepool:exit')) {
-        log.warn('told to exit now');
-        resolve(0);
+        log.warn({ sessions: app.activeSessions }, 'told to exit now');
+        resolve(app.activeSessions > 0 ? WORKER_EXIT_CUT : 0);
         return;
       }
       if (!isMessage<WorkerCall>(message, 'sidepool:call')) return;
@@ -82,16 +84,20 @@ export function runWorker(): Promise<number> {
           send({ type: 'sidepool:reply', id: message.id, result: { error: describe(err) } }),
       );
     };
-    const ignore = (): void => undefined;
-
+    let started = false;
+    let stopOnceStarted = false;
     // Listening before the start: the primary may ask for readiness (or stop) meanwhile.
     process.on('message', onMessage);
-    process.on('SIGINT', ignore);
-    process.on('SIGHUP', ignore);
+    onSignal((signal) => {
+      if (signal !== 'SIGTERM') return;
+      if (started) stop();
+      else stopOnceStarted = true;
+    });
     app.start().then(
       () => {
-        process.on('SIGTERM', stop);
+        started = true;
         send({ type: 'sidepool:started' });
+        if (stopOnceStarted) stop();
       },
       (err: unknown) => {
         const code = err instanceof SidepoolError ? err.code : 'SIDEPOOL_WORKER_START';

@@ -66,12 +66,28 @@ export function startCommand(
   cwd?: string,
 ): RunningCli {
   const [file, ...args] = argv as [string, ...string[]];
-  let stderr = '';
   const child = spawn(file, args, {
     cwd,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  return watch(child);
+}
+
+/**
+ * `sidepool run` as it runs in a container: without the test runner's hooks, which tap
+ * puts in NODE_OPTIONS of every process a test spawns (whatever env it is given) and
+ * which take signals of their own (signal-exit). `env -u` drops them before node starts.
+ */
+export function startPlainCli(args: string[]): RunningCli {
+  const child = spawn('env', ['-u', 'NODE_OPTIONS', process.execPath, CLI, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  return watch(child);
+}
+
+function watch(child: ChildProcess): RunningCli {
+  let stderr = '';
   // A command that cannot start shows as an exit (null) with the error on stderr.
   child.on('error', (err) => {
     stderr += `${err.message}\n`;
