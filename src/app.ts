@@ -5,6 +5,8 @@ import { AdminServer } from './admin/server.js';
 import { Metrics } from './admin/metrics.js';
 import { listenAddress, parseAddress } from './config/address.js';
 import { destinationKey, destinationName } from './config/load.js';
+import { effectiveConfig } from './config/effective.js';
+import { redact } from './config/redact.js';
 import { planReload, type ReloadPlan } from './config/reload-plan.js';
 import type { Config, RouteConfig } from './config/schema.js';
 import { ConfigError, ResolveError, codeOf, reloadProblems } from './errors.js';
@@ -492,7 +494,7 @@ export class App {
       }),
       readiness: () => this.readiness(),
       pools: () => this.poolsView(),
-      config: () => redact(this.config),
+      config: () => redact(effectiveConfig(this.config)),
       reload: () => this.reload(),
       drain: () => {
         void this.stop(this.config.drain.timeout, this.config.drain.delay).then(() =>
@@ -617,19 +619,6 @@ interface Upstream {
 
 function sessionTimeouts(route: RouteConfig): Route['timeouts'] {
   return { idleTimeoutMs: route.idleTimeout, halfCloseTimeoutMs: route.halfCloseTimeout };
-}
-
-const SECRET_KEYS = new Set(['passphrase', 'password', 'secret', 'token']);
-
-/** The config for display: secret values replaced. */
-export function redact(value: unknown): unknown {
-  if (Array.isArray(value)) return value.map(redact);
-  if (typeof value === 'object' && value !== null) {
-    return Object.fromEntries(
-      Object.entries(value).map(([k, v]) => [k, SECRET_KEYS.has(k) ? '[redacted]' : redact(v)]),
-    );
-  }
-  return value;
 }
 
 /** An upstream host that does not resolve is a config mistake: say so and stop. */

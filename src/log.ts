@@ -1,5 +1,6 @@
 import { createRequire } from 'node:module';
 import pino, { type Logger } from 'pino';
+import { REDACTED, logRedactPaths } from './config/redact.js';
 
 export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error';
 
@@ -8,7 +9,13 @@ export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error';
  * synchronously so that the last lines before an exit are never lost.
  */
 export function createLogger(level: LogLevel, destination?: NodeJS.WritableStream): Logger {
-  const options = { level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime };
+  const options = {
+    level,
+    base: { pid: process.pid },
+    timestamp: pino.stdTimeFunctions.isoTime,
+    // No credential reaches a log line (config/redact.ts has the rule).
+    redact: { paths: logRedactPaths(), censor: REDACTED },
+  };
   if (destination !== undefined) return pino(options, destination);
   if (process.stdout.isTTY) {
     // Loaded only for a terminal: a sidecar writes JSON and need not carry it.

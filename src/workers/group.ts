@@ -3,8 +3,9 @@ import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } fro
 import type { Logger } from 'pino';
 import { AdminServer } from '../admin/server.js';
 import { Metrics } from '../admin/metrics.js';
-import { redact } from '../app.js';
 import { listenAddress } from '../config/address.js';
+import { effectiveConfig } from '../config/effective.js';
+import { redact } from '../config/redact.js';
 import type { Config } from '../config/schema.js';
 import { planReload } from '../config/reload-plan.js';
 import {
@@ -422,7 +423,7 @@ export class WorkerGroup {
       }),
       readiness: () => this.readiness(),
       pools: () => this.poolsView(),
-      config: () => redact(this.config),
+      config: () => redact(effectiveConfig(this.config)),
       reload: () => this.reload(),
       drain: () => {
         void this.stop().then(() => this.options.onStopped?.());
