@@ -1,7 +1,7 @@
 import { lookup } from 'node:dns/promises';
 import net from 'node:net';
 import type { Logger } from 'pino';
-import { AdminServer } from './admin/server.js';
+import { openAdmin, type AdminServer } from './admin/server.js';
 import { Metrics } from './admin/metrics.js';
 import { listenAddress, parseAddress } from './config/address.js';
 import { destinationKey, destinationName } from './config/load.js';
@@ -53,7 +53,10 @@ export class App {
   readonly log: Logger;
   readonly metrics: Metrics;
   private readonly tlsObserver: TlsObserver;
+  /** The admin server on admin.listen. */
   admin: AdminServer | undefined;
+  /** The admin control server on admin.controlListen, when there is one. */
+  adminControl: AdminServer | undefined;
   /** Destination pools (tcp, http) by destination key. Modes keep their own: see allPools(). */
   readonly pools = new Map<string, Pool>();
   /** Where each pool's links go, by the same key. */
@@ -125,12 +128,11 @@ export class App {
     await this.applyPlan(this.config, planReload({ ...this.config, routes: [] }, this.config));
     try {
       if (this.config.admin !== false) {
-        this.admin = new AdminServer(
-          listenAddress(this.config.admin.listen),
+        [this.admin, this.adminControl] = await openAdmin(
+          this.config.admin,
           this.adminHandlers(),
           this.log,
         );
-        await this.admin.listen();
       }
     } catch (err) {
       await this.stop(0);
@@ -481,7 +483,7 @@ export class App {
       ...routes.map((route) => route.mode?.destroy()),
     ]);
     for (const { destination } of upstreams) destination.close();
-    await this.admin?.close();
+    await Promise.all([this.admin?.close(), this.adminControl?.close()]);
     this.state = 'stopped';
     this.log.info('stopped');
   }

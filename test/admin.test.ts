@@ -25,7 +25,7 @@ void t.test('health, readiness and bad requests', async (t) => {
   t.equal((await request(admin, '/nope')).status, 404);
   const wrong = await request(admin, '/metrics', 'POST');
   t.equal(wrong.status, 405);
-  t.equal(wrong.headers.allow, 'GET');
+  t.equal(wrong.headers.allow, 'GET, HEAD');
   t.equal((await request(admin, '/reload', 'GET')).status, 405);
   t.equal((await request(admin, '/healthz?verbose=1')).status, 200, 'query strings are ignored');
   // Garbage on the admin port gets a 400, and the server keeps serving.

@@ -88,9 +88,7 @@ void t.test('session timeouts and readyWhen apply to the running route', (t) => 
   t.same(plan([A], [{ ...A, idleTimeout: '5m', readyWhen: 'upstreamHealthy' }]), {
     refusals: [],
     prepare: [],
-    commit: [
-      { kind: 'reconfigure-route', route: 'a', changed: ['idleTimeout', 'readyWhen'] },
-    ],
+    commit: [{ kind: 'reconfigure-route', route: 'a', changed: ['idleTimeout', 'readyWhen'] }],
   });
   t.end();
 });

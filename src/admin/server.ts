@@ -1,8 +1,16 @@
 import http from 'node:http';
 import type { Logger } from 'pino';
-import { boundAddress, boundPort, type Address } from '../config/address.js';
+import {
+  boundAddress,
+  boundPort,
+  isLoopback,
+  listenAddress,
+  type Address,
+} from '../config/address.js';
+import type { Config } from '../config/schema.js';
 import { describe } from '../errors.js';
 import { listenOn } from '../net/listen.js';
+import { controlRefusal, type ControlPolicy, type Refusal } from './control.js';
 
 /** What the admin endpoints ask of the running app. */
 export interface AdminHandlers {
@@ -17,23 +25,38 @@ export interface AdminHandlers {
 }
 
 type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => Promise<void> | void;
+type Methods = Partial<Record<string, Handler>>;
+
+export interface AdminServerOptions {
+  /** `admin server`, `admin control server`: for errors and logs. */
+  name: string;
+  /**
+   * Control and introspection (`/reload`, `/drain`, `/config`, `/pools`): served here
+   * under this policy, or refused with a word on where they are.
+   */
+  control: ControlPolicy | { elsewhere: string };
+}
 
 /**
- * The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/pools`, `/config`,
- * `POST /reload`, `POST /drain`. It shares the event loop with the data path, so every
- * handler is short and nothing it does waits on a session.
+ * An admin HTTP server. Probes and metrics (`/healthz`, `/readyz`, `/metrics`) on every
+ * one; control and introspection (`/pools`, `/config`, `POST /reload`, `POST /drain`)
+ * where the options say, each request checked (admin/control.ts). HEAD is served wherever
+ * GET is. It shares the event loop with the data path, so every handler is short and
+ * nothing it does waits on a session.
  */
 export class AdminServer {
   private readonly server: http.Server;
-  private readonly routes: Record<string, Partial<Record<string, Handler>>>;
+  private readonly probes: Record<string, Methods>;
+  private readonly controls: Record<string, Methods>;
   private closing: Promise<void> | undefined;
 
   constructor(
     private readonly listenAddress: Address,
     handlers: AdminHandlers,
     private readonly log: Logger,
+    private readonly options: AdminServerOptions = { name: 'admin server', control: {} },
   ) {
-    this.routes = {
+    this.probes = {
       '/metrics': {
         GET: async (_req, res) => {
           const { contentType, body } = await handlers.metrics();
@@ -47,6 +70,8 @@ export class AdminServer {
           send(res, ready ? 200 : 503, ready ? 'ready\n' : `not ready: ${reasons.join('; ')}\n`);
         },
       },
+    };
+    this.controls = {
       '/pools': { GET: async (_req, res) => sendJson(res, 200, await handlers.pools()) },
       '/config': { GET: (_req, res) => sendJson(res, 200, handlers.config()) },
       '/reload': {
@@ -73,9 +98,14 @@ export class AdminServer {
   }
 
   async listen(): Promise<void> {
-    await listenOn(this.server, this.listenAddress, 'admin server');
-    this.server.on('error', (err) => this.log.error({ err: describe(err) }, 'admin server error'));
-    this.log.info({ listen: this.address }, 'admin listening');
+    await listenOn(this.server, this.listenAddress, this.options.name);
+    this.server.on('error', (err) =>
+      this.log.error({ err: describe(err) }, `${this.options.name} error`),
+    );
+    this.log.info(
+      { listen: this.address, control: !('elsewhere' in this.options.control) },
+      'admin listening',
+    );
   }
 
   get address(): string {
@@ -98,27 +128,104 @@ export class AdminServer {
 
   private readonly onRequest = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
-    const methods = this.routes[path];
+    const control = this.controls[path];
+    const methods = control ?? this.probes[path];
     if (methods === undefined) {
       send(res, 404, `no such admin endpoint: ${path}\n`);
       return;
     }
-    const handler = methods[req.method ?? 'GET'];
+    const method = req.method === 'HEAD' && methods.GET !== undefined ? 'GET' : req.method;
+    const handler = methods[method ?? 'GET'];
     if (handler === undefined) {
-      res.setHeader('Allow', Object.keys(methods).join(', '));
+      const allowed = Object.keys(methods).flatMap((m) => (m === 'GET' ? ['GET', 'HEAD'] : [m]));
+      res.setHeader('Allow', allowed.join(', '));
       send(res, 405, `${req.method} is not allowed on ${path}\n`);
       return;
     }
     // Bodies are not used; drain them so that keep-alive works.
     req.resume();
     Promise.resolve()
-      .then(() => handler(req, res))
+      .then(async () => {
+        if (control !== undefined) {
+          const refusal = await this.refusal(req);
+          if (refusal !== undefined) {
+            this.log.warn(
+              { path, method: req.method, status: refusal.status, why: refusal.message },
+              'admin control request refused',
+            );
+            send(res, refusal.status, `${refusal.message}\n`, undefined, refusal.headers);
+            return;
+          }
+        }
+        await handler(req, res);
+      })
       .catch((err: unknown) => {
         this.log.error({ path, err: describe(err) }, 'admin request failed');
         if (!res.headersSent) send(res, 500, `internal error: ${describe(err)}\n`);
         else res.destroy();
       });
   };
+
+  private refusal(req: http.IncomingMessage): Promise<Refusal | undefined> {
+    const control = this.options.control;
+    if ('elsewhere' in control) {
+      return Promise.resolve({ status: 403, message: control.elsewhere });
+    }
+    return controlRefusal(req, control);
+  }
+}
+
+/**
+ * The admin servers `settings` ask for, listening: the one on `admin.listen`, and the
+ * control server on `admin.controlListen` when there is one. Control and introspection
+ * go to a loopback listener, or anywhere with a token (README, "Security").
+ */
+export async function openAdmin(
+  settings: Exclude<Config['admin'], false>,
+  handlers: AdminHandlers,
+  log: Logger,
+): Promise<AdminServer[]> {
+  const policy: ControlPolicy = { tokenFile: settings.tokenFile, hosts: settings.hosts };
+  const listen = listenAddress(settings.listen);
+  const servers: AdminServer[] = [];
+  try {
+    if (settings.controlListen !== undefined) {
+      servers.push(
+        new AdminServer(listen, handlers, log, {
+          name: 'admin server',
+          control: {
+            elsewhere: `control endpoints are served on admin.controlListen (${settings.controlListen}) only`,
+          },
+        }),
+        new AdminServer(listenAddress(settings.controlListen), handlers, log, {
+          name: 'admin control server',
+          control: policy,
+        }),
+      );
+    } else if (isLoopback(listen) || settings.tokenFile !== undefined) {
+      servers.push(
+        new AdminServer(listen, handlers, log, { name: 'admin server', control: policy }),
+      );
+    } else {
+      log.warn(
+        { listen: settings.listen },
+        'admin control endpoints are off: admin.listen is reachable from other hosts; set admin.controlListen (loopback) or admin.tokenFile',
+      );
+      servers.push(
+        new AdminServer(listen, handlers, log, {
+          name: 'admin server',
+          control: {
+            elsewhere: `control endpoints are off on ${settings.listen}, which other hosts reach: set admin.controlListen (loopback) or admin.tokenFile`,
+          },
+        }),
+      );
+    }
+    for (const server of servers) await server.listen();
+  } catch (err) {
+    await Promise.all(servers.map((server) => server.close()));
+    throw err;
+  }
+  return servers;
 }
 
 function send(
@@ -126,8 +233,13 @@ function send(
   status: number,
   body: string,
   contentType = 'text/plain; charset=utf-8',
+  headers: Record<string, string> = {},
 ): void {
-  res.writeHead(status, { 'Content-Type': contentType, 'Content-Length': Buffer.byteLength(body) });
+  res.writeHead(status, {
+    ...headers,
+    'Content-Type': contentType,
+    'Content-Length': Buffer.byteLength(body),
+  });
   res.end(body);
 }
 

@@ -33,6 +33,16 @@ export function parseAddress(
   return { kind: 'tcp', host, port };
 }
 
+/**
+ * Whether only this machine can connect to an address: a unix socket, 127.0.0.0/8, ::1,
+ * or localhost.
+ */
+export function isLoopback(address: Address): boolean {
+  if (address.kind === 'unix') return true;
+  const host = address.host.toLowerCase();
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
 /** A listen address from the config (validated there): `:port` and port 0 allowed. */
 export function listenAddress(text: string): Address {
   return parseAddress(text, { allowAnyHost: true, allowPortZero: true }) as Address;

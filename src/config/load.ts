@@ -58,7 +58,9 @@ export function applyFlags(raw: unknown, flags: ConfigFlags): unknown {
   const input: Record<string, unknown> = isRecord(raw) ? { ...raw } : {};
   if (flags.admin !== undefined) {
     input.admin =
-      flags.admin === 'false' || flags.admin === 'off' ? false : { listen: flags.admin };
+      flags.admin === 'false' || flags.admin === 'off'
+        ? false
+        : { ...(isRecord(input.admin) ? input.admin : {}), listen: flags.admin };
   }
   if (flags.workers !== undefined) input.workers = flags.workers;
   if (flags.logLevel !== undefined) {

@@ -1,6 +1,6 @@
-import { accessSync, constants } from 'node:fs';
+import { accessSync, constants, readFileSync } from 'node:fs';
 import { z } from 'zod';
-import { parseAddress } from './address.js';
+import { isLoopback, parseAddress } from './address.js';
 import { formatDuration, parseDuration } from './duration.js';
 
 /**
@@ -527,6 +527,51 @@ function withRedisDefaults<R extends { mode: string; redis?: z.output<typeof red
     : route;
 }
 
+/** A file holding a bearer token: readable, and not empty. */
+const tokenFile = readableFile.superRefine((file, ctx) => {
+  try {
+    if (readFileSync(file, 'utf8').trim() === '') {
+      ctx.addIssue({ code: 'custom', message: `${file} is empty: it must hold the token` });
+    }
+  } catch {
+    // Unreadable: readableFile said so.
+  }
+});
+
+/** A DNS name, as a Host header names it (no port). */
+const HOST_NAME =
+  /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$/;
+
+/**
+ * The admin server. Probes and metrics (`/healthz`, `/readyz`, `/metrics`) are served on
+ * `listen`; control and introspection (`/reload`, `/drain`, `/config`, `/pools`) only on
+ * a loopback listener (`controlListen`, else `listen` when it is loopback) or with
+ * `tokenFile`'s bearer token. README, "Security".
+ */
+export const adminSchema = z
+  .strictObject({
+    listen: address('listen').default('127.0.0.1:9901'),
+    /** Control and introspection on a listener of their own: loopback, unless tokenFile. */
+    controlListen: address('listen').optional(),
+    /** A bearer token (the file's content) that every control request must carry. */
+    tokenFile: tokenFile.optional(),
+    /** Host names control requests may name, besides localhost and IP addresses. */
+    hosts: z
+      .array(z.string().regex(HOST_NAME, 'expected a host name such as sidepool.internal'))
+      .optional(),
+  })
+  .superRefine((admin, ctx) => {
+    if (admin.controlListen === undefined || admin.tokenFile !== undefined) return;
+    const control = parseAddress(admin.controlListen, { allowAnyHost: true, allowPortZero: true });
+    if (typeof control === 'object' && !isLoopback(control)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['controlListen'],
+        message: `${admin.controlListen} is reachable from other hosts: bind control to loopback (127.0.0.1, [::1] or a unix socket), or set admin.tokenFile`,
+      });
+    }
+  });
+
 /** A route's keys in the order the schema gives them, for printing. */
 export const ROUTE_KEYS: readonly string[] = Object.keys(routeObject.shape);
 
@@ -539,12 +584,7 @@ export const routeSchema = routeObject
 
 export const configSchema = z
   .strictObject({
-    admin: z
-      .union([
-        z.literal(false),
-        z.strictObject({ listen: address('listen').default('127.0.0.1:9901') }),
-      ])
-      .default({ listen: '127.0.0.1:9901' }),
+    admin: z.union([z.literal(false), adminSchema]).default({ listen: '127.0.0.1:9901' }),
     log: z
       .strictObject({
         level: z.enum(['trace', 'debug', 'info', 'warn', 'error']).default('info'),

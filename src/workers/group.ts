@@ -1,9 +1,8 @@
 import cluster, { type Worker } from 'node:cluster';
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
 import type { Logger } from 'pino';
-import { AdminServer } from '../admin/server.js';
+import { openAdmin, type AdminServer } from '../admin/server.js';
 import { Metrics } from '../admin/metrics.js';
-import { listenAddress } from '../config/address.js';
 import { effectiveConfig } from '../config/effective.js';
 import { redact } from '../config/redact.js';
 import type { Config } from '../config/schema.js';
@@ -71,7 +70,10 @@ export interface WorkerGroupOptions {
 export class WorkerGroup {
   config: Config;
   readonly metrics = new Metrics();
+  /** The admin server on admin.listen. */
   admin: AdminServer | undefined;
+  /** The admin control server on admin.controlListen, when there is one. */
+  adminControl: AdminServer | undefined;
   private readonly slots: Slot[];
   private state: GroupState = 'new';
   private restarts = 0;
@@ -110,12 +112,11 @@ export class WorkerGroup {
     try {
       await Promise.all(this.slots.map((slot) => this.fork(slot)));
       if (this.config.admin !== false) {
-        this.admin = new AdminServer(
-          listenAddress(this.config.admin.listen),
+        [this.admin, this.adminControl] = await openAdmin(
+          this.config.admin,
           this.adminHandlers(),
           this.log,
         );
-        await this.admin.listen();
       }
     } catch (err) {
       this.state = 'stopped';
@@ -410,7 +411,7 @@ export class WorkerGroup {
       this.call(worker, { op: 'stop' }).catch(() => worker.kill('SIGTERM'));
     }
     await Promise.all(exited);
-    await this.admin?.close();
+    await Promise.all([this.admin?.close(), this.adminControl?.close()]);
     this.state = 'stopped';
     this.log.info('stopped');
   }
