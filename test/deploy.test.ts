@@ -324,6 +324,7 @@ void t.test('every rendered object passes the Kubernetes schema', async (t) => {
       'autoscaling/v2 HorizontalPodAutoscaler',
       'monitoring.coreos.com/v1 PodMonitor',
       'monitoring.coreos.com/v1 ServiceMonitor',
+      'networking.k8s.io/v1 NetworkPolicy',
       'policy/v1 PodDisruptionBudget',
       'v1 ConfigMap',
       'v1 Service',
@@ -401,7 +402,7 @@ void t.test('no rendered object has an unknown field', (t) => {
 // sidepool in its pods
 
 interface Effective {
-  admin: false | { listen: string };
+  admin: false | { listen: string; controlListen?: string; tokenFile?: string };
   drain: { delay: number | string; timeout: number | string };
   routes: Array<{ name: string; listen: string }>;
 }
@@ -721,6 +722,66 @@ void t.test('sidepool containers: placement, probes, security, resources, config
   t.end();
 });
 
+void t.test('control is on loopback only: no container port, Service or policy for it', (t) => {
+  let pods = 0;
+  for (const render of renders) {
+    for (const { owner, spec } of podSpecs(render)) {
+      const where = `${render.source}: ${label(owner)}`;
+      const sidepool = [...(spec.initContainers ?? []), ...spec.containers].find(
+        (c) => c.name === 'sidepool',
+      );
+      const volume = spec.volumes?.find(
+        (v) => v.configMap !== undefined && v.name.startsWith('sidepool'),
+      );
+      const configMap = render.objects.find(
+        (o) => o.kind === 'ConfigMap' && o.metadata.name === volume?.configMap?.name,
+      );
+      const config = configMap === undefined ? undefined : checked.get(configMap);
+      if (!sidepool || config === undefined || config.admin === false) continue;
+      pods++;
+      const control = config.admin.controlListen;
+      if (!t.ok(control, `${where}: admin.controlListen is set`) || control === undefined) continue;
+      t.equal(hostOf(control), '127.0.0.1', `${where}: control listens on loopback only`);
+      const controlPort = portOf(control);
+      t.notOk(
+        sidepool.ports?.some((p) => p.containerPort === controlPort),
+        `${where}: the control port ${controlPort} is no containerPort`,
+      );
+      for (const service of render.objects.filter((o) => o.kind === 'Service')) {
+        const ports = (service.spec as { ports: Array<{ port: number; targetPort?: unknown }> })
+          .ports;
+        t.notOk(
+          ports.some((p) => p.port === controlPort || p.targetPort === controlPort),
+          `${where}: ${label(service)} does not publish the control port`,
+        );
+      }
+      // The NetworkPolicy (standalone): the routes and the metrics port, nothing else.
+      for (const policy of render.objects.filter((o) => o.kind === 'NetworkPolicy')) {
+        const ingress = (
+          policy.spec as { ingress: Array<{ ports: Array<{ port: number }>; from?: unknown[] }> }
+        ).ingress;
+        const ports = ingress.flatMap((rule) => rule.ports.map((p) => p.port)).sort();
+        const expected = [
+          ...config.routes.map((r) => portOf(r.listen)),
+          portOf(config.admin.listen),
+        ].sort();
+        t.same(ports, expected, `${where}: ${label(policy)} admits the routes and metrics only`);
+        t.ok(
+          ingress[0]?.from !== undefined && ingress[0].from.length > 0,
+          `${where}: ${label(policy)} says who may use the routes`,
+        );
+      }
+    }
+  }
+  t.ok(pods >= 7, `${pods} pods checked`);
+  const policies = renders.filter((r) => r.objects.some((o) => o.kind === 'NetworkPolicy'));
+  t.ok(
+    policies.some((r) => r.source.includes('standalone-full')),
+    'the full standalone values render a NetworkPolicy',
+  );
+  t.end();
+});
+
 void t.test('ServiceMonitors and PodMonitors point at the admin port', (t) => {
   let monitors = 0;
   for (const render of renders) {
@@ -856,6 +917,16 @@ void t.test('helm chart: values that must be refused', async (t) => {
       name: 'a route on the admin port',
       values: { config: { routes: [{ ...route, port: 9901 }] } },
       error: /9901 is already the admin port/,
+    },
+    {
+      name: 'a control port on the admin port',
+      values: { config: { admin: { port: 9901, controlPort: 9901 } } },
+      error: /controlPort: 9901 is already the admin port/,
+    },
+    {
+      name: 'a route on the admin control port',
+      values: { config: { routes: [{ ...route, port: 9902 }] } },
+      error: /9902 is already the admin control port/,
     },
     {
       name: 'a route named like the admin port',

@@ -88,6 +88,10 @@ two routes with one name or port, and tlsSecrets mountPaths that overlap each ot
 {{- $host := ternary "127.0.0.1" "0.0.0.0" (eq .Values.mode "sidecar") }}
 {{- $names := dict "sidepool-admin" "the admin port's name" }}
 {{- $ports := dict (toString $config.admin.port) "the admin port" }}
+{{- if hasKey $ports (toString $config.admin.controlPort) }}
+{{- fail (printf "config.admin.controlPort: %d is already the admin port" (int $config.admin.controlPort)) }}
+{{- end }}
+{{- $_ := set $ports (toString $config.admin.controlPort) "the admin control port" }}
 {{- $mounts := dict "/etc/sidepool" "the config's mountPath" }}
 {{- range $i, $secret := .Values.tlsSecrets }}
 {{- $at := printf "tlsSecrets[%d].mountPath" $i }}
@@ -117,7 +121,8 @@ two routes with one name or port, and tlsSecrets mountPaths that overlap each ot
 {{- if $pool }}{{ $_ := set $out "pool" $pool }}{{ end }}
 {{- $routes = append $routes $out }}
 {{- end }}
-{{- $file := dict "admin" (dict "listen" (printf "0.0.0.0:%d" (int $config.admin.port))) "log" $config.log "drain" $config.drain "routes" $routes }}
+{{- $admin := dict "listen" (printf "0.0.0.0:%d" (int $config.admin.port)) "controlListen" (printf "127.0.0.1:%d" (int $config.admin.controlPort)) }}
+{{- $file := dict "admin" $admin "log" $config.log "drain" $config.drain "routes" $routes }}
 {{- if $config.workers }}{{ $_ := set $file "workers" (int $config.workers) }}{{ end }}
 {{- if $config.workerSockets }}{{ $_ := set $file "workerSockets" $config.workerSockets }}{{ end }}
 {{- toYaml $file }}
