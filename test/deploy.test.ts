@@ -899,6 +899,21 @@ void t.test('helm chart: values that must be refused', async (t) => {
     },
     { name: 'no routes', values: { config: { routes: [] } }, error: /routes/ },
     {
+      name: 'postgres settings on a tcp route',
+      values: { config: { routes: [{ ...route, postgres: { authType: 'trust' } }] } },
+      error: /postgres/,
+    },
+    {
+      name: 'redis settings on an http route',
+      values: { config: { routes: [{ ...route, mode: 'http', redis: { maxPending: 8 } }] } },
+      error: /redis/,
+    },
+    {
+      name: 'a mode sidepool does not know',
+      values: { config: { routes: [{ ...route, mode: 'mysql' }] } },
+      error: /mode/,
+    },
+    {
       name: 'a node flag that is no flag',
       values: { nodeFlags: ['x; rm -rf /'] },
       error: /nodeFlags/,
