@@ -122,17 +122,42 @@ void t.test('what a destination is made of rebuilds it, and the routes on it', (
 });
 
 void t.test('a key the plan does not know rebuilds what it belongs to', (t) => {
-  // A key a new mode adds (say postgres: { … }) is not in any in-place list.
+  // A key a new mode adds (say mysql: { … }) is not in any in-place list.
   const before = config([A]);
   const after = config([A]);
   const withKey = {
     ...after,
-    routes: [{ ...after.routes[0], postgres: { database: 'app' } }],
+    routes: [{ ...after.routes[0], mysql: { database: 'app' } }],
   } as unknown as Config;
   t.same(planReload(before, withKey), rebuiltOnReplacedDestination('a', '10.0.0.1:6379'));
-  t.same(changedPaths(before.routes[0], withKey.routes[0]), ['postgres']);
+  t.same(changedPaths(before.routes[0], withKey.routes[0]), ['mysql']);
   t.end();
 });
+
+void t.test(
+  "a mode's settings (postgres, redis) rebuild the route, on the destination it had",
+  (t) => {
+    // The mode's pools are the route's: a new route makes new ones; endpoints, health and
+    // outlier state stay.
+    const routeOnly = (name: string): ReloadPlan => ({
+      refusals: [],
+      prepare: [{ kind: 'build-route', route: name }],
+      commit: [
+        { kind: 'attach', route: name, listener: { takeFrom: name } },
+        { kind: 'retire-route', route: name, reason: 'rebuilt' },
+      ],
+    });
+    const redis = { ...A, mode: 'redis', redis: { maxPending: 16 } };
+    t.same(plan([redis], [{ ...redis, redis: { maxPending: 32 } }]), routeOnly('a'), 'redis');
+    const postgres = { ...A, mode: 'postgres', postgres: { authType: 'trust' } };
+    t.same(
+      plan([postgres], [{ ...postgres, postgres: { authType: 'trust', poolMode: 'session' } }]),
+      routeOnly('a'),
+      'postgres',
+    );
+    t.end();
+  },
+);
 
 void t.test('a new upstream: a new destination, the old one retired', (t) => {
   t.same(plan([A], [{ ...A, upstream: '10.0.0.9:6379' }]), {
