@@ -2,46 +2,21 @@
 // introspection only on loopback or with a token, never for a web page (a cross-site
 // request, or DNS rebinding) or another pod.
 import { writeFile } from 'node:fs/promises';
-import http from 'node:http';
 import t from 'tap';
 import { parseConfig } from '../src/config/load.js';
 import type { ConfigError } from '../src/errors.js';
 import { startProxy } from './helpers/app.js';
 import { configFile } from './helpers/config-file.js';
+import { request, type HttpResult } from './helpers/http.js';
 import { startEcho } from './helpers/util.js';
-
-interface Answer {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  body: string;
-}
 
 /** One request to 127.0.0.1:port with the headers given (Host too, when given). */
 function ask(
   port: number,
   path: string,
   options: { method?: string; headers?: Record<string, string> } = {},
-): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      {
-        host: '127.0.0.1',
-        port,
-        path,
-        method: options.method ?? 'GET',
-        headers: options.headers,
-        agent: false,
-      },
-      (res) => {
-        let body = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (body += c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-      },
-    );
-    req.on('error', reject);
-    req.end();
-  });
+): Promise<HttpResult> {
+  return request(port, path, options.method ?? 'GET', options.headers);
 }
 
 async function proxyWith(t: { teardown(fn: () => unknown): void }, admin: Record<string, unknown>) {

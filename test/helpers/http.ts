@@ -6,10 +6,16 @@ export interface HttpResult {
   body: string;
 }
 
-/** One HTTP request to 127.0.0.1 on a fresh connection. */
-export function request(port: number, path: string, method = 'GET'): Promise<HttpResult> {
+/** One HTTP request to 127.0.0.1 on a fresh connection, with the headers given (Host too). */
+export function request(
+  port: number,
+  path: string,
+  method = 'GET',
+  headers?: Record<string, string>,
+): Promise<HttpResult> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, path, method, agent: false }, (res) => {
+    const options = { host: '127.0.0.1', port, path, method, headers, agent: false };
+    const req = http.request(options, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (c: string) => (body += c));
