@@ -6,7 +6,7 @@ import { App } from './app.js';
 import { parseDuration } from './config/duration.js';
 import { effectiveConfig } from './config/effective.js';
 import { loadConfig, type ConfigFlags } from './config/load.js';
-import type { Config } from './config/schema.js';
+import { configSchema, type Config } from './config/schema.js';
 import { ConfigError, SidepoolError, describe } from './errors.js';
 import { handleProcessFaults } from './faults.js';
 import { createLogger } from './log.js';
@@ -43,22 +43,80 @@ function withConfigOption<T>(y: Argv<T>) {
   return y.option('config', {
     alias: 'c',
     type: 'string',
+    requiresArg: true,
     describe: 'YAML or JSON config file',
     default: process.env.SIDEPOOL_CONFIG,
     defaultDescription: '$SIDEPOOL_CONFIG',
   });
 }
 
+/**
+ * What the flags default to when neither they nor the file say: the schema's defaults for
+ * a route the flags alone define, so that the help text and the config agree.
+ */
+function flagDefaults() {
+  const config = configSchema.parse({
+    routes: [{ listen: '127.0.0.1:1', upstream: '127.0.0.1:2' }],
+  });
+  const route = config.routes[0]!;
+  return {
+    mode: route.mode,
+    minIdle: `${route.pool.minIdle}, or --max-size if smaller`,
+    maxSize: String(route.pool.maxSize),
+    admin: config.admin === false ? 'false' : config.admin.listen,
+    logLevel: config.log.level,
+    workers: String(config.workers),
+  };
+}
+
 function withRouteOptions<T>(y: Argv<T>) {
+  const defaults = flagDefaults();
+  // requiresArg: `--max-size` with no value is an error naming the flag, not the default.
+  const value = { requiresArg: true } as const;
   return y
-    .option('listen', { type: 'string', describe: 'route listen address, host:port or unix path' })
-    .option('upstream', { type: 'string', describe: 'upstream host:port' })
-    .option('mode', { type: 'string', describe: 'route mode: tcp, http or redis' })
-    .option('min-idle', { type: 'number', describe: 'warm links kept ready' })
-    .option('max-size', { type: 'number', describe: 'links per destination' })
-    .option('admin', { type: 'string', describe: 'admin listen address, or "false" to disable' })
-    .option('log-level', { type: 'string', describe: 'trace | debug | info | warn | error' })
-    .option('workers', { type: 'number', describe: 'processes serving the routes (default 1)' });
+    .option('listen', {
+      ...value,
+      type: 'string',
+      describe: 'route listen address, host:port or unix path (with --upstream)',
+    })
+    .option('upstream', { ...value, type: 'string', describe: 'upstream host:port' })
+    .option('mode', {
+      ...value,
+      type: 'string',
+      describe: 'route mode: tcp, http, postgres or redis',
+      defaultDescription: defaults.mode,
+    })
+    .option('min-idle', {
+      ...value,
+      type: 'number',
+      describe: 'warm links kept ready',
+      defaultDescription: defaults.minIdle,
+    })
+    .option('max-size', {
+      ...value,
+      type: 'number',
+      describe: 'links per destination',
+      defaultDescription: defaults.maxSize,
+    })
+    .option('admin', {
+      ...value,
+      type: 'string',
+      describe:
+        'admin listen address (probes, metrics; control on loopback), or "false": without it, and no admin in the file, one listens on the default',
+      defaultDescription: defaults.admin,
+    })
+    .option('log-level', {
+      ...value,
+      type: 'string',
+      describe: 'trace | debug | info | warn | error',
+      defaultDescription: defaults.logLevel,
+    })
+    .option('workers', {
+      ...value,
+      type: 'number',
+      describe: 'processes serving the routes',
+      defaultDescription: defaults.workers,
+    });
 }
 
 function flagsOf(args: RunArgs): ConfigFlags {
@@ -237,7 +295,7 @@ export async function main(argv: string[]): Promise<number> {
     )
     .command(
       'demo',
-      'start a TLS upstream behind a simulated round trip and show what a warm sidepool saves',
+      'start a TLS upstream behind a simulated round trip; show what warm links save',
       (y) =>
         y
           .option('rtt', {
@@ -298,9 +356,15 @@ export async function main(argv: string[]): Promise<number> {
       },
     )
     .demandCommand(1, 'give a command: run, check or demo')
-    .fail((msg, err) => {
-      if (err) throw err;
-      process.stderr.write(`sidepool: ${msg}\nrun "sidepool --help" for usage\n`);
+    .fail((msg: string | undefined, err: Error | undefined) => {
+      // yargs's own usage errors (a flag without its value) come as a YError.
+      if (err && err.name !== 'YError') throw err;
+      // yargs says "Not enough arguments following: max-size"; name the flag as typed.
+      const text = (msg ?? err?.message ?? '').replace(
+        /^Not enough arguments following: (\S+)$/,
+        '--$1 needs a value',
+      );
+      process.stderr.write(`sidepool: ${text}\nrun "sidepool --help" for usage\n`);
       code = EXIT_CONFIG;
     })
     .help()

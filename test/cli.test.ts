@@ -31,6 +31,44 @@ void t.test('--version and --help', async (t) => {
   );
 });
 
+void t.test("--help shows each flag's default, within 100 columns, no word cut", async (t) => {
+  const top = await runCli(['--help']);
+  // Not a terminal here: the width is 100, and a command's description is never cut.
+  for (const line of top.stdout.split('\n')) t.ok(line.length <= 100, `fits: ${line}`);
+  t.match(top.stdout, /sidepool demo +start a TLS upstream .* show what warm links save\n/);
+  const run = await runCli(['run', '--help']);
+  for (const line of run.stdout.split('\n')) t.ok(line.length <= 100, `fits: ${line}`);
+  const text = run.stdout.replace(/\s+/g, ' ');
+  t.match(text, /--mode .*?\[default: tcp\]/, '--mode');
+  t.match(text, /--min-idle .*?\[default: 4, or --max-size if smaller\]/, '--min-idle');
+  t.match(text, /--max-size .*?\[default: 64\]/, '--max-size');
+  t.match(text, /--admin .*?\[default: 127\.0\.0\.1:9901\]/, '--admin says it opens one');
+  t.match(text, /--log-level .*?\[default: info\]/, '--log-level');
+  t.match(text, /--workers .*?\[default: 1\]/, '--workers');
+});
+
+void t.test('a flag error names the flag', async (t) => {
+  const route = ['--listen', '127.0.0.1:1', '--upstream', '127.0.0.1:2'];
+  const cases: Array<[string[], RegExp]> = [
+    [['--listen', '127.0.0.1:1'], /^ {2}--upstream: is required with --listen/m],
+    [['--upstream', '127.0.0.1:1'], /^ {2}--listen: is required with --upstream/m],
+    [[...route, '--max-size'], /--max-size needs a value/],
+    [[...route, '--max-size', 'abc'], /^ {2}--max-size: expected a whole number/m],
+    [[...route, '--max-size', '1e300'], /^ {2}--max-size: must be at most 65535/m],
+    [[...route, '--min-idle', '-1'], /^ {2}--min-idle: must be at least 0/m],
+    [[...route, '--mode', 'mysql'], /^ {2}--mode: expected one of/m],
+    [[...route, '--admin', 'nope'], /^ {2}--admin: expected host:port/m],
+    [[...route, '--log-level', 'loud'], /^ {2}--log-level: expected one of/m],
+    [[...route, '--workers', '0'], /^ {2}--workers: must be at least 1/m],
+    [['--listen', 'nope', '--upstream', '127.0.0.1:2'], /^ {2}--listen: expected host:port/m],
+  ];
+  for (const [args, error] of cases) {
+    const result = await runCli(['check', ...args]);
+    t.equal(result.code, 2, `${args.join(' ')}: exit 2`);
+    t.match(result.stderr, error, `${args.join(' ')}: names the flag`);
+  }
+});
+
 void t.test('check prints the effective config and exits 0', async (t) => {
   const path = await configFile(
     'routes:\n  - listen: 127.0.0.1:6380\n    upstream: redis.internal:6379\n',

@@ -129,11 +129,58 @@ export async function loadConfig(
       },
     ]);
   }
-  const config = parseConfig(applyFlags(raw, flags));
-  // What binding would find: listen names resolved, unix socket directories.
-  const issues = await bindingIssues(bindingsOf(config));
-  if (issues.length > 0) throw new ConfigError(issues);
-  return config;
+  const input = applyFlags(raw, flags);
+  try {
+    const config = parseConfig(input);
+    // What binding would find: listen names resolved, unix socket directories.
+    const issues = await bindingIssues(bindingsOf(config));
+    if (issues.length > 0) throw new ConfigError(issues);
+    return config;
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    throw new ConfigError(
+      err.issues.map((issue) => namingFlags(issue, flags, input)),
+      { cause: err },
+    );
+  }
+}
+
+/**
+ * A problem with a value a flag gave names the flag (`--max-size: must be at most 65535
+ * (routes[0].pool.maxSize)`), and a route the flags define but leave half-made says which
+ * flag is missing.
+ */
+export function namingFlags(issue: ConfigIssue, flags: ConfigFlags, input: unknown): ConfigIssue {
+  const routeFlags: Array<[RegExp, keyof ConfigFlags, string]> = [
+    [/^routes\[0\]\.listen$/, 'listen', '--listen'],
+    [/^routes\[0\]\.upstream(\.|$)/, 'upstream', '--upstream'],
+    [/^routes\[\d+\]\.mode$/, 'mode', '--mode'],
+    [/^routes\[\d+\]\.pool\.minIdle$/, 'minIdle', '--min-idle'],
+    [/^routes\[\d+\]\.pool\.maxSize$/, 'maxSize', '--max-size'],
+    [/^admin(\.listen)?$/, 'admin', '--admin'],
+    [/^log\.level$/, 'logLevel', '--log-level'],
+    [/^workers$/, 'workers', '--workers'],
+  ];
+  for (const [path, key, flag] of routeFlags) {
+    if (!path.test(issue.path) || flags[key] === undefined) continue;
+    return { path: flag, message: `${issue.message} (${issue.path})` };
+  }
+  // --listen without --upstream (or the reverse), and no route in the file to complete it.
+  const route = isRecord(input) && Array.isArray(input.routes) ? (input.routes[0] as unknown) : {};
+  const missing: Array<[string, keyof ConfigFlags, string, string]> = [
+    ['upstream', 'listen', '--upstream', '--listen'],
+    ['listen', 'upstream', '--listen', '--upstream'],
+  ];
+  for (const [key, given, flag, other] of missing) {
+    const absent = !isRecord(route) || route[key] === undefined;
+    if (issue.path === `routes[0].${key}` && flags[given] !== undefined && absent) {
+      return {
+        path: flag,
+        message: `is required with ${other} (or in the config file's route)`,
+      };
+    }
+  }
+  return issue;
 }
 
 /** The key that decides which routes share a pool: the same upstream addresses or DNS name. */
