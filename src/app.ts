@@ -270,7 +270,8 @@ export class App {
     }
     try {
       const next = await this.options.loadConfig();
-      const plan = planReload(this.config, next);
+      const bound = new Map([...this.routes].map(([name, route]) => [name, route.address]));
+      const plan = planReload(this.config, next, bound);
       if (plan.refusals.length > 0) throw new ConfigError(plan.refusals);
       await this.applyPlan(next, plan);
       this.metrics.configReloads.inc({ result: 'success' });

@@ -290,3 +290,20 @@ void t.test('top level: log level in place, drain in force, the rest refused by 
   ]);
   t.end();
 });
+
+void t.test('a route on port 0, named by the port it was given, is the same route', (t) => {
+  const running = config([{ ...A, listen: '127.0.0.1:0' }]);
+  const next = config([{ ...A, listen: '127.0.0.1:41234', pool: { maxSize: 8 } }]);
+  t.same(planReload(running, next, new Map([['a', '127.0.0.1:41234']])), {
+    refusals: [],
+    prepare: [],
+    commit: [{ kind: 'resize-pool', key: '10.0.0.1:6379', route: 'a', changed: ['pool.maxSize'] }],
+  });
+  // Bound elsewhere: another address, a route of its own.
+  const elsewhere = planReload(running, next, new Map([['a', '127.0.0.1:50000']]));
+  t.same(
+    elsewhere.prepare.map((s) => s.kind),
+    ['build-route', 'bind'],
+  );
+  t.end();
+});

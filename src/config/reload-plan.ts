@@ -87,7 +87,17 @@ type PlannedConfig = Pick<Config, 'admin' | 'log' | 'drain' | 'workers'> & {
   routes: readonly RouteConfig[];
 };
 
-export function planReload(running: PlannedConfig, next: PlannedConfig): ReloadPlan {
+/**
+ * `bound`: where each running route (by name) is bound, for routes configured on port 0.
+ * A new config that names the port such a route was given (`127.0.0.1:0` running, bound
+ * to 127.0.0.1:41234, and `127.0.0.1:41234` in the new config) keeps it: no change.
+ */
+export function planReload(
+  runningConfig: PlannedConfig,
+  next: PlannedConfig,
+  bound: ReadonlyMap<string, string> = new Map(),
+): ReloadPlan {
+  const running = withBoundPorts(runningConfig, next, bound);
   const refusals = topLevelRefusals(running, next);
   const prepare: PrepareStep[] = [];
   const commit: CommitStep[] = [];
@@ -172,6 +182,24 @@ export function planReload(running: PlannedConfig, next: PlannedConfig): ReloadP
   if (next.log.level !== running.log.level)
     commit.push({ kind: 'log-level', level: next.log.level });
   return { refusals, prepare, commit };
+}
+
+/** The running config, with a port-0 listen the new config names by its bound port replaced. */
+function withBoundPorts(
+  running: PlannedConfig,
+  next: PlannedConfig,
+  bound: ReadonlyMap<string, string>,
+): PlannedConfig {
+  const nextListen = new Map(next.routes.map((r) => [r.name, r.listen]));
+  const routes = running.routes.map((route) => {
+    const address = listenAddress(route.listen);
+    const wanted = nextListen.get(route.name);
+    const at = bound.get(route.name);
+    if (address.kind !== 'tcp' || address.port !== 0 || wanted === undefined || at === undefined)
+      return route;
+    return formatAddress(listenAddress(wanted)) === at ? { ...route, listen: wanted } : route;
+  });
+  return { ...running, routes };
 }
 
 /** Each destination key, with the first route (in config order) that dials it. */
