@@ -62,7 +62,8 @@ void t.test('the rule: by key name, wherever the key sits', (t) => {
         {
           upstream: { tls: { cert: '/c.pem', key: '[redacted]' } },
           postgres: { user: 'app', authFile: '[redacted]', password: '[redacted]' },
-          redis: { auth: '[redacted]' },
+          // An object under a secret key keeps its keys; their values follow the rule.
+          redis: { auth: { username: 'u', passwordFile: '[redacted]' } },
         },
       ],
     },

@@ -23,15 +23,27 @@ export function isSecretKey(key: string): boolean {
   return SECRET_KEYS.has(key) || SECRET_NAME.test(key);
 }
 
-/** A copy of `value` with the value of every secret key (see above) replaced. */
+/**
+ * A copy of `value` with the value of every secret key (see above) replaced. A secret key
+ * whose value is an object (`redis.auth: { username, passwordFile }`) keeps its keys, so
+ * that `/config` still says which settings are in force, and their values are redacted by
+ * the same rule.
+ */
 export function redact(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(redact);
-  if (typeof value === 'object' && value !== null) {
+  if (isPlainObject(value)) {
     return Object.fromEntries(
-      Object.entries(value).map(([k, v]) => [k, isSecretKey(k) ? REDACTED : redact(v)]),
+      Object.entries(value).map(([k, v]) => [
+        k,
+        isSecretKey(k) && !isPlainObject(v) ? REDACTED : redact(v),
+      ]),
     );
   }
   return value;
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
 /**
