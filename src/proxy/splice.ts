@@ -266,6 +266,9 @@ export class Splice {
     const sent = this.unanswered;
     if (sent === undefined || this.done || this.downClosed || this.down.destroyed) return false;
     this.unanswered = undefined;
+    // The app said nothing and half-closed: the upstream's close answers that FIN, and
+    // another link would answer it the same way.
+    if (sent.bytes === 0 && sent.ended) return false;
     if (performance.now() - this.replayFrom > REPLAY_WINDOW_MS) return false;
     this.done = true;
     this.stopRelaying();
