@@ -33,6 +33,9 @@ const POOL = 10;
 const CLIENTS = 50;
 const USER = 'bench';
 const PASSWORD = 'bench-secret';
+/** Warm-up per client: (a) transactions on one connection, (b) connections. */
+const WARM_UP_TRANSACTIONS = 200;
+const WARM_UP_CONNECTIONS = 4;
 
 const asPostgres = (args, timeoutMs = 120_000) =>
   runCommand('postgres', 'runuser', ['-u', 'postgres', '--', ...args], { timeoutMs });
@@ -220,8 +223,11 @@ async function startSidepoolPg(ctx, cluster, mode) {
   return { port, pid: child.pid, stop: () => child.stop(5000) };
 }
 
-/** One pgbench run; samples backends meanwhile. Returns { tps, cpuUsPerTx, maxBackends, failed }. */
-async function pgbench(ctx, cluster, target, args, seconds) {
+/**
+ * One pgbench run of `seconds` (or, with `transactions`, of that many per client, as a
+ * warm-up does); samples backends meanwhile. Returns { tps, cpuUsPerTx, maxBackends, failed }.
+ */
+async function pgbench(ctx, cluster, target, args, seconds, transactions) {
   let maxBackends = 0;
   let sampling = true;
   // A proxy's backends are its connections to the server; direct, the server's own count.
@@ -244,8 +250,7 @@ async function pgbench(ctx, cluster, target, args, seconds) {
       String(CLIENTS),
       '-j',
       '2',
-      '-T',
-      String(seconds),
+      ...(transactions === undefined ? ['-T', String(seconds)] : ['-t', String(transactions)]),
       '-h',
       HOST,
       '-p',
@@ -255,11 +260,15 @@ async function pgbench(ctx, cluster, target, args, seconds) {
       ...args,
       USER,
     ],
-    { env: { PGPASSWORD: PASSWORD }, timeoutMs: (seconds + 60) * 1000 },
+    { env: { PGPASSWORD: PASSWORD }, timeoutMs: (seconds + 120) * 1000 },
   );
   const cpuAfter = target.pid === undefined ? null : await cpuSeconds(target.pid);
   sampling = false;
   await sampler;
+  fs.appendFileSync(
+    path.join(ctx.tmp, `pgbench-${target.name}.log`),
+    `\n## pgbench ${args.join(' ')} ${transactions === undefined ? `-T ${seconds}` : `-t ${transactions}`} (exit ${result.code})\n${result.stdout}${result.stderr}`,
+  );
   const tps = Number(/tps = ([\d.]+)/.exec(result.stdout)?.[1] ?? NaN);
   const txs = Number(
     /number of transactions actually processed: (\d+)/.exec(result.stdout)?.[1] ?? NaN,
@@ -345,16 +354,24 @@ export default {
         ...(await startSidepoolPg(ctx, cluster, 'tcp')),
       };
       const names = Object.keys(targets);
-      // Each target gets a warm-up (not recorded): pools filled (sidepool warms a SCRAM
-      // verifier's pool after its first client), and V8's JIT past its first seconds.
-      for (const name of names) {
-        say(`  w8 warm-up: ${name}`);
-        await pgbench(ctx, cluster, targets[name], [], ctx.quick ? 2 : 5);
-      }
       const loads = [
-        { metric: `(a) ${CLIENTS} clients, persistent`, args: [] },
-        { metric: `(b) ${CLIENTS} clients, -C`, args: ['-C'] },
+        { metric: `(a) ${CLIENTS} clients, persistent`, args: [], warmUp: WARM_UP_TRANSACTIONS },
+        { metric: `(b) ${CLIENTS} clients, -C`, args: ['-C'], warmUp: WARM_UP_CONNECTIONS },
       ];
+      // Each target gets a warm-up of each load (not recorded), counted in transactions, not
+      // seconds: pools filled (sidepool warms a SCRAM verifier's pool after its first
+      // client), and V8's JIT past its first few thousand transactions. A warm-up of a few
+      // seconds was spent on the 50 clients' SCRAM logins alone on a loaded machine, so the
+      // first measured run was sidepool's unoptimised code (0.03x PgBouncer in one
+      // --quick run, 1.4x once warm in the same conditions).
+      for (const name of names) {
+        for (const load of loads) {
+          // Direct has nothing to warm, and a new backend per connection is slow to warm up.
+          if (name === 'direct' && load.args.includes('-C')) continue;
+          say(`  w8 warm-up: ${name} ${load.metric}`);
+          await pgbench(ctx, cluster, targets[name], load.args, 0, load.warmUp);
+        }
+      }
       for (let run = 0; run < ctx.runs; run++) {
         for (const load of loads) {
           for (const name of rotate(names, run)) {
@@ -409,12 +426,16 @@ export default {
           notes: [
             `pgbench -n -S -c ${CLIENTS} -j 2 -T ${seconds}, pool of ${POOL} backends (PgBouncer default_pool_size, sidepool maxSize); sidepool tcp mode has one backend per client (maxSize 256)`,
             'the ratio columns use the tables sidepool ÷ haproxy slot for nothing: see the PgBouncer ratio table',
+            `each target is warmed first with each load, counted in transactions (${WARM_UP_TRANSACTIONS} per client persistent, ${WARM_UP_CONNECTIONS} connections per client with -C; the proxies only), not recorded`,
+            "tps is pgbench's, without its initial connection time (50 SCRAM logins per run)",
           ],
         },
         {
           title: '8b. Proxy CPU µs per transaction (median, max over runs)',
           text: perTarget(cpu, 1),
-          notes: [],
+          notes: [
+            'user + system CPU of the proxy over the whole pgbench run, its 50 client logins included, divided by the transactions',
+          ],
         },
         {
           title: '8c. Backends in pg_stat_activity during each run (median, max over runs)',
