@@ -9,6 +9,11 @@ import {
   sync,
 } from '../src/proxy/postgres/messages.js';
 import { OutstandingQueue } from '../src/proxy/postgres/outstanding.js';
+import {
+  BackendStatements,
+  ClientStatements,
+  StatementRegistry,
+} from '../src/proxy/postgres/prepared.js';
 import { sessionEffect } from '../src/proxy/postgres/sql.js';
 
 type Event = [string, number, string];
@@ -237,5 +242,72 @@ void t.test('session effects of SQL', (t) => {
   t.equal(pin("SELECT set_config('request.jwt', 'x', true)"), undefined);
   t.equal(pin('BEGIN; SELECT 1; SET search_path = x; COMMIT'), 'set');
   t.equal(pin("SELECT \"LISTEN\" FROM t; select E'\\' LISTEN'"), undefined);
+  t.end();
+});
+
+void t.test('the outstanding queue tells each request what became of it', (t) => {
+  const q = new OutstandingQueue();
+  const told: string[] = [];
+  const tell = (what: string) => (ok: boolean) => told.push(`${what}:${ok}`);
+  q.push(Code.Close, 'answer', Buffer.alloc(0), tell('close'));
+  q.push(Code.Parse, 'forward', undefined, tell('parse'));
+  q.push(Code.Bind, 'forward', undefined, tell('bind'));
+  q.push(Code.Sync);
+  q.push(Code.Parse, 'swallow', undefined, tell('injected'));
+  q.push(Code.Sync);
+  q.reply(Code.ReadyForQuery); // the answer, popped as the session does
+  q.reply(Code.ErrorResponse); // the Parse failed: the Bind is skipped
+  t.same(told, ['close:true', 'bind:false', 'parse:false'], 'skipped ones undone last first');
+  q.reply(Code.ReadyForQuery);
+  q.reply(Code.ParseComplete);
+  t.same(told.at(-1), 'injected:true');
+  q.reply(Code.ReadyForQuery);
+  t.ok(q.isEmpty);
+  // Pushed while the server skips to Sync: never sent a reply, undone at once.
+  q.push(Code.Parse);
+  q.reply(Code.ErrorResponse);
+  t.ok(q.isSkipping);
+  q.push(Code.Parse, 'forward', undefined, tell('late'));
+  t.same(told.at(-1), 'late:false');
+  t.end();
+});
+
+void t.test('prepared statements: one shared name per text, caps, and the backend LRU', (t) => {
+  t.equal(sessionEffect('DEALLOCATE ALL')?.dropsStatements, true);
+  t.equal(sessionEffect('deallocate prepare all')?.dropsStatements, true);
+  t.equal(sessionEffect('DISCARD ALL')?.dropsStatements, true);
+  t.equal(sessionEffect('DEALLOCATE q'), undefined);
+  const registry = new StatementRegistry(10_000);
+  const a = new ClientStatements(registry, 5_000);
+  const b = new ClientStatements(registry, 5_000);
+  const body = (sql: string) => Buffer.from(`${sql}\0\0\0`, 'latin1');
+  const sa = a.record('q', body('SELECT 1'));
+  const sb = b.record('other', body('SELECT 1'));
+  t.equal(sa, sb, 'the same text and types share one statement');
+  const sc = b.record('q', body('SELECT 2'));
+  t.not(sc, sa, 'one name, another text: another statement');
+  t.equal(registry.size, 2);
+  a.clear();
+  t.equal(registry.size, 2, 'still used by b');
+  b.clear();
+  t.equal(registry.size, 0);
+  t.equal(registry.bytes, 0);
+  t.equal(a.record('big', body('x'.repeat(6_000))), 'client_bytes');
+  const c = new ClientStatements(registry, 100_000);
+  t.equal(c.record('huge', body('y'.repeat(20_000))), 'total_bytes');
+  t.equal(registry.bytes, 0, 'nothing kept for refused statements');
+
+  const count = { onBackends: 0 };
+  const lru = new BackendStatements();
+  lru.countIn(count);
+  t.same(lru.add('s1', 2), []);
+  t.same(lru.add('s2', 2), []);
+  t.ok(lru.use('s1'), 's1 used: now the most recent');
+  t.same(lru.add('s3', 2), ['s2'], 'the least recently used goes');
+  t.equal(count.onBackends, 2);
+  lru.restore('s2');
+  t.equal(count.onBackends, 3);
+  lru.clear();
+  t.equal(count.onBackends, 0);
   t.end();
 });

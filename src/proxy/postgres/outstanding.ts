@@ -15,7 +15,13 @@ export interface Outstanding {
   readonly code: number;
   readonly action: ReplyAction;
   /** For `answer`: the bytes sent to the client in place of the server's reply. */
-  readonly answer?: Buffer;
+  readonly answer?: Buffer | undefined;
+  /**
+   * Told once what became of the request: true when its reply completed it, false when the
+   * server skipped it (an earlier error in its pipeline) or it failed. How prepared
+   * statements recorded when the request was sent are undone.
+   */
+  readonly done?: ((ok: boolean) => void) | undefined;
 }
 
 /** What a backend message means for the queue. */
@@ -54,17 +60,32 @@ export class OutstandingQueue {
     return this.head >= this.items.length;
   }
 
+  /** Whether the server is skipping requests to the next Sync (after an error). */
+  get isSkipping(): boolean {
+    return this.skippingToSync;
+  }
+
   /** A request the client sent (or sidepool injected). */
-  push(code: number, action: ReplyAction = 'forward', answer?: Buffer): void {
+  push(
+    code: number,
+    action: ReplyAction = 'forward',
+    answer?: Buffer,
+    done?: (ok: boolean) => void,
+  ): void {
     if (code === Code.Sync) {
       if (this.copyInByExecute) return;
       this.skippingToSync = false;
-      this.items.push(action === 'forward' ? FORWARD_SYNC : { code, action, answer });
+      this.items.push(action === 'forward' ? FORWARD_SYNC : { code, action, answer, done });
       return;
     }
-    if (this.skippingToSync) return;
+    if (this.skippingToSync) {
+      done?.(false);
+      return;
+    }
     this.items.push(
-      code === Code.Query && action === 'forward' ? FORWARD_QUERY : { code, action, answer },
+      code === Code.Query && action === 'forward' && done === undefined
+        ? FORWARD_QUERY
+        : { code, action, answer, done },
     );
   }
 
@@ -127,6 +148,7 @@ export class OutstandingQueue {
   private shift(): Outstanding | undefined {
     const item = this.items[this.head];
     this.head++;
+    item?.done?.(true);
     if (this.head === this.items.length) {
       this.items.length = 0;
       this.head = 0;
@@ -140,9 +162,12 @@ export class OutstandingQueue {
   /** The server skips to the next Sync: drop the requests before it. */
   private failExtended(): Outstanding | undefined {
     const failed = this.items[this.head];
+    const from = this.head;
     while (this.head < this.items.length && this.items[this.head]?.code !== Code.Sync) {
       this.head++;
     }
+    // Undone last first: a Close then a Parse of one name must leave the Close's state.
+    for (let i = this.head - 1; i >= from; i--) this.items[i]?.done?.(false);
     if (this.head >= this.items.length) {
       this.items.length = 0;
       this.head = 0;

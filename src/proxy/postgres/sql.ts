@@ -39,6 +39,8 @@ export interface SessionEffect {
   pin?: { reason: PinReason; statement: string } | undefined;
   /** RESET ALL or DISCARD ALL: the backend's parameters went back to their defaults. */
   resetsParameters?: boolean;
+  /** DISCARD ALL or DEALLOCATE [PREPARE] ALL: the session's prepared statements are gone. */
+  dropsStatements?: boolean;
 }
 
 const TRIGGER =
@@ -93,6 +95,7 @@ export function sessionEffect(sql: string): SessionEffect | undefined {
     const pin = classify(statement);
     if (pin !== undefined && effect.pin === undefined) effect.pin = pin;
     if (resetsAll(statement)) effect.resetsParameters = true;
+    if (dropsAll(statement)) effect.dropsStatements = true;
     statement = new Statement();
   };
   for (const token of tokens(sql)) {
@@ -140,7 +143,11 @@ export function sessionEffect(sql: string): SessionEffect | undefined {
     effect.pin = { reason: 'set', statement: 'set_config(…)' };
   }
   finish();
-  return effect.pin === undefined && effect.resetsParameters !== true ? undefined : effect;
+  return effect.pin === undefined &&
+    effect.resetsParameters !== true &&
+    effect.dropsStatements !== true
+    ? undefined
+    : effect;
 }
 
 function isTrue(token: string): boolean {
@@ -150,6 +157,12 @@ function isTrue(token: string): boolean {
 function resetsAll(s: Statement): boolean {
   const [a, b] = s.words;
   return (a === 'reset' || a === 'discard') && b === 'all';
+}
+
+function dropsAll(s: Statement): boolean {
+  const [a, b, c] = s.words;
+  if (a === 'discard') return b === 'all';
+  return a === 'deallocate' && (b === 'all' || (b === 'prepare' && c === 'all'));
 }
 
 function classify(s: Statement): SessionEffect['pin'] {
