@@ -205,8 +205,8 @@ for (const [reason, statement, probe] of PINS) {
   );
 }
 
-void t.test('a named Parse pins (prepared) until prepared statements are pooled', async (t) => {
-  const proxy = await proxyFor(t, {}, 2);
+void t.test('with maxPreparedStatements: 0 a named Parse pins (prepared)', async (t) => {
+  const proxy = await proxyFor(t, { maxPreparedStatements: 0 }, 2);
   const sql = postgres({
     host: '127.0.0.1',
     port: proxy.port,

@@ -362,6 +362,23 @@ export const postgresSchema = z
     queryTimeout: duration.default(0),
     /** A client idle between transactions longer than this is disconnected; 0 = never. */
     clientIdleTimeout: duration.default(0),
+    /**
+     * Transaction pooling: named prepared statements kept per backend (an LRU); clients
+     * with them share backends. 0 turns it off: a named Parse pins the client instead.
+     */
+    maxPreparedStatements: z.number().int().min(0).max(100_000).default(200),
+    /** Bytes of prepared statement text (and types) kept for all clients of the route. */
+    maxPreparedStatementBytes: z
+      .number()
+      .int()
+      .min(1024)
+      .default(64 * 1024 * 1024),
+    /** Bytes of prepared statement text (and types) one client may keep. */
+    maxClientPreparedStatementBytes: z
+      .number()
+      .int()
+      .min(1024)
+      .default(8 * 1024 * 1024),
   })
   .superRefine((value, ctx) => {
     if (value.authType !== 'trust' && value.authFile === undefined) {

@@ -6,6 +6,7 @@ import { Framer, type FrameSink } from './framer.js';
 import { loginOf } from './login.js';
 import { BodyReader, Code, extendedQuery, query, readFields, type TxStatus } from './messages.js';
 import { OutstandingQueue, type Outstanding } from './outstanding.js';
+import { BackendStatements } from './prepared.js';
 
 /** Backend messages decoded whole; the rest stream through. */
 const DECODED = new Set<number>([
@@ -63,6 +64,8 @@ export class Backend {
    */
   readonly applied = new Map<string, string>();
   readonly queue = new OutstandingQueue();
+  /** Shared prepared statements on this backend (transaction pooling). */
+  readonly statements = new BackendStatements();
   status: TxStatus = 'I';
   /** When it last went back to the pool, for checkAfter. */
   releasedAt = Date.now();
@@ -81,6 +84,8 @@ export class Backend {
       decode: (code) => DECODED.has(code),
       maxDecoded: MAX_DECODED,
     });
+    // Its statements leave its pool's count with it.
+    this.socket.once('close', () => this.statements.clear());
   }
 
   /** The backend state of a pooled link, made on its first lease. */

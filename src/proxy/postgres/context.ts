@@ -5,6 +5,7 @@ import type { Pool, Waiter } from '../../pool/pool.js';
 import type { Route } from '../route.js';
 import type { Credentials } from './auth/credentials.js';
 import type { BackendConnector } from './login.js';
+import type { StatementCount, StatementRegistry } from './prepared.js';
 import type { PinReason } from './sql.js';
 import type { AuthFailure, PgObserver } from './metrics.js';
 import type tls from 'node:tls';
@@ -23,6 +24,8 @@ export interface PgPool {
   readonly observer: PgObserver;
   /** Clients by state, for metrics and /pools. */
   readonly clients: Record<ClientCount, number>;
+  /** Shared prepared statements on this pool's backends. */
+  readonly prepared: StatementCount;
   /** Links leased as something other than a client's (login, checks, resets), for metrics. */
   lastUsedAt: number;
 }
@@ -33,6 +36,8 @@ export interface PgContext {
   readonly settings: PostgresConfig;
   readonly log: Logger;
   readonly credentials: Credentials;
+  /** The route's shared prepared statements (transaction pooling). */
+  readonly statements: StatementRegistry;
   /** TLS for clients that send SSLRequest, when the route has `tls`. */
   readonly tls: tls.SecureContext | undefined;
   readonly unixListener: boolean;

@@ -23,6 +23,12 @@ export interface PgObserver {
   waited(seconds: number): void;
   pinned(reason: PinReason): void;
   authFailed(reason: AuthFailure): void;
+  /** A Parse sent upstream for a named statement (the client's or one sidepool injected). */
+  prepareSent(): void;
+  /** A client's named Parse answered from the backend's list, not sent. */
+  prepareSaved(): void;
+  /** A statement closed on a backend to keep its list within maxPreparedStatements. */
+  preparedEvicted(): void;
 }
 
 /** What the gauges read at scrape time. */
@@ -30,6 +36,8 @@ export interface PgPoolGauges {
   labels: { route: string; database: string; user: string };
   clients: Record<'active' | 'waiting' | 'idle', number>;
   backends: Record<'active' | 'idle' | 'used' | 'login', number>;
+  /** Shared prepared statements on the pool's backends, summed. */
+  preparedStatements: number;
 }
 
 const WAIT_BUCKETS = [0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -48,6 +56,9 @@ class PgFamilies {
   readonly pins: CounterFamily;
   readonly authFailures: CounterFamily;
   readonly protocolErrors: CounterFamily;
+  readonly preparesSent: CounterFamily;
+  readonly preparesSaved: CounterFamily;
+  readonly preparedEvictions: CounterFamily;
   readonly waitSeconds: HistogramFamily;
   readonly transactionSeconds: HistogramFamily;
 
@@ -77,6 +88,31 @@ class PgFamilies {
       'Connections closed for bytes that break the PostgreSQL protocol, by side: client, server.',
       registry,
     );
+    this.preparesSent = new CounterFamily(
+      'sidepool_postgres_prepares_sent_total',
+      'Parse messages of named statements sent to backends (transaction pooling with maxPreparedStatements): a client Parse the backend lacked, or one injected before a Bind or Describe.',
+      registry,
+    );
+    this.preparesSaved = new CounterFamily(
+      'sidepool_postgres_prepares_saved_total',
+      'Client Parse messages of named statements answered by sidepool because the backend had the statement already.',
+      registry,
+    );
+    this.preparedEvictions = new CounterFamily(
+      'sidepool_postgres_prepared_evictions_total',
+      'Statements closed on a backend to keep it within maxPreparedStatements (least recently used first).',
+      registry,
+    );
+    const prepared: Gauge = new Gauge({
+      name: 'sidepool_postgres_prepared_statements',
+      help: "Shared prepared statements on a pool's backends, summed over its backends.",
+      labelNames: ['route', 'database', 'user'] as const,
+      registers: [registry],
+      collect: () => {
+        prepared.reset();
+        for (const g of this.readings()) prepared.set(g.labels, g.preparedStatements);
+      },
+    });
     this.waitSeconds = new HistogramFamily(
       'sidepool_postgres_client_wait_seconds',
       'Time a client waited for a backend when it began a transaction (or its session).',
@@ -177,6 +213,9 @@ export class PgMetrics {
     const queries = f.queries.series(labels);
     const wait: HotHistogram = f.waitSeconds.series(labels);
     const transactionSeconds: HotHistogram = f.transactionSeconds.series(labels);
+    const sent = f.preparesSent.series(labels);
+    const saved = f.preparesSaved.series(labels);
+    const evicted = f.preparedEvictions.series(labels);
     const pins = new Map(
       PIN_REASONS.map((reason) => [reason, f.pins.series({ ...labels, reason })]),
     );
@@ -195,6 +234,15 @@ export class PgMetrics {
         pins.get(reason)?.inc();
       },
       authFailed: (reason) => this.authFailed(database, user, reason),
+      prepareSent() {
+        sent.inc();
+      },
+      prepareSaved() {
+        saved.inc();
+      },
+      preparedEvicted() {
+        evicted.inc();
+      },
     };
   }
 

@@ -13,6 +13,7 @@ import type { CancelTarget, PgContext, PgPool } from './context.js';
 import { BackendConnector, connectBackend } from './login.js';
 import { cancelRequest } from './messages.js';
 import { PgMetrics, type PgPoolGauges } from './metrics.js';
+import { StatementRegistry } from './prepared.js';
 import { PgSession } from './session.js';
 
 /** How often pools made on first use are checked for disuse. */
@@ -74,6 +75,7 @@ class PostgresMode implements RouteMode {
       settings: this.settings,
       log: ctx.log,
       credentials: this.credentials,
+      statements: new StatementRegistry(this.settings.maxPreparedStatementBytes),
       get tls(): tls.SecureContext | undefined {
         return material?.context;
       },
@@ -186,6 +188,7 @@ class PostgresMode implements RouteMode {
         params: undefined,
         observer: this.metrics.observer(database, user),
         clients: { active: 0, waiting: 0, idle: 0 },
+        prepared: { onBackends: 0 },
         lastUsedAt: Date.now(),
         started: false,
         configured: false,
@@ -303,6 +306,7 @@ class PostgresMode implements RouteMode {
       labels: { route: this.ctx.route.name, database: pgPool.database, user: pgPool.user },
       clients: { ...pgPool.clients },
       backends: { active: s.active, idle: s.idle - used, used, login: s.connecting },
+      preparedStatements: pgPool.prepared.onBackends,
     };
   }
 }

@@ -22,14 +22,26 @@ import {
   authentication,
   backendKeyData,
   errorResponse,
+  message,
   negotiateProtocolVersion,
+  readFields,
   parameterStatus,
+  query,
   readStartup,
   readyForQuery,
   type ErrorFields,
 } from './messages.js';
 import type { Outstanding } from './outstanding.js';
 import { clientParameters, setParametersSql } from './params.js';
+import {
+  ClientStatements,
+  readBindStatement,
+  readParse,
+  readTarget,
+  targetMessage,
+  withName,
+  type SharedStatement,
+} from './prepared.js';
 import { sessionEffect, type PinReason } from './sql.js';
 import type { AuthFailure } from './metrics.js';
 
@@ -66,6 +78,12 @@ const DECODED = new Set<number>([
   Code.CopyFail,
   Code.Password,
 ]);
+/** Messages that name a prepared statement: decoded whole when statements are pooled. */
+const STATEMENT_CODES = new Set<number>([Code.Bind, Code.Describe, Code.Close]);
+const PARSE_COMPLETE = message(Code.ParseComplete);
+const CLOSE_COMPLETE = message(Code.CloseComplete);
+/** The kind byte of Describe and Close that names a statement (not a portal). */
+const STATEMENT_KIND = 0x53; // S
 /** Frontend message types: requests (answered) and the rest. */
 const REQUESTS = new Set<number>([
   Code.Query,
@@ -122,6 +140,19 @@ export class PgSession implements Session, CancelTarget {
   private swallowing = false;
   /** After a refused Parse (onSessionState: error): drop client messages until Sync. */
   private skippingToSync = false;
+  /**
+   * Named prepared statements are pooled (transaction pooling, maxPreparedStatements > 0):
+   * this client's names. Undefined: they are forwarded as they are (and pin).
+   */
+  private readonly statements: ClientStatements | undefined;
+  /** Client names whose Parse has no reply yet, with the count of Syncs sent before it. */
+  private readonly pending = new Map<string, { syncs: number }>();
+  /** Syncs the client sent. */
+  private syncs = 0;
+  /** A client message waits for the reply to the Parse of this name (see mustWait). */
+  private waitingFor: string | undefined;
+  /** A streamed backend message is being relayed: nothing of ours may go in between. */
+  private backendStreaming = false;
   private bytesUpBefore = 0;
   private bytesDownBefore = 0;
   private readonly startedAt = performance.now();
@@ -132,6 +163,11 @@ export class PgSession implements Session, CancelTarget {
     socket: Socket,
   ) {
     this.socket = socket;
+    const settings = ctx.settings;
+    this.statements =
+      settings.poolMode === 'transaction' && settings.maxPreparedStatements > 0
+        ? new ClientStatements(ctx.statements, settings.maxClientPreparedStatementBytes)
+        : undefined;
     this.framer = this.startupFramer();
   }
 
@@ -239,7 +275,10 @@ export class PgSession implements Session, CancelTarget {
         streamEnd: () => {},
       },
       {
-        decode: (code) => DECODED.has(code) || this.state !== 'bound',
+        decode: (code) =>
+          DECODED.has(code) ||
+          this.state !== 'bound' ||
+          (this.statements !== undefined && STATEMENT_CODES.has(code)),
         maxDecoded: MAX_DECODED,
         untypedFirst: true,
       },
@@ -587,16 +626,15 @@ export class PgSession implements Session, CancelTarget {
           return false;
         }
         if (code === Code.Flush) return true;
+        if (code === Code.Parse && this.parseWithoutBackend(msg)) return true;
         if (code === Code.Sync && !this.skippingToSync) {
           this.socket.write(readyForQuery('I'));
           return true;
         }
         if (!this.bindForMessage()) return false;
-        this.relay(code, msg);
-        return true;
+        return this.relay(code, msg);
       case 'bound':
-        this.relay(code, msg);
-        return true;
+        return this.relay(code, msg);
       case 'ended':
         return false;
     }
@@ -626,35 +664,53 @@ export class PgSession implements Session, CancelTarget {
   }
 
   /** A whole client message while bound: note what it does, then pass it on. */
-  private relay(code: number, msg: Buffer): void {
+  private relay(code: number, received: Buffer): boolean {
+    let msg = received;
     const backend = this.backend as Backend;
-    if (this.skippingToSync && code !== Code.Sync) return;
+    if (this.skippingToSync && code !== Code.Sync) return true;
     switch (code) {
       case Code.Query: {
         const sql = msg.toString('utf8', 5, msg.length - 1);
         this.observer.query();
-        if (!this.checkSql(sql, backend, 'query')) return;
+        if (!this.checkSql(sql, backend, 'query')) return true;
         break;
       }
       case Code.Parse: {
         const r = new BodyReader(msg, 5);
         const name = r.cstring();
         const sql = r.cstring();
-        if (name !== '' && !this.noteSessionState('prepared', `Parse ${name}`, backend, 'parse')) {
-          return;
+        if (name !== '' && this.statements !== undefined) {
+          if (this.mustWait(name)) return false;
+          if (this.checkSql(sql, backend, 'parse')) this.parseNamed(backend, msg, this.statements);
+          return true;
         }
-        if (!this.checkSql(sql, backend, 'parse')) return;
+        if (name !== '' && !this.noteSessionState('prepared', `Parse ${name}`, backend, 'parse')) {
+          return true;
+        }
+        if (!this.checkSql(sql, backend, 'parse')) return true;
+        break;
+      }
+      case Code.Bind:
+      case Code.Describe:
+      case Code.Close: {
+        const statements = this.statements;
+        if (statements === undefined) break;
+        const rewritten = this.statementMessage(backend, code, msg, statements);
+        if (rewritten === 'wait') return false;
+        if (rewritten === undefined) return true;
+        msg = rewritten;
         break;
       }
       case Code.Sync:
         this.skippingToSync = false;
+        this.syncs++;
         break;
       case Code.Execute:
         this.observer.query();
         break;
       case Code.Terminate:
         this.leave();
-        return;
+        return true;
       case Code.CopyDone:
       case Code.CopyFail:
         backend.queue.copyInEnded();
@@ -666,11 +722,229 @@ export class PgSession implements Session, CancelTarget {
     }
     if (REQUESTS.has(code)) this.enqueue(backend, code);
     backend.write(msg);
+    return true;
   }
 
-  private enqueue(backend: Backend, code: number): void {
+  private enqueue(
+    backend: Backend,
+    code: number,
+    action: 'forward' | 'swallow' | 'answer' = 'forward',
+    answer?: Buffer,
+    done?: (ok: boolean) => void,
+  ): void {
     if (backend.queue.isEmpty) this.armTimer();
-    backend.queue.push(code);
+    backend.queue.push(code, action, answer, done);
+  }
+
+  // ── pooled prepared statements ──────────────────────────────────────────
+
+  /**
+   * A client's named Parse: recorded in its map, then sent under the shared name if the
+   * backend lacks the statement, else answered here (in order). Undone if the server
+   * refuses or skips it.
+   */
+  private parseNamed(backend: Backend, msg: Buffer, statements: ClientStatements): void {
+    const { name, rest } = readParse(msg);
+    if (statements.has(name)) {
+      this.refuseInOrder(backend, {
+        severity: 'ERROR',
+        code: '42P05',
+        message: `prepared statement "${name}" already exists`,
+      });
+      return;
+    }
+    const recorded = statements.record(name, rest);
+    if (typeof recorded === 'string') {
+      const settings = this.ctx.settings;
+      this.refuseInOrder(backend, {
+        severity: 'ERROR',
+        code: '53400',
+        message:
+          recorded === 'client_bytes'
+            ? `sidepool: prepared statement "${name}" would take this client's prepared statements above maxClientPreparedStatementBytes (${settings.maxClientPreparedStatementBytes})`
+            : `sidepool: prepared statement "${name}" would take all clients' prepared statements above maxPreparedStatementBytes (${settings.maxPreparedStatementBytes})`,
+        hint: 'Close (DEALLOCATE) prepared statements no longer used, or raise the limit.',
+      });
+      return;
+    }
+    const shared = recorded;
+    const token = { syncs: this.syncs };
+    this.pending.set(name, token);
+    const settle = (): void => {
+      if (this.pending.get(name) !== token) return;
+      this.pending.delete(name);
+      if (this.waitingFor === name) {
+        this.waitingFor = undefined;
+        // Not from within the backend's reply: the held message goes after it.
+        queueMicrotask(() => this.resumeClient());
+      }
+    };
+    if (backend.statements.use(shared.name)) {
+      this.observer.prepareSaved();
+      this.enqueue(backend, Code.Parse, 'answer', PARSE_COMPLETE, (ok) => {
+        if (!ok) statements.removeIf(name, shared);
+        settle();
+      });
+      this.answerQueued(backend);
+      return;
+    }
+    this.evictFor(backend, shared);
+    this.enqueue(backend, Code.Parse, 'forward', undefined, (ok) => {
+      if (ok) shared.valid = true;
+      else {
+        statements.removeIf(name, shared);
+        backend.statements.delete(shared.name);
+      }
+      settle();
+    });
+    backend.write(shared.parse);
+    this.observer.prepareSent();
+  }
+
+  /**
+   * A named Parse while no backend is bound, of a statement some backend already
+   * accepted: recorded and answered without a backend (it is prepared where the client's
+   * Bind runs). Besides saving a backend, this keeps clients that prepare synchronously
+   * while others of the same thread hold every backend in a transaction (pgbench -M
+   * prepared) from waiting on each other. False: the Parse needs a backend.
+   */
+  private parseWithoutBackend(msg: Buffer): boolean {
+    const statements = this.statements;
+    if (statements === undefined) return false;
+    const { name, rest } = readParse(msg);
+    if (name === '' || statements.has(name)) return false;
+    if (this.ctx.statements.valid(rest) === undefined) return false;
+    if (sessionEffect(new BodyReader(rest).cstring()) !== undefined) return false;
+    if (typeof statements.record(name, rest) === 'string') return false;
+    this.observer.prepareSaved();
+    this.socket.write(PARSE_COMPLETE);
+    return true;
+  }
+
+  /**
+   * Bind, Describe or Close naming a statement: the message to send in its place (the
+   * shared name; a Parse injected first when the backend lacks it), or undefined when
+   * sidepool answered it.
+   */
+  private statementMessage(
+    backend: Backend,
+    code: number,
+    msg: Buffer,
+    statements: ClientStatements,
+  ): Buffer | undefined | 'wait' {
+    let name: string;
+    let start = 0;
+    let end = 0;
+    if (code === Code.Bind) {
+      ({ name, start, end } = readBindStatement(msg));
+    } else {
+      const target = readTarget(msg);
+      if (target.kind !== STATEMENT_KIND) return msg;
+      name = target.name;
+    }
+    if (name === '') return msg;
+    if (this.mustWait(name)) return 'wait';
+    if (code === Code.Close) {
+      // Never forwarded: other clients' names may map to the same statement. PostgreSQL
+      // answers CloseComplete for a name that does not exist, and so does sidepool.
+      const old = statements.remove(name);
+      this.enqueue(
+        backend,
+        Code.Close,
+        'answer',
+        CLOSE_COMPLETE,
+        old === undefined
+          ? undefined
+          : (ok) => {
+              if (!ok) statements.restore(name, old);
+            },
+      );
+      this.answerQueued(backend);
+      return undefined;
+    }
+    const shared = statements.get(name);
+    if (shared === undefined) {
+      this.refuseInOrder(backend, {
+        severity: 'ERROR',
+        code: '26000',
+        message: `prepared statement "${name}" does not exist`,
+      });
+      return undefined;
+    }
+    if (!backend.statements.use(shared.name)) {
+      this.evictFor(backend, shared);
+      this.enqueue(backend, Code.Parse, 'swallow', undefined, (ok) => {
+        if (ok) shared.valid = true;
+        else backend.statements.delete(shared.name);
+      });
+      backend.write(shared.parse);
+      this.observer.prepareSent();
+    }
+    return code === Code.Bind
+      ? withName(msg, start, end, shared.name)
+      : targetMessage(Code.Describe, shared.name);
+  }
+
+  /**
+   * Whether a message naming `name` must wait for the reply to the client's Parse of it:
+   * a Sync went between them, so if that Parse fails the server will not skip this one,
+   * and the name must then be free (PostgreSQL's answer), which is not known yet. The
+   * client's reading pauses until the reply (the Sync makes the server send it).
+   */
+  private mustWait(name: string): boolean {
+    const pending = this.pending.get(name);
+    if (pending === undefined || pending.syncs === this.syncs) return false;
+    this.waitingFor = name;
+    return true;
+  }
+
+  /** Adds `shared` to the backend's list, closing there what falls off its end. */
+  private evictFor(backend: Backend, shared: SharedStatement): void {
+    const list = backend.statements;
+    for (const old of list.add(shared.name, this.ctx.settings.maxPreparedStatements)) {
+      this.enqueue(backend, Code.Close, 'swallow', undefined, (ok) => {
+        if (!ok) list.restore(old);
+      });
+      backend.write(targetMessage(Code.Close, old));
+      this.observer.preparedEvicted();
+    }
+  }
+
+  /**
+   * An error sidepool gives in the server's stead, in order; then, as PostgreSQL does after
+   * an error, the client's messages are skipped up to its Sync.
+   */
+  private refuseInOrder(backend: Backend, fields: ErrorFields): void {
+    this.skippingToSync = true;
+    this.enqueue(backend, Code.Parse, 'answer', errorResponse(fields));
+    this.answerQueued(backend);
+  }
+
+  /** The client dropped all its statements (DISCARD ALL, DEALLOCATE ALL). */
+  private dropStatements(backend: Backend): void {
+    this.statements?.clear();
+    // Whether the command succeeds or not, the backend ends up with none of ours.
+    backend.statements.clear();
+    backend.statements.needsReset = true;
+  }
+
+  /** An error that says the backend's statements are stale: they are dropped when idle. */
+  private noteStatementError(backend: Backend, msg: Buffer): void {
+    const fields = readFields(msg);
+    if (
+      fields.get('C') === '0A000' &&
+      fields.get('M')?.startsWith('cached plan must not change result type') === true
+    ) {
+      backend.statements.needsReset = true;
+    }
+  }
+
+  /** DEALLOCATE ALL on the backend (idle, nothing outstanding), its reply swallowed. */
+  private resetStatements(backend: Backend): void {
+    backend.statements.clear();
+    backend.statements.needsReset = false;
+    this.enqueue(backend, Code.Query, 'swallow');
+    backend.write(query('DEALLOCATE ALL'));
   }
 
   /** SQL that leaves session state pins the client (or is refused). False: not forwarded. */
@@ -678,6 +952,9 @@ export class PgSession implements Session, CancelTarget {
     const effect = sessionEffect(sql);
     if (effect === undefined) return true;
     if (effect.resetsParameters === true) backend.applied.clear();
+    if (effect.dropsStatements === true && this.statements !== undefined) {
+      this.dropStatements(backend);
+    }
     if (effect.pin === undefined) return true;
     return this.noteSessionState(effect.pin.reason, effect.pin.statement, backend, via);
   }
@@ -860,6 +1137,7 @@ export class PgSession implements Session, CancelTarget {
     if (this.ctx.settings.poolMode === 'session' && this.pin.kind === 'shared') {
       this.pin = { kind: 'pinned', reason: 'session' };
     }
+    if (this.statements !== undefined) backend.statements.countIn((this.pgPool as PgPool).prepared);
     backend.attach(this.backendSink);
   }
 
@@ -886,12 +1164,14 @@ export class PgSession implements Session, CancelTarget {
     message: (code, msg, request) => this.onBackendMessage(code, msg, request),
     streamStart: (code, _length, request) => {
       this.swallowing = request !== undefined && request.action === 'swallow';
+      this.backendStreaming = true;
     },
     streamBytes: (bytes) => {
       if (!this.swallowing) this.socket.write(bytes);
     },
     streamEnd: () => {
       this.swallowing = false;
+      this.backendStreaming = false;
       const backend = this.backend;
       if (backend?.queue.peek()?.action === 'answer') this.answerQueued(backend);
     },
@@ -905,7 +1185,17 @@ export class PgSession implements Session, CancelTarget {
 
   private onBackendMessage(code: number, msg: Buffer, request: Outstanding | undefined): void {
     const backend = this.backend as Backend;
-    if (request === undefined || request.action === 'forward') this.socket.write(msg);
+    // An injected Parse that fails fails the client's pipeline: the client sees why.
+    if (
+      request === undefined ||
+      request.action === 'forward' ||
+      (code === Code.ErrorResponse && request.code !== Code.Query)
+    ) {
+      this.socket.write(msg);
+    }
+    if (code === Code.ErrorResponse && this.statements !== undefined) {
+      this.noteStatementError(backend, msg);
+    }
     if (code === Code.ParameterStatus) {
       const r = new BodyReader(msg, 5);
       const name = r.cstring();
@@ -918,6 +1208,10 @@ export class PgSession implements Session, CancelTarget {
     }
     if (backend.queue.peek()?.action === 'answer') this.answerQueued(backend);
     if (code !== Code.ReadyForQuery || !backend.queue.isEmpty) return;
+    if (backend.statements.needsReset && backend.status === 'I') {
+      this.resetStatements(backend);
+      return;
+    }
     if (backend.status === 'I' && this.pin.kind === 'shared') {
       this.observer.transaction((performance.now() - this.boundAt) / 1000);
       this.release();
@@ -928,6 +1222,7 @@ export class PgSession implements Session, CancelTarget {
 
   /** Replies sidepool gives itself, once everything before them was forwarded. */
   private answerQueued(backend: Backend): void {
+    if (this.backendStreaming) return;
     for (let head = backend.queue.peek(); head?.action === 'answer'; head = backend.queue.peek()) {
       backend.queue.reply(Code.ReadyForQuery);
       this.socket.write(head.answer as Buffer);
@@ -1010,6 +1305,17 @@ export class PgSession implements Session, CancelTarget {
         if (reset.status !== 'I' || reset.error !== undefined)
           throw new Error('reset query failed');
         backend.applied.clear();
+        if (sessionEffect(this.ctx.settings.resetQuery)?.dropsStatements === true) {
+          backend.statements.clear();
+        }
+      }
+      if (backend.statements.needsReset) {
+        backend.statements.clear();
+        backend.statements.needsReset = false;
+        const reset = await backend.run('DEALLOCATE ALL', 10_000);
+        if (reset.status !== 'I' || reset.error !== undefined) {
+          throw new Error('DEALLOCATE ALL failed');
+        }
       }
       backend.releasedAt = Date.now();
       pgPool.pool.release(backend.link, true);
@@ -1062,6 +1368,7 @@ export class PgSession implements Session, CancelTarget {
   private end(): void {
     if (this.state === 'ended') return;
     this.state = 'ended';
+    this.statements?.clear();
     this.countClient(undefined);
     this.clearTimer();
     this.ctx.unregisterCancel(this.pid);
