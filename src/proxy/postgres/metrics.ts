@@ -75,7 +75,7 @@ class PgFamilies {
     );
     this.pins = new CounterFamily(
       'sidepool_postgres_pins_total',
-      'Clients pinned to their backend in transaction pooling, by reason: set, listen, advisory_lock, prepare (SQL PREPARE), prepared (a named Parse), cursor_with_hold, temp_table.',
+      'Clients pinned to their backend in transaction pooling, by reason: set, listen, advisory_lock, prepare (SQL PREPARE), prepared (a named Parse, with maxPreparedStatements: 0), cursor_with_hold, temp_table.',
       registry,
     );
     this.authFailures = new CounterFamily(
