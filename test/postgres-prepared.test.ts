@@ -35,6 +35,8 @@ await cluster.sql(
   'appdb',
 );
 await cluster.sql(`ALTER TABLE items OWNER TO app`, 'appdb');
+await cluster.sql(`CREATE TABLE copied (a int)`, 'appdb');
+await cluster.sql(`ALTER TABLE copied OWNER TO app`, 'appdb');
 const authFile = await writeAuthFile(cluster.dir, { app: 'secret' });
 
 type Proxy = Awaited<ReturnType<typeof startPgProxy>>;
@@ -270,10 +272,51 @@ void t.test('raw pipelines give the replies PostgreSQL gives', async (t) => {
     ],
     'Parse, Flush, then Bind later',
   );
-  const first = await direct();
-  const flushed = await script(first, [[Buffer.concat([P('g', 'SELECT 7'), H()]), 0]]);
-  t.same(flushed, []);
-  first.close();
+
+  await sameAsDirect(
+    t,
+    proxy,
+    [
+      [pgQuery('BEGIN'), 1],
+      [Buffer.concat([P('t1', 'SELECT 1'), B('t1'), E(), S()]), 1],
+      [Buffer.concat([B('unknown'), E(), S()]), 1],
+      [pgQuery('SELECT 1'), 1],
+      [pgQuery('ROLLBACK'), 1],
+    ],
+    'a Bind of an unknown name inside a transaction block fails the block (status E)',
+  );
+
+  const copy = Buffer.concat([
+    P('cp', 'COPY copied FROM STDIN'),
+    B('cp'),
+    E(),
+    frontend('d', '1\n2\n'),
+    frontend('c'),
+    S(),
+    P('del', 'DELETE FROM copied RETURNING a'),
+    B('del'),
+    E(),
+    S(),
+  ]);
+  await sameAsDirect(t, proxy, [[copy, 2]], 'COPY FROM STDIN by a named statement in a pipeline');
+});
+
+void t.test('a Parse above the message bound is refused with 08P01, nothing kept', async (t) => {
+  const proxy = await trustProxy(t, {}, 1);
+  const c = await through(proxy);
+  const header = Buffer.alloc(5);
+  header.write('P', 0, 'latin1');
+  header.writeInt32BE(64 * 1024 * 1024, 1);
+  c.write(header);
+  const got = await c.readToClose();
+  t.match(errorText(got.find((m) => m.code === 'E') as RawMessage), /^08P01 /);
+  const d = await through(proxy);
+  t.same(
+    await script(d, [[Buffer.concat([P('ok', 'SELECT 8'), B('ok'), E(), S()]), 1]]),
+    ['1', '2', 'D:8', 'C', 'Z:I'],
+    'the next client is served',
+  );
+  d.close();
 });
 
 void t.test(

@@ -863,14 +863,9 @@ export class PgSession implements Session, CancelTarget {
       return undefined;
     }
     const shared = statements.get(name);
-    if (shared === undefined) {
-      this.refuseInOrder(backend, {
-        severity: 'ERROR',
-        code: '26000',
-        message: `prepared statement "${name}" does not exist`,
-      });
-      return undefined;
-    }
+    // A name the client never parsed goes as it is: the server, which has only shared
+    // names, answers 26000 itself, and fails the transaction block as it should.
+    if (shared === undefined) return msg;
     if (!backend.statements.use(shared.name)) {
       this.evictFor(backend, shared);
       this.enqueue(backend, Code.Parse, 'swallow', undefined, (ok) => {
