@@ -8,7 +8,6 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
-import postgres from 'postgres';
 import t, { type Test } from 'tap';
 import {
   RawClient,
@@ -17,6 +16,8 @@ import {
   firstColumns,
   frontend,
   pgQuery,
+  postgresClient,
+  proxyMaker,
   startPgProxy,
   startPostgres,
   writeAuthFile,
@@ -41,15 +42,7 @@ const authFile = await writeAuthFile(cluster.dir, { app: 'secret' });
 
 type Proxy = Awaited<ReturnType<typeof startPgProxy>>;
 
-async function proxyFor(
-  t: Test,
-  settings: Record<string, unknown> = {},
-  maxSize = 2,
-): Promise<Proxy> {
-  const proxy = await startPgProxy(cluster, { authFile, ...settings }, { maxSize });
-  t.teardown(() => proxy.app.stop(2000));
-  return proxy;
-}
+const proxyFor = proxyMaker(cluster, { authFile }, 2);
 
 const serverLog = (): Promise<string> => readFile(path.join(cluster.dir, 'postgres.log'), 'utf8');
 
@@ -152,6 +145,17 @@ async function sameAsDirect(
   s.close();
   t.same(got, expected, what);
   return got;
+}
+
+/** A new client can prepare and run a statement. */
+async function servesNewClient(t: Test, proxy: Proxy, what: string): Promise<void> {
+  const c = await through(proxy);
+  t.same(
+    await script(c, [[Buffer.concat([P('ok', 'SELECT 42'), B('ok'), E(), S()]), 1]]),
+    ['1', '2', 'D:42', 'C', 'Z:I'],
+    what,
+  );
+  c.close();
 }
 
 async function trustProxy(t: Test, settings: Record<string, unknown> = {}, maxSize = 2) {
@@ -310,13 +314,7 @@ void t.test('a Parse above the message bound is refused with 08P01, nothing kept
   c.write(header);
   const got = await c.readToClose();
   t.match(errorText(got.find((m) => m.code === 'E') as RawMessage), /^08P01 /);
-  const d = await through(proxy);
-  t.same(
-    await script(d, [[Buffer.concat([P('ok', 'SELECT 8'), B('ok'), E(), S()]), 1]]),
-    ['1', '2', 'D:8', 'C', 'Z:I'],
-    'the next client is served',
-  );
-  d.close();
+  await servesNewClient(t, proxy, 'the next client is served');
 });
 
 void t.test(
@@ -358,17 +356,7 @@ void t.test(
 void t.test('the postgres driver (named statements) with more clients than backends', async (t) => {
   const mark = await logMark();
   const proxy = await proxyFor(t, {}, 2);
-  const clients = Array.from({ length: 12 }, () =>
-    postgres({
-      host: '127.0.0.1',
-      port: proxy.port,
-      user: 'app',
-      password: 'secret',
-      database: 'appdb',
-      max: 1,
-      onnotice: () => {},
-    }),
-  );
+  const clients = Array.from({ length: 12 }, () => postgresClient(proxy.port));
   t.teardown(() => Promise.all(clients.map((sql) => sql.end({ timeout: 1 }))));
   const outcomes = await Promise.all(
     clients.map(async (sql, c) => {
@@ -510,14 +498,12 @@ void t.test(
       'the total cap refuses another client',
     );
     a.close();
-    const c = await through(proxy);
-    t.same(
-      await script(c, [[Buffer.concat([P('ok', 'SELECT 42'), B('ok'), E(), S()]), 1]]),
-      ['1', '2', 'D:42', 'C', 'Z:I'],
+    await servesNewClient(
+      t,
+      proxy,
       'once a client leaves its bytes are free again, and the process is up',
     );
     b.close();
-    c.close();
   },
 );
 

@@ -3,7 +3,7 @@
 // between clients; onSessionState: error.
 import pg from 'pg';
 import postgres from 'postgres';
-import t, { type Test } from 'tap';
+import t from 'tap';
 import {
   RawClient,
   connectPg as connect,
@@ -11,7 +11,8 @@ import {
   pgExtended,
   pgQuery,
   type RawMessage,
-  startPgProxy,
+  postgresClient,
+  proxyMaker,
   startPostgres,
   writeAuthFile,
 } from './helpers/postgres.js';
@@ -23,17 +24,7 @@ await cluster.sql(`CREATE DATABASE appdb OWNER app`);
 await cluster.sql(`CREATE SCHEMA other AUTHORIZATION app`, 'appdb');
 const authFile = await writeAuthFile(cluster.dir, { app: 'secret' });
 
-type Proxy = Awaited<ReturnType<typeof startPgProxy>>;
-
-async function proxyFor(
-  t: Test,
-  settings: Record<string, unknown> = {},
-  maxSize = 1,
-): Promise<Proxy> {
-  const proxy = await startPgProxy(cluster, { authFile, ...settings }, { maxSize });
-  t.teardown(() => proxy.app.stop(2000));
-  return proxy;
-}
+const proxyFor = proxyMaker(cluster, { authFile }, 1);
 
 async function show(c: pg.Client, names: string[]): Promise<string[]> {
   const out: string[] = [];
@@ -207,14 +198,7 @@ for (const [reason, statement, probe] of PINS) {
 
 void t.test('with maxPreparedStatements: 0 a named Parse pins (prepared)', async (t) => {
   const proxy = await proxyFor(t, { maxPreparedStatements: 0 }, 2);
-  const sql = postgres({
-    host: '127.0.0.1',
-    port: proxy.port,
-    user: 'app',
-    password: 'secret',
-    database: 'appdb',
-    max: 1,
-  });
+  const sql = postgresClient(proxy.port);
   t.teardown(() => sql.end({ timeout: 1 }));
   for (let i = 0; i < 3; i++) {
     const [row] = await sql`SELECT ${i}::int AS v`;

@@ -2,6 +2,7 @@ import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
 import pg from 'pg';
+import postgres from 'postgres';
 import { chown, mkdtemp, readFile, rm, writeFile, appendFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -252,6 +253,26 @@ export async function startPgProxy(
   return { app, route: r, port: r.port, lines };
 }
 
+/**
+ * A test file's `proxyFor(t, settings, maxSize)`: sidepool in front of `cluster` with
+ * `base` postgres settings under them, stopped when the test ends.
+ */
+export function proxyMaker(
+  cluster: Pick<PgCluster, 'port'>,
+  base: Record<string, unknown>,
+  defaultMaxSize: number,
+) {
+  return async (
+    t: { teardown(fn: () => unknown): void },
+    settings: Record<string, unknown> = {},
+    maxSize = defaultMaxSize,
+  ): Promise<Awaited<ReturnType<typeof startPgProxy>>> => {
+    const proxy = await startPgProxy(cluster, { ...base, ...settings }, { maxSize });
+    t.teardown(() => proxy.app.stop(2000));
+    return proxy;
+  };
+}
+
 /** An auth file in the cluster's directory: user → secret lines, PgBouncer's format. */
 export async function writeAuthFile(
   dir: string,
@@ -452,4 +473,18 @@ export async function connectPg(
   const c = pgClient(port, extra);
   await c.connect();
   return c;
+}
+
+/** A `postgres` (postgres.js) client as user app on appdb, one connection, named statements on. */
+export function postgresClient(port: number, extra: postgres.Options<Record<string, never>> = {}) {
+  return postgres({
+    host: '127.0.0.1',
+    port,
+    user: 'app',
+    password: 'secret',
+    database: 'appdb',
+    max: 1,
+    onnotice: () => {},
+    ...extra,
+  });
 }
