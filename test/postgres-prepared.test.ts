@@ -305,6 +305,38 @@ void t.test('raw pipelines give the replies PostgreSQL gives', async (t) => {
   await sameAsDirect(t, proxy, [[copy, 2]], 'COPY FROM STDIN by a named statement in a pipeline');
 });
 
+void t.test('Parse and Close need no backend when the client has none', async (t) => {
+  const proxy = await trustProxy(t, {}, 1);
+  const a = await through(proxy);
+  const b = await through(proxy);
+  t.same(
+    await script(b, [
+      [Buffer.concat([P('k', 'SELECT 9 AS k'), P('also', 'SELECT 9 AS k'), B('k'), E(), S()]), 1],
+    ]),
+    ['1', '1', '2', 'D:9', 'C', 'Z:I'],
+    'b prepares a statement under two names (the backend accepts it)',
+  );
+  t.same(await script(a, [[pgQuery('BEGIN'), 1]]), ['C', 'Z:T'], 'a holds the only backend');
+  const quick = await script(b, [
+    [Buffer.concat([C('S', 'k'), S()]), 1],
+    [Buffer.concat([P('k2', 'SELECT 9 AS k'), S()]), 1],
+  ]);
+  t.same(quick, ['3', 'Z:I', '1', 'Z:I'], 'b closes and parses again without waiting for it');
+  t.equal(
+    await metric(proxy, 'sidepool_postgres_prepares_saved_total'),
+    2,
+    'also and k2 answered by sidepool',
+  );
+  t.same(await script(a, [[pgQuery('COMMIT'), 1]]), ['C', 'Z:I']);
+  t.same(
+    await script(b, [[Buffer.concat([B('k2'), E(), B('k'), E(), S()]), 1]]),
+    ['2', 'D:9', 'C', 'E:26000', 'Z:I'],
+    'then k2 runs and k is gone',
+  );
+  a.close();
+  b.close();
+});
+
 void t.test('a Parse above the message bound is refused with 08P01, nothing kept', async (t) => {
   const proxy = await trustProxy(t, {}, 1);
   const c = await through(proxy);

@@ -627,6 +627,7 @@ export class PgSession implements Session, CancelTarget {
         }
         if (code === Code.Flush) return true;
         if (code === Code.Parse && this.parseWithoutBackend(msg)) return true;
+        if (code === Code.Close && this.closeWithoutBackend(msg)) return true;
         if (code === Code.Sync && !this.skippingToSync) {
           this.socket.write(readyForQuery('I'));
           return true;
@@ -818,6 +819,17 @@ export class PgSession implements Session, CancelTarget {
     if (typeof statements.record(name, rest) === 'string') return false;
     this.observer.prepareSaved();
     this.socket.write(PARSE_COMPLETE);
+    return true;
+  }
+
+  /** Close of a named statement while no backend is bound: only the client's map changes. */
+  private closeWithoutBackend(msg: Buffer): boolean {
+    const statements = this.statements;
+    if (statements === undefined) return false;
+    const target = readTarget(msg);
+    if (target.kind !== STATEMENT_KIND || target.name === '') return false;
+    statements.remove(target.name);
+    this.socket.write(CLOSE_COMPLETE);
     return true;
   }
 
