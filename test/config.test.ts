@@ -342,3 +342,29 @@ void t.test('files: YAML, JSON, syntax errors, missing files', async (t) => {
   const flagsOnly = await loadConfig(emptyPath, { listen: ':5', upstream: 'a:1' });
   t.equal(flagsOnly.routes.length, 1, 'an empty file plus flags is a config');
 });
+
+void t.test('postgres prepared statement settings: defaults and bad values named', (t) => {
+  const pgRoute = (postgres: Record<string, unknown>) => ({
+    routes: [{ listen: ':1', upstream: 'db:5432', mode: 'postgres', postgres }],
+  });
+  const settings = parseConfig(pgRoute({ authType: 'trust' })).routes[0]?.postgres;
+  t.equal(settings?.maxPreparedStatements, 200);
+  t.equal(settings?.maxPreparedStatementBytes, 64 * 1024 * 1024);
+  t.equal(settings?.maxClientPreparedStatementBytes, 8 * 1024 * 1024);
+  t.equal(
+    parseConfig(pgRoute({ authType: 'trust', maxPreparedStatements: 0 })).routes[0]?.postgres
+      ?.maxPreparedStatements,
+    0,
+    '0 turns pooling of statements off',
+  );
+  t.match(issuesOf(pgRoute({ authType: 'trust', maxPreparedStatements: -1 })), [
+    { path: 'routes[0].postgres.maxPreparedStatements' },
+  ]);
+  t.match(issuesOf(pgRoute({ authType: 'trust', maxPreparedStatementBytes: 10 })), [
+    { path: 'routes[0].postgres.maxPreparedStatementBytes' },
+  ]);
+  t.match(issuesOf(pgRoute({ authType: 'trust', maxClientPreparedStatementBytes: 'lots' })), [
+    { path: 'routes[0].postgres.maxClientPreparedStatementBytes' },
+  ]);
+  t.end();
+});
