@@ -7,8 +7,8 @@ import { CHUNK_KEPT, READ_MORE, READ_PAUSE, readWith, stopReading } from '../../
 import type { Link } from '../../pool/link.js';
 import type { Waiter } from '../../pool/pool.js';
 import type { Session } from '../route.js';
-import { MECHANISM, ScramServer, keysFromPassword, makeVerifier } from './auth/scram.js';
-import { md5Response, md5Secret, type Secret } from './auth/secrets.js';
+import { MECHANISM, ScramServer, keysFromPassword } from './auth/scram.js';
+import { md5Response, md5Secret, scramVerifierOf, type Secret } from './auth/secrets.js';
 import { Backend, type BackendSink } from './backend.js';
 import type { CancelTarget, ClientCount, PgContext, PgPool } from './context.js';
 import { Framer } from './framer.js';
@@ -447,11 +447,7 @@ export class PgSession implements Session, CancelTarget {
       return;
     }
     const verifier =
-      secret.kind === 'scram'
-        ? secret.verifier
-        : secret.kind === 'plain' && type === 'scram-sha-256'
-          ? makeVerifier(secret.password)
-          : undefined;
+      secret.kind === 'scram' || type === 'scram-sha-256' ? scramVerifierOf(secret) : undefined;
     if (verifier !== undefined) {
       this.authMethod = 'scram';
       this.scram = new ScramServer(verifier);

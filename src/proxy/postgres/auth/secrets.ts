@@ -3,7 +3,7 @@ import { readFileSync, watch, type FSWatcher } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { SidepoolError } from '../../../errors.js';
-import { parseVerifier, type ScramVerifier } from './scram.js';
+import { makeVerifier, parseVerifier, type ScramVerifier } from './scram.js';
 
 /**
  * A user's secret, as PgBouncer's auth_file (and pg_authid.rolpassword) spells it: a SCRAM
@@ -21,6 +21,24 @@ export function parseSecret(text: string): Secret {
     if (verifier !== undefined) return { kind: 'scram', verifier };
   }
   return { kind: 'plain', password: text };
+}
+
+const plainVerifiers = new WeakMap<Secret, ScramVerifier>();
+
+/**
+ * The SCRAM verifier a client is checked against: the stored one, or for a plain password
+ * one made once per secret (PBKDF2 of 4096 rounds costs ~1 ms of the event loop, which a
+ * login per connection would pay every time; PostgreSQL too keeps one salt per password).
+ */
+export function scramVerifierOf(secret: Secret): ScramVerifier | undefined {
+  if (secret.kind === 'scram') return secret.verifier;
+  if (secret.kind !== 'plain') return undefined;
+  let verifier = plainVerifiers.get(secret);
+  if (verifier === undefined) {
+    verifier = makeVerifier(secret.password);
+    plainVerifiers.set(secret, verifier);
+  }
+  return verifier;
 }
 
 /** md5(password + user), hex: what PostgreSQL stores after `md5`. */
