@@ -54,6 +54,8 @@ export interface HandshakeBudget {
 
 /** After this long without a new refusal, an endpoint's refusal streak starts over. */
 const REFUSAL_MEMORY_MS = 60_000;
+/** How long waiting dials give a finished first handshake to deliver its session ticket. */
+const TICKET_WAIT_MS = 500;
 
 interface Refusal {
   cause: Error;
@@ -81,6 +83,12 @@ export class TlsOrigination {
    * handshake and N-1 resumed ones instead of N full ones.
    */
   private readonly firstSessions = new Map<string, Promise<void>>();
+  /**
+   * Endpoints whose first handshake brought no session ticket within TICKET_WAIT_MS: their
+   * later dials do not wait for one (a server that issues none would make every burst of
+   * dials wait). A ticket that comes after all takes the endpoint off the list.
+   */
+  private readonly ticketless = new Set<string>();
   private readonly settings: UpstreamTlsSettings;
   private readonly defaultServername: string | undefined;
   private readonly log: Logger;
@@ -270,7 +278,8 @@ export class TlsOrigination {
     if (
       resumption &&
       this.sessions.get(endpoint) === undefined &&
-      !this.firstSessions.has(endpoint)
+      !this.firstSessions.has(endpoint) &&
+      !this.ticketless.has(endpoint)
     ) {
       this.firstSessions.set(endpoint, new Promise<void>((resolve) => (releaseFirst = resolve)));
     }
@@ -294,12 +303,22 @@ export class TlsOrigination {
     if (resumption) {
       secure.on('session', (session: Buffer) => {
         this.sessions.set(endpoint, session);
+        this.ticketless.delete(endpoint);
         settleFirst();
       });
       // A handshake that fails, closes, or completes without a ticket soon after (a server
-      // that issues none) frees the waiters too.
+      // that issues none) frees the waiters too. TLS 1.3 tickets come after the handshake,
+      // late on a busy event loop (50 ms was missed under load, and six warm-up dials all
+      // paid full handshakes), so the wait is generous and paid once per ticketless server.
       secure.once('close', settleFirst);
-      secure.once('secureConnect', () => setTimeout(settleFirst, 50).unref());
+      secure.once('secureConnect', () =>
+        setTimeout(() => {
+          if (releaseFirst !== undefined && this.sessions.get(endpoint) === undefined) {
+            this.ticketless.add(endpoint);
+          }
+          settleFirst();
+        }, TICKET_WAIT_MS).unref(),
+      );
     }
     return secure;
   }
