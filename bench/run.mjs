@@ -33,9 +33,9 @@ const HELP = `usage: npm run bench -- [options]
   --conns N          concurrent connections for the RSS workload (default 10,000)
   --workers N        also measure sidepool with \`workers: N\` in workloads 1, 2, 3 and 6h
                      (default 2; 1 leaves that target out)
-  --worker-sockets own|shared   that target's \`workerSockets\` (default own: a socket per
-                     worker with SO_REUSEPORT where sidepool's Node.js has it; shared: all
-                     accept on the primary's)
+  --worker-sockets shared|own   that target's \`workerSockets\` (default shared, sidepool's
+                     default: all accept on the primary's socket; own: a socket per worker
+                     with SO_REUSEPORT where sidepool's Node.js has it)
   --node SPEC        the Node.js that runs sidepool and the Node relays (naive, floor): a
                      major (installed from the npm registry when it is not this node's),
                      "current" (the node running the bench) or a path; default: the major
@@ -64,7 +64,7 @@ function parseCli() {
       'soak-max-seconds': { type: 'string' },
       conns: { type: 'string' },
       workers: { type: 'string' },
-      'worker-sockets': { type: 'string', default: 'own' },
+      'worker-sockets': { type: 'string', default: 'shared' },
       node: { type: 'string' },
       'sidepool-env': { type: 'string', default: '' },
       'sidepool-node-flags': { type: 'string', default: '' },
