@@ -1,6 +1,7 @@
 // Transaction and session pooling against a real PostgreSQL 15, with real clients (pg,
 // postgres, psql): release points, the backend cap, cleanup when a client leaves, cancel.
 import { execFile } from 'node:child_process';
+import net from 'node:net';
 import { promisify } from 'node:util';
 import postgres from 'postgres';
 import t, { type Test } from 'tap';
@@ -195,6 +196,68 @@ void t.test(
     other.close();
   },
 );
+
+/**
+ * Counts the writes sidepool makes on its sockets to the cluster, and how many buffers each
+ * carried, by wrapping net.Socket's write hooks (a corked socket hands its buffers to
+ * `_writev` in one call, one system call). Restored when the test ends.
+ */
+function countWritesToServer(t: Test): { calls: number[] } {
+  type WriteHook = (this: net.Socket, ...args: unknown[]) => void;
+  const proto = net.Socket.prototype as unknown as { _write: WriteHook; _writev: WriteHook };
+  const { _write, _writev } = proto;
+  const seen = { calls: [] as number[] };
+  const toServer = (s: net.Socket) => s.remotePort === cluster.port;
+  proto._write = function (this: net.Socket, ...args: unknown[]) {
+    if (toServer(this)) seen.calls.push(1);
+    _write.apply(this, args);
+  };
+  proto._writev = function (this: net.Socket, ...args: unknown[]) {
+    if (toServer(this)) seen.calls.push((args[0] as unknown[]).length);
+    _writev.apply(this, args);
+  };
+  t.teardown(() => {
+    proto._write = _write;
+    proto._writev = _writev;
+  });
+  return seen;
+}
+
+void t.test('the messages of one client read leave for the backend in one write', async (t) => {
+  const proxy = await rawProxy(t, { maxSize: 1 });
+  const raw = await RawClient.login(proxy.port, 'app', 'appdb');
+  // The first transaction dials and sets the backend up: not counted.
+  raw.write(pgExtended('SELECT 0'));
+  await raw.readUntil('Z');
+  const writes = countWritesToServer(t);
+  // Bound on the spot (an idle backend): Parse, Bind, Execute and Sync in one read.
+  for (let i = 1; i <= 20; i++) {
+    raw.write(pgExtended(`SELECT ${i}`));
+    t.same(firstColumns(await raw.readUntil('Z')), [String(i)]);
+  }
+  t.equal(
+    writes.calls.length,
+    20,
+    `one write per transaction (buffers per write: ${writes.calls.join(' ')})`,
+  );
+  // Bound after a wait: the client's read is held until another client's transaction ends.
+  raw.write(pgQuery('BEGIN'));
+  await raw.readUntil('Z');
+  const other = await RawClient.login(proxy.port, 'app', 'appdb');
+  writes.calls.length = 0;
+  other.write(Buffer.concat([pgExtended('SELECT 21'), pgExtended('SELECT 22')]));
+  await t.rejects(other.readUntil('Z', 1, 300), 'the other client waits for the held backend');
+  raw.write(pgQuery('COMMIT'));
+  await raw.readUntil('Z');
+  t.same(firstColumns(await other.readUntil('Z', 2)), ['21', '22']);
+  t.equal(
+    writes.calls.length,
+    2,
+    `COMMIT, then both of the waiting read's transactions in one write (buffers per write: ${writes.calls.join(' ')})`,
+  );
+  raw.close();
+  other.close();
+});
 
 void t.test('COPY in and out with psql through transaction pooling', async (t) => {
   const proxy = await proxyFor(t, {}, { maxSize: 1 });

@@ -123,6 +123,8 @@ export class PgSession implements Session, CancelTarget {
   /** What this client expects its backend to run with: lower-case name → name and value. */
   private params = new Map<string, { name: string; value: string }>();
   private backend: Backend | undefined;
+  /** Sockets corked while a client read is framed (corkedWhile); undefined between reads. */
+  private chunkCorks: Duplex[] | undefined;
   private waiter: Waiter | undefined;
   /** A secret proved by this client's login, and what it taught us for upstream. */
   private secret: Secret | undefined;
@@ -220,17 +222,13 @@ export class PgSession implements Session, CancelTarget {
 
   clientBytes(chunk: Buffer): number {
     if (this.state === 'ended') return READ_PAUSE;
-    const backend = this.backend;
-    backend?.socket.cork();
     let consumed: boolean;
     try {
-      consumed = this.framer.push(chunk);
+      consumed = this.corkedWhile(() => this.framer.push(chunk));
     } catch (err) {
-      backend?.socket.uncork();
       this.protocolViolation(err);
       return READ_PAUSE;
     }
-    backend?.socket.uncork();
     if (!consumed) return READ_PAUSE | CHUNK_KEPT;
     if (this.backend !== undefined && this.backend.socket.writableLength > HIGH_WATER) {
       this.backend.socket.once('drain', () => this.resumeClient());
@@ -244,7 +242,7 @@ export class PgSession implements Session, CancelTarget {
     if (this.framer.isPaused) {
       let consumed: boolean;
       try {
-        consumed = this.framer.resume();
+        consumed = this.corkedWhile(() => this.framer.resume());
       } catch (err) {
         this.protocolViolation(err);
         return;
@@ -253,6 +251,31 @@ export class PgSession implements Session, CancelTarget {
     }
     if ((this.state as ClientState) === 'ended') return;
     readWith(this.socket, onClientBytes);
+  }
+
+  /**
+   * Frames client bytes with the backend socket corked, so that the messages of one read
+   * leave in one write (one system call, one wakeup of the backend) rather than one each.
+   * A backend bound while framing (bindForMessage, or the held message resumed after a
+   * wait) is corked as it is attached; every socket corked here is uncorked at the end.
+   */
+  private corkedWhile(frame: () => boolean): boolean {
+    const corked: Duplex[] = [];
+    this.chunkCorks = corked;
+    if (this.backend !== undefined) this.corkForChunk(this.backend.socket);
+    try {
+      return frame();
+    } finally {
+      this.chunkCorks = undefined;
+      for (const socket of corked) socket.uncork();
+    }
+  }
+
+  private corkForChunk(socket: Duplex): void {
+    const corked = this.chunkCorks;
+    if (corked === undefined || corked.includes(socket)) return;
+    socket.cork();
+    corked.push(socket);
   }
 
   clientDrained(): void {
@@ -1142,6 +1165,7 @@ export class PgSession implements Session, CancelTarget {
     }
     if (this.statements !== undefined) backend.statements.countIn((this.pgPool as PgPool).prepared);
     backend.attach(this.backendSink);
+    this.corkForChunk(backend.socket);
   }
 
   /** After a SET on bind: the server's reported values become the client's view. */
