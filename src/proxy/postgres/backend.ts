@@ -59,6 +59,11 @@ export class Backend {
   /** The server's reported parameters now (ParameterStatus), by name. */
   readonly params: Map<string, string>;
   /**
+   * The same by lower-case name: a client's parameters are keyed so, and every bind
+   * compares them (setParametersSql), which must not lower-case every name each time.
+   */
+  readonly paramsByKey = new Map<string, string>();
+  /**
    * Parameters sidepool SET on this backend that the server does not report (search_path,
    * extra_float_digits, …), lower-cased name → value. Cleared by a reset.
    */
@@ -80,6 +85,7 @@ export class Backend {
     this.pid = login?.pid ?? 0;
     this.secretKey = login?.secretKey ?? 0;
     this.params = new Map(login?.params);
+    for (const [name, value] of this.params) this.paramsByKey.set(name.toLowerCase(), value);
     this.framer = new Framer(this.frames, {
       decode: (code) => DECODED.has(code),
       maxDecoded: MAX_DECODED,
@@ -219,7 +225,9 @@ export class Backend {
       } else if (code === Code.ParameterStatus) {
         const r = new BodyReader(msg, 5);
         const name = r.cstring();
-        this.params.set(name, r.cstring());
+        const value = r.cstring();
+        this.params.set(name, value);
+        this.paramsByKey.set(name.toLowerCase(), value);
       }
       this.sink?.message(code, msg, request);
       return true;

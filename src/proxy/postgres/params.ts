@@ -81,8 +81,7 @@ function splitOptions(text: string): string[] {
 
 /** The value a backend runs with now, as far as sidepool knows. */
 function backendValue(backend: Backend, key: string): string | undefined {
-  for (const [name, value] of backend.params) if (name.toLowerCase() === key) return value;
-  return backend.applied.get(key);
+  return backend.paramsByKey.get(key) ?? backend.applied.get(key);
 }
 
 /**
@@ -99,8 +98,7 @@ export function setParametersSql(
 ): string | undefined {
   const sets: string[] = [];
   const resets: string[] = [];
-  const reported = new Set<string>();
-  for (const name of backend.params.keys()) reported.add(name.toLowerCase());
+  const reported = backend.paramsByKey;
   for (const [key, { name, value }] of params) {
     if (SERVER_ONLY.has(key)) continue;
     if (backendValue(backend, key) === value) continue;
