@@ -260,6 +260,20 @@ void t.test('raw pipelines give the replies PostgreSQL gives', async (t) => {
     t,
     proxy,
     [
+      [pgQuery('BEGIN'), 1],
+      [Buffer.concat([P('tdup', 'SELECT 1'), S()]), 1],
+      [Buffer.concat([P('tdup', 'SELECT 2'), B('tdup'), E(), S()]), 1],
+      [pgQuery('SELECT 1'), 1],
+      [pgQuery('COMMIT'), 1],
+      [Buffer.concat([B('tdup'), E(), S()]), 1],
+    ],
+    'a name reused inside a transaction block: 42P05 aborts the block (status E), as the server does',
+  );
+
+  await sameAsDirect(
+    t,
+    proxy,
+    [
       [Buffer.concat([B('nope'), E(), S()]), 1],
       [Buffer.concat([D('S', 'nope'), S()]), 1],
       [Buffer.concat([P('after', 'SELECT 5'), B('after'), E(), S()]), 1],

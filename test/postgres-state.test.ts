@@ -240,6 +240,34 @@ void t.test(
 );
 
 void t.test(
+  "a refusal inside a transaction block aborts it, as the server's own error would",
+  async (t) => {
+    await cluster.sql(`CREATE TABLE IF NOT EXISTS refused (v int)`, 'appdb');
+    await cluster.sql(`ALTER TABLE refused OWNER TO app`, 'appdb');
+    const proxy = await proxyFor(t, { onSessionState: 'error' }, 1);
+    const c = await connect(proxy.port);
+    for (const [i, refused] of [
+      [1, () => c.query('SET search_path = other')],
+      [2, () => c.query('SELECT $1::int, pg_advisory_lock(1)', [1])],
+    ] as const) {
+      await c.query('BEGIN');
+      await c.query('INSERT INTO refused VALUES ($1)', [i]);
+      await t.rejects(refused(), { code: '0A000' }, `refused (${i === 1 ? 'query' : 'extended'})`);
+      await t.rejects(
+        c.query('SELECT 1'),
+        { code: '25P02' },
+        'the block is aborted: commands are ignored until its end',
+      );
+      const commit = await c.query('COMMIT');
+      t.equal(commit.command, 'ROLLBACK', 'COMMIT rolls back');
+    }
+    t.same((await c.query('SELECT count(*)::int AS n FROM refused')).rows, [{ n: 0 }]);
+    t.same((await c.query('SELECT 2 AS after')).rows, [{ after: 2 }], 'and the client goes on');
+    await c.end();
+  },
+);
+
+void t.test(
   'a refusal in the middle of a pipeline comes in order, after the replies before it',
   async (t) => {
     const proxy = await proxyFor(t, { onSessionState: 'error', authType: 'trust' }, 1);

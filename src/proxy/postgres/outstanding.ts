@@ -2,19 +2,21 @@ import { Code } from './messages.js';
 
 /**
  * What to do with the replies to one request: pass them to the client, drop them (a
- * request sidepool injected), or answer with bytes of our own when the request reaches the
- * head of the queue (a reply sidepool gives in the server's stead). Only `forward` is used
- * by transaction pooling itself; the other two are how injected requests (prepared
- * statements) keep replies in order.
+ * request sidepool injected), answer with bytes of our own when the request reaches the
+ * head of the queue (a reply sidepool gives in the server's stead), or pass them with the
+ * server's ErrorResponse replaced by ours (`replace`: a request sidepool sent to fail, so
+ * that the server skips to Sync and aborts a transaction block where sidepool refused a
+ * client's message, as its own error would have). Only `forward` is used by transaction
+ * pooling itself; the others are how injected requests keep replies in order.
  */
-export type ReplyAction = 'forward' | 'swallow' | 'answer';
+export type ReplyAction = 'forward' | 'swallow' | 'answer' | 'replace';
 
 /** One request sent to the backend that a reply will complete. */
 export interface Outstanding {
   /** The frontend message code (Parse, Bind, Describe, Execute, Close, Sync, Query, FunctionCall). */
   readonly code: number;
   readonly action: ReplyAction;
-  /** For `answer`: the bytes sent to the client in place of the server's reply. */
+  /** For `answer` and `replace`: the bytes sent to the client in place of the server's. */
   readonly answer?: Buffer | undefined;
   /**
    * Told once what became of the request: true when its reply completed it, false when the

@@ -31,7 +31,7 @@ import {
   readyForQuery,
   type ErrorFields,
 } from './messages.js';
-import type { Outstanding } from './outstanding.js';
+import type { Outstanding, ReplyAction } from './outstanding.js';
 import { clientParameters, setParametersSql } from './params.js';
 import {
   ClientStatements,
@@ -82,6 +82,14 @@ const DECODED = new Set<number>([
 const STATEMENT_CODES = new Set<number>([Code.Bind, Code.Describe, Code.Close]);
 const PARSE_COMPLETE = message(Code.ParseComplete);
 const CLOSE_COMPLETE = message(Code.CloseComplete);
+/**
+ * Sent where sidepool refuses a client's message inside the server's view of it: a syntax
+ * error (42601) the server answers as any error, whose ErrorResponse sidepool replaces
+ * with its own. The Parse is named, under a name no client's statement gets, so that
+ * failing it leaves the unnamed statement alone.
+ */
+const FAILING_PARSE = message(Code.Parse, Buffer.from('sidepool_refused\0sidepool refused\0\0\0'));
+const FAILING_QUERY = query('sidepool refused');
 /** The kind byte of Describe and Close that names a statement (not a portal). */
 const STATEMENT_KIND = 0x53; // S
 /** Frontend message types: requests (answered) and the rest. */
@@ -748,7 +756,7 @@ export class PgSession implements Session, CancelTarget {
   private enqueue(
     backend: Backend,
     code: number,
-    action: 'forward' | 'swallow' | 'answer' = 'forward',
+    action: ReplyAction = 'forward',
     answer?: Buffer,
     done?: (ok: boolean) => void,
   ): void {
@@ -937,13 +945,16 @@ export class PgSession implements Session, CancelTarget {
   }
 
   /**
-   * An error sidepool gives in the server's stead, in order; then, as PostgreSQL does after
-   * an error, the client's messages are skipped up to its Sync.
+   * An error sidepool gives in the server's stead for a message of the extended protocol.
+   * The backend is sent a Parse that fails and the client sees our error in the place of
+   * the server's, so the server does what its own error does: skips to Sync, and aborts a
+   * transaction block (a COMMIT after it rolls back). The client's messages up to its Sync
+   * are skipped here too.
    */
   private refuseInOrder(backend: Backend, fields: ErrorFields): void {
     this.skippingToSync = true;
-    this.enqueue(backend, Code.Parse, 'answer', errorResponse(fields));
-    this.answerQueued(backend);
+    this.enqueue(backend, Code.Parse, 'replace', errorResponse(fields));
+    backend.write(FAILING_PARSE);
   }
 
   /** The client dropped all its statements (DISCARD ALL, DEALLOCATE ALL). */
@@ -997,7 +1008,7 @@ export class PgSession implements Session, CancelTarget {
   ): boolean {
     if (this.pin.kind === 'pinned') return true;
     if (this.ctx.settings.onSessionState === 'error') {
-      const error = errorResponse({
+      const fields: ErrorFields = {
         severity: 'ERROR',
         code: '0A000',
         message: `sidepool: ${statement.toUpperCase()} keeps session state, which transaction pooling cannot hold (onSessionState: error)`,
@@ -1005,12 +1016,15 @@ export class PgSession implements Session, CancelTarget {
           reason === 'set'
             ? 'Use SET LOCAL inside a transaction.'
             : 'Use session pooling for this client.',
-      });
-      const answer =
-        via === 'query' ? Buffer.concat([error, readyForQuery(backend.status)]) : error;
-      if (via === 'parse') this.skippingToSync = true;
-      backend.queue.push(Code.Query, 'answer', answer);
-      this.answerQueued(backend);
+      };
+      if (via === 'parse') {
+        this.refuseInOrder(backend, fields);
+        return false;
+      }
+      // A query that fails in its place: the server's ReadyForQuery then says what its own
+      // error would have left (E inside a transaction block).
+      this.enqueue(backend, Code.Query, 'replace', errorResponse(fields));
+      backend.write(FAILING_QUERY);
       return false;
     }
     this.pin = { kind: 'pinned', reason };
@@ -1212,12 +1226,12 @@ export class PgSession implements Session, CancelTarget {
 
   private onBackendMessage(code: number, msg: Buffer, request: Outstanding | undefined): void {
     const backend = this.backend as Backend;
-    // An injected Parse that fails fails the client's pipeline: the client sees why.
-    if (
-      request === undefined ||
-      request.action === 'forward' ||
-      (code === Code.ErrorResponse && request.code !== Code.Query)
-    ) {
+    if (request === undefined || request.action === 'forward') {
+      this.socket.write(msg);
+    } else if (request.action === 'replace') {
+      this.socket.write(code === Code.ErrorResponse ? (request.answer as Buffer) : msg);
+    } else if (code === Code.ErrorResponse && request.code !== Code.Query) {
+      // An injected Parse that fails fails the client's pipeline: the client sees why.
       this.socket.write(msg);
     }
     if (code === Code.ErrorResponse && this.statements !== undefined) {
