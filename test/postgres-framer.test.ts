@@ -276,7 +276,11 @@ void t.test('prepared statements: one shared name per text, caps, and the backen
   t.equal(sessionEffect('DEALLOCATE ALL')?.dropsStatements, true);
   t.equal(sessionEffect('deallocate prepare all')?.dropsStatements, true);
   t.equal(sessionEffect('DISCARD ALL')?.dropsStatements, true);
-  t.equal(sessionEffect('DEALLOCATE q'), undefined);
+  t.equal(sessionEffect('DEALLOCATE q')?.deallocates, 'q');
+  t.equal(sessionEffect('deallocate prepare A1;')?.deallocates, 'a1', 'unquoted names fold');
+  t.equal(sessionEffect('DEALLOCATE "A1"')?.deallocates, 'A1', 'quoted names keep their case');
+  t.equal(sessionEffect('DEALLOCATE q; SELECT 1'), undefined, 'only a lone DEALLOCATE');
+  t.equal(sessionEffect('DEALLOCATE ALL')?.deallocates, undefined);
   const registry = new StatementRegistry(10_000);
   const a = new ClientStatements(registry, 5_000);
   const b = new ClientStatements(registry, 5_000);

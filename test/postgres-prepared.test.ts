@@ -274,6 +274,27 @@ void t.test('raw pipelines give the replies PostgreSQL gives', async (t) => {
     t,
     proxy,
     [
+      [Buffer.concat([P('a1', 'SELECT 1'), S()]), 1],
+      [pgQuery('DEALLOCATE a1'), 1],
+      [Buffer.concat([P('a1', 'SELECT 2'), B('a1'), E(), S()]), 1],
+      [pgQuery('DEALLOCATE PREPARE a1'), 1],
+      [pgQuery('DEALLOCATE a1'), 1],
+      [pgQuery('BEGIN'), 1],
+      [Buffer.concat([P('a2', 'SELECT 3'), S()]), 1],
+      [pgQuery('SELECT 1/0'), 1],
+      [pgQuery('DEALLOCATE a2'), 1],
+      [pgQuery('ROLLBACK'), 1],
+      [Buffer.concat([B('a2'), E(), S()]), 1],
+      [pgQuery('DEALLOCATE a2'), 1],
+      [Buffer.concat([B('a2'), E(), S()]), 1],
+    ],
+    'SQL DEALLOCATE of a statement prepared by Parse (as Rails does): gone, and Parse may reuse the name; unknown names and failed blocks as PostgreSQL',
+  );
+
+  await sameAsDirect(
+    t,
+    proxy,
+    [
       [Buffer.concat([B('nope'), E(), S()]), 1],
       [Buffer.concat([D('S', 'nope'), S()]), 1],
       [Buffer.concat([P('after', 'SELECT 5'), B('after'), E(), S()]), 1],

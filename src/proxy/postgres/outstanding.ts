@@ -1,4 +1,4 @@
-import { Code } from './messages.js';
+import { Code, type TxStatus } from './messages.js';
 
 /**
  * What to do with the replies to one request: pass them to the client, drop them (a
@@ -11,13 +11,19 @@ import { Code } from './messages.js';
  */
 export type ReplyAction = 'forward' | 'swallow' | 'answer' | 'replace';
 
+/** Bytes sidepool answers with, or what makes them from the backend's status then. */
+export type Answer = Buffer | ((status: TxStatus) => Buffer);
+
 /** One request sent to the backend that a reply will complete. */
 export interface Outstanding {
   /** The frontend message code (Parse, Bind, Describe, Execute, Close, Sync, Query, FunctionCall). */
   readonly code: number;
   readonly action: ReplyAction;
-  /** For `answer` and `replace`: the bytes sent to the client in place of the server's. */
-  readonly answer?: Buffer | undefined;
+  /**
+   * For `answer` and `replace`: the bytes sent to the client in place of the server's; for
+   * `answer`, bytes or what makes them from the transaction status when it is answered.
+   */
+  readonly answer?: Answer | undefined;
   /**
    * Told once what became of the request: true when its reply completed it, false when the
    * server skipped it (an earlier error in its pipeline) or it failed. How prepared
@@ -71,7 +77,7 @@ export class OutstandingQueue {
   push(
     code: number,
     action: ReplyAction = 'forward',
-    answer?: Buffer,
+    answer?: Answer,
     done?: (ok: boolean) => void,
   ): void {
     if (code === Code.Sync) {

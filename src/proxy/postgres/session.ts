@@ -31,7 +31,7 @@ import {
   readyForQuery,
   type ErrorFields,
 } from './messages.js';
-import type { Outstanding, ReplyAction } from './outstanding.js';
+import type { Answer, Outstanding, ReplyAction } from './outstanding.js';
 import { clientParameters, setParametersSql } from './params.js';
 import {
   ClientStatements,
@@ -90,6 +90,12 @@ const CLOSE_COMPLETE = message(Code.CloseComplete);
  */
 const FAILING_PARSE = message(Code.Parse, Buffer.from('sidepool_refused\0sidepool refused\0\0\0'));
 const FAILING_QUERY = query('sidepool refused');
+const DEALLOCATE_COMPLETE = message(Code.CommandComplete, 'DEALLOCATE\0');
+const IN_FAILED_TRANSACTION: ErrorFields = {
+  severity: 'ERROR',
+  code: '25P02',
+  message: 'current transaction is aborted, commands ignored until end of transaction block',
+};
 /** The kind byte of Describe and Close that names a statement (not a portal). */
 const STATEMENT_KIND = 0x53; // S
 /** Frontend message types: requests (answered) and the rest. */
@@ -757,7 +763,7 @@ export class PgSession implements Session, CancelTarget {
     backend: Backend,
     code: number,
     action: ReplyAction = 'forward',
-    answer?: Buffer,
+    answer?: Answer,
     done?: (ok: boolean) => void,
   ): void {
     if (backend.queue.isEmpty) this.armTimer();
@@ -957,6 +963,24 @@ export class PgSession implements Session, CancelTarget {
     backend.write(FAILING_PARSE);
   }
 
+  /**
+   * SQL `DEALLOCATE name` of a statement the client prepared by Parse (Rails does this): the
+   * server knows it by its shared name, so sidepool answers, in order, as PostgreSQL would:
+   * the name is gone and the client may Parse it again; in a failed transaction block,
+   * 25P02 and the name kept.
+   */
+  private deallocate(backend: Backend, name: string, statements: ClientStatements): void {
+    this.enqueue(backend, Code.Query, 'answer', (status) => {
+      if (status === 'E') {
+        return Buffer.concat([errorResponse(IN_FAILED_TRANSACTION), readyForQuery('E')]);
+      }
+      statements.remove(name);
+      return Buffer.concat([DEALLOCATE_COMPLETE, readyForQuery(status)]);
+    });
+    this.answerQueued(backend);
+    this.settle(backend);
+  }
+
   /** The client dropped all its statements (DISCARD ALL, DEALLOCATE ALL). */
   private dropStatements(backend: Backend): void {
     this.statements?.clear();
@@ -988,6 +1012,11 @@ export class PgSession implements Session, CancelTarget {
   private checkSql(sql: string, backend: Backend, via: 'query' | 'parse'): boolean {
     const effect = sessionEffect(sql);
     if (effect === undefined) return true;
+    const name = effect.deallocates;
+    if (name !== undefined && via === 'query' && this.statements?.has(name) === true) {
+      this.deallocate(backend, name, this.statements);
+      return false;
+    }
     if (effect.resetsParameters === true) backend.applied.clear();
     if (effect.dropsStatements === true && this.statements !== undefined) {
       this.dropStatements(backend);
@@ -1248,7 +1277,12 @@ export class PgSession implements Session, CancelTarget {
       return;
     }
     if (backend.queue.peek()?.action === 'answer') this.answerQueued(backend);
-    if (code !== Code.ReadyForQuery || !backend.queue.isEmpty) return;
+    if (code === Code.ReadyForQuery) this.settle(backend);
+  }
+
+  /** After a ReadyForQuery, ours or the server's: nothing outstanding, idle → released. */
+  private settle(backend: Backend): void {
+    if (!backend.queue.isEmpty) return;
     if (backend.statements.needsReset && backend.status === 'I') {
       this.resetStatements(backend);
       return;
@@ -1266,7 +1300,8 @@ export class PgSession implements Session, CancelTarget {
     if (this.backendStreaming) return;
     for (let head = backend.queue.peek(); head?.action === 'answer'; head = backend.queue.peek()) {
       backend.queue.reply(Code.ReadyForQuery);
-      this.socket.write(head.answer as Buffer);
+      const answer = head.answer as Answer;
+      this.socket.write(typeof answer === 'function' ? answer(backend.status) : answer);
     }
   }
 

@@ -41,6 +41,8 @@ export interface SessionEffect {
   resetsParameters?: boolean;
   /** DISCARD ALL or DEALLOCATE [PREPARE] ALL: the session's prepared statements are gone. */
   dropsStatements?: boolean;
+  /** DEALLOCATE [PREPARE] name, the text's only statement: that name. */
+  deallocates?: string;
 }
 
 const TRIGGER =
@@ -91,7 +93,13 @@ export function sessionEffect(sql: string): SessionEffect | undefined {
   let setConfigArg: string[] = [];
   let pendingSetConfig = false;
   let depth = 0;
+  let statements = 0;
+  let deallocated: string | undefined;
   const finish = (): void => {
+    if (statement.count > 0) {
+      statements++;
+      deallocated = deallocatesOne(statement);
+    }
     const pin = classify(statement);
     if (pin !== undefined && effect.pin === undefined) effect.pin = pin;
     if (resetsAll(statement)) effect.resetsParameters = true;
@@ -143,9 +151,11 @@ export function sessionEffect(sql: string): SessionEffect | undefined {
     effect.pin = { reason: 'set', statement: 'set_config(…)' };
   }
   finish();
+  if (statements === 1 && deallocated !== undefined) effect.deallocates = deallocated;
   return effect.pin === undefined &&
     effect.resetsParameters !== true &&
-    effect.dropsStatements !== true
+    effect.dropsStatements !== true &&
+    effect.deallocates === undefined
     ? undefined
     : effect;
 }
@@ -163,6 +173,17 @@ function dropsAll(s: Statement): boolean {
   const [a, b, c] = s.words;
   if (a === 'discard') return b === 'all';
   return a === 'deallocate' && (b === 'all' || (b === 'prepare' && c === 'all'));
+}
+
+/** The name in `DEALLOCATE [PREPARE] name` (not ALL), or undefined. */
+function deallocatesOne(s: Statement): string | undefined {
+  const [a, b, c] = s.words;
+  if (a !== 'deallocate') return undefined;
+  const name = b === 'prepare' ? c : b;
+  if (s.count !== (b === 'prepare' ? 3 : 2) || name === undefined || name === 'all') {
+    return undefined;
+  }
+  return name;
 }
 
 function classify(s: Statement): SessionEffect['pin'] {
