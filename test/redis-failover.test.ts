@@ -70,6 +70,25 @@ void t.test(
       }
     });
     await until(() => outcomes.before.ok > 200, 10_000, 'load running');
+    // A command surely in flight when Redis dies: a BLPOP that Redis is seen to hold. The
+    // INCR loops may have nothing on a link at that instant on a loaded machine (their next
+    // commands still in the kernel's buffers), and then none of them is lost mid-flight.
+    const blocker = createClient({
+      socket: { host: '127.0.0.1', port: proxy.port, reconnectStrategy: false },
+    });
+    blocker.on('error', () => {});
+    await blocker.connect();
+    t.teardown(() => blocker.disconnect().catch(() => {}));
+    const blpop = within(blocker.blPop('never-pushed', 0), 20_000);
+    const direct = createClient({ socket: { host: '127.0.0.1', port } });
+    direct.on('error', () => {});
+    await direct.connect();
+    await until(
+      async () => /blocked_clients:1\r?\n/.test(await direct.info('clients')),
+      10_000,
+      'the BLPOP blocked in Redis',
+    );
+    await direct.disconnect();
     redis.process.kill('SIGKILL');
     await new Promise((r) => redis.process.once('exit', r));
     phase = 'down';
@@ -92,6 +111,13 @@ void t.test(
       clients.every((c) => c.isOpen),
       'every client kept its connection to sidepool',
     );
+    const lost = await blpop;
+    t.match(
+      lost.error ?? '',
+      /^ERR sidepool: .*\(SIDEPOOL_LINK_CLOSED\)$/,
+      'the command in flight when its link was lost gets -ERR naming the loss',
+    );
+    t.ok(blocker.isOpen, 'and its client keeps its connection');
     const metrics = await proxy.app.metrics.render();
     t.match(metrics, /sidepool_redis_commands_total\{route="test",result="failed"\} [1-9]/);
   },
