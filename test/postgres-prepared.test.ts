@@ -407,6 +407,17 @@ void t.test(
         `round ${round}: each client gets its own statement's answer`,
       );
     }
+    // The six first Parses ran at once: on a loaded machine the two clients of a text can
+    // both prepare it, one per backend, and save nothing. A client that comes later is
+    // answered from what a backend already has.
+    const late = await connect(proxy.port);
+    t.teardown(() => late.end());
+    const r = await late.query<{ v: number }>({
+      name: 'q',
+      text: 'SELECT 0 + $1::int AS v',
+      values: [9],
+    });
+    t.same(r.rows, [{ v: 9 }], 'a later client with a statement a backend has');
     // Three distinct texts, prepared at most once per backend.
     for (let i = 0; i < 3; i++) {
       t.ok(
