@@ -3,7 +3,6 @@
 // sidepool tcp mode; (a) 50 clients on persistent connections over a pool of 10, (b) -C (a
 // new connection per transaction), 50 clients, (c) backends in pg_stat_activity during
 // each; then sidepool's RSS with 1,000 idle clients.
-import fs from 'node:fs';
 import path from 'node:path';
 import {
   BENCH_DIR,
@@ -19,16 +18,16 @@ import {
   summarise,
   which,
 } from '../lib.mjs';
-import { logSkip } from '../targets.mjs';
 import {
   CLIENTS,
   PASSWORD,
-  PG_BIN,
   POOL,
   USER,
   pgbench,
   startCluster,
   startPgbouncer,
+  perTargetTable,
+  skipWithoutPostgres,
   startSidepoolPg,
 } from './pg-cluster.mjs';
 
@@ -71,17 +70,7 @@ export default {
   title: 'PostgreSQL pooling: pgbench -S, scram-sha-256',
 
   async run(ctx) {
-    const missing = [path.join(PG_BIN, 'initdb'), which('pgbench'), which('psql')].some(
-      (p) => !p || !fs.existsSync(p),
-    );
-    if (missing) {
-      logSkip(
-        ctx,
-        'workload 8',
-        'PostgreSQL 15 or pgbench not found (apt-get install postgresql postgresql-client)',
-      );
-      return { sections: [], skipped: true };
-    }
+    if (skipWithoutPostgres(ctx, 'workload 8')) return { sections: [], skipped: true };
     const havePgbouncer = which('pgbouncer') !== null;
     const seconds = ctx.quick ? 5 : 15;
     const cluster = await startCluster(ctx);
@@ -151,19 +140,7 @@ export default {
       sidepoolTcp: 'sidepool tcp',
     };
     const summary = summarise(samples, { pairs: [['sidepool', 'pgbouncer']] });
-    const perTarget = (table, digits) =>
-      mdTable(
-        ['load', ...names.map((n) => labels[n] ?? n)],
-        Object.entries(table).map(([metric, byTarget]) => [
-          metric,
-          ...names.map((n) => {
-            const values = (byTarget[n] ?? []).filter((v) => typeof v === 'number');
-            if (values.length === 0) return '–';
-            const show = (v) => (digits === 0 ? String(Math.round(v)) : fmt(v));
-            return `${show(values.sort((a, b) => a - b)[Math.floor(values.length / 2)])} (max ${show(Math.max(...values))})`;
-          }),
-        ]),
-      );
+    const perTarget = (table, digits) => perTargetTable(table, names, labels, digits);
     const ratioRows = Object.entries(summary).map(([metric, e]) => [
       metric,
       e.pair['sidepool/pgbouncer'] === undefined ? '–' : `${fmt(e.pair['sidepool/pgbouncer'])}×`,

@@ -4,8 +4,6 @@
 // only: the Debian package is 1.18, and protocol-level prepared statements in transaction
 // pooling came in 1.21) and sidepool transaction mode. The figure the issue asks for is
 // sidepool's -M prepared over its own -M extended: the reason drivers prepare.
-import fs from 'node:fs';
-import path from 'node:path';
 import {
   comparisonTable,
   fmt,
@@ -17,14 +15,14 @@ import {
   summarise,
   which,
 } from '../lib.mjs';
-import { logSkip } from '../targets.mjs';
 import {
   CLIENTS,
-  PG_BIN,
   POOL,
   pgbench,
   startCluster,
   startPgbouncer,
+  perTargetTable,
+  skipWithoutPostgres,
   startSidepoolPg,
 } from './pg-cluster.mjs';
 
@@ -58,17 +56,7 @@ export default {
   title: 'PostgreSQL prepared statements: pgbench -S -M prepared against -M extended',
 
   async run(ctx) {
-    const missing = [path.join(PG_BIN, 'initdb'), which('pgbench'), which('psql')].some(
-      (p) => !p || !fs.existsSync(p),
-    );
-    if (missing) {
-      logSkip(
-        ctx,
-        'workload 8p',
-        'PostgreSQL 15 or pgbench not found (apt-get install postgresql postgresql-client)',
-      );
-      return { sections: [], skipped: true };
-    }
+    if (skipWithoutPostgres(ctx, 'workload 8p')) return { sections: [], skipped: true };
     const havePgbouncer = which('pgbouncer') !== null;
     const seconds = ctx.quick ? 5 : 15;
     const cluster = await startCluster(ctx);
@@ -138,19 +126,7 @@ export default {
         ratio([EXTENDED, 'sidepool'], [EXTENDED, 'pgbouncer']),
       ],
     ];
-    const perTarget = (table, digits) =>
-      mdTable(
-        ['load', ...names.map((n) => labels[n] ?? n)],
-        Object.entries(table).map(([metric, byTarget]) => [
-          metric,
-          ...names.map((n) => {
-            const values = (byTarget[n] ?? []).filter((v) => typeof v === 'number');
-            if (values.length === 0) return '–';
-            const show = (v) => (digits === 0 ? String(Math.round(v)) : fmt(v));
-            return `${show(median(values))} (max ${show(Math.max(...values))})`;
-          }),
-        ]),
-      );
+    const perTarget = (table, digits) => perTargetTable(table, names, labels, digits);
     return {
       sections: [
         {

@@ -8,13 +8,17 @@ import {
   HOST,
   cpuSeconds,
   establishedTo,
+  fmt,
   freePort,
+  mdTable,
+  median,
   runCommand,
   sleep,
   startChild,
   waitListening,
+  which,
 } from '../lib.mjs';
-import { startSidepoolProcess } from '../targets.mjs';
+import { logSkip, startSidepoolProcess } from '../targets.mjs';
 
 export const PG_BIN = '/usr/lib/postgresql/15/bin';
 export const POOL = 10;
@@ -268,4 +272,35 @@ export async function pgbench(ctx, cluster, target, args, seconds, transactions)
       ? ((cpuAfter - cpuBefore) * 1e6) / txs
       : null;
   return { tps: tps > 0 ? tps : null, cpuUsPerTx, maxBackends, failed };
+}
+
+/** Whether PostgreSQL 15 and pgbench are missing; if so, the workload's skip is logged. */
+export function skipWithoutPostgres(ctx, workload) {
+  const missing = [path.join(PG_BIN, 'initdb'), which('pgbench'), which('psql')].some(
+    (p) => !p || !fs.existsSync(p),
+  );
+  if (missing) {
+    logSkip(
+      ctx,
+      workload,
+      'PostgreSQL 15 or pgbench not found (apt-get install postgresql postgresql-client)',
+    );
+  }
+  return missing;
+}
+
+/** A table of load × target: the median and max over runs of one figure. */
+export function perTargetTable(table, names, labels, digits) {
+  return mdTable(
+    ['load', ...names.map((n) => labels[n] ?? n)],
+    Object.entries(table).map(([metric, byTarget]) => [
+      metric,
+      ...names.map((n) => {
+        const values = (byTarget[n] ?? []).filter((v) => typeof v === 'number');
+        if (values.length === 0) return '–';
+        const show = (v) => (digits === 0 ? String(Math.round(v)) : fmt(v));
+        return `${show(median(values))} (max ${show(Math.max(...values))})`;
+      }),
+    ]),
+  );
 }
