@@ -30,8 +30,10 @@ export interface ExchangeOwner {
  * forwarding: the request goes up and the response comes down; responded: the response
  * was read to its end and handed to Node, the link given back; failed: the app got an
  * error status, or its connection was cut; done: the response went out (or the
- * connection went) and the exchange holds nothing. A retry happens once, when a reused
- * link dies before any response byte.
+ * connection went) and the exchange holds nothing. A retry happens when a reused link
+ * dies before any response byte, and again while the link it took was reused too (links
+ * that idled through the same burst go stale together), at most once per link the pool
+ * can hold: each retry closes the link it met.
  */
 type ExchangePhase = 'queued' | 'acquiring' | 'forwarding' | 'responded' | 'failed' | 'done';
 
@@ -440,11 +442,14 @@ export class Exchange implements LeaseHolder {
 
   /**
    * A stale keep-alive link: the upstream closed it as we sent. An idempotent request whose
-   * body we still have goes once more, on a link that idled less than this one did.
+   * body we still have goes again, on a link that idled less than this one did. That link
+   * may be stale too (given back after this one was taken, it idled through the same
+   * burst), so a request goes again each time the link it met was reused; a fresh dial
+   * ends the chain, and maxSize bounds it.
    */
   private canRetry(): boolean {
     return (
-      this.attempts === 1 &&
+      this.attempts <= this.ctx.route.pool.options.maxSize &&
       this.lease.linkWasIdle &&
       IDEMPOTENT.has(this.req.method ?? '') &&
       (this.shape.framing === 'none' || this.kept !== undefined) &&
@@ -455,7 +460,7 @@ export class Exchange implements LeaseHolder {
   /** forwarding → acquiring, once. */
   private retry(link: Link): void {
     this.moveTo('acquiring', 'forwarding');
-    this.staleBefore = link.idleSince;
+    this.staleBefore = Math.max(this.staleBefore, link.idleSince);
     this.releaseLink(false);
     // What was held of a chunked body is in `kept`, which the next attempt sends.
     if (this.heldFlush !== undefined) clearImmediate(this.heldFlush);
