@@ -123,6 +123,36 @@ void t.test('a tracked SET follows its client to every backend, and nowhere else
   await b.end();
 });
 
+void t.test(
+  'clients with the same startup parameters share a backend as it is; any change is SET',
+  async (t) => {
+    // One backend: every client below runs on it in turn. A backend remembers the last
+    // parameter set it was found to run with, and every change on either side forgets it.
+    const proxy = await proxyFor(t);
+    const params = { application_name: 'one', options: '-c search_path=other' };
+    const a = await connect(proxy.port, params);
+    const b = await connect(proxy.port, params);
+    const c = await connect(proxy.port);
+    const direct = await connect(cluster.port);
+    const defaults = await show(direct, ['application_name', 'search_path']);
+    await direct.end();
+    const names = ['application_name', 'search_path'];
+    t.same(await show(a, names), ['one', 'other'], 'A');
+    t.same(await show(b, names), ['one', 'other'], 'B, same set');
+    t.same(await show(c, names), defaults, 'C, without them');
+    t.same(await show(a, names), ['one', 'other'], 'A again, after C');
+    await a.query(`SET application_name = 'changed'`);
+    t.same(await show(b, names), ['one', 'other'], 'B, after A changed its own');
+    t.same(await show(a, names), ['changed', 'other'], 'A keeps its change');
+    await b.query('RESET ALL');
+    t.same(await show(a, names), ['changed', 'other'], 'A, after B reset the backend');
+    // As direct, its startup search_path is its default. (application_name is not checked:
+    // sidepool SETs it, so RESET ALL takes it back to the server's default; see README.)
+    t.same(await show(b, ['search_path']), ['other'], 'B, after its RESET ALL');
+    await Promise.all([a.end(), b.end(), c.end()]);
+  },
+);
+
 const PINS: Array<[string, string, string]> = [
   ['set', 'SET search_path = other', 'SELECT current_setting($$search_path$$)'],
   ['listen', 'LISTEN somewhere', 'SELECT count(*) FROM pg_listening_channels()'],

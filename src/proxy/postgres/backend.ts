@@ -68,6 +68,12 @@ export class Backend {
    * extra_float_digits, …), lower-cased name → value. Cleared by a reset.
    */
   readonly applied = new Map<string, string>();
+  /**
+   * The parameter set (a client's `parametersKey`) this backend was last checked to run
+   * with, so that a client with the same set binds it without comparing them one by one.
+   * Anything that changes the backend's parameters clears it.
+   */
+  paramsMatched: string | undefined;
   readonly queue = new OutstandingQueue();
   /** Shared prepared statements on this backend (transaction pooling). */
   readonly statements = new BackendStatements();
@@ -77,6 +83,12 @@ export class Backend {
   private readonly framer: Framer;
   private sink: BackendSink | undefined;
   private reading = false;
+
+  /** A reset or a failed SET: what sidepool set is gone, or unknown. */
+  forgetApplied(): void {
+    this.applied.clear();
+    this.paramsMatched = undefined;
+  }
 
   private constructor(link: Link) {
     this.link = link;
@@ -228,6 +240,7 @@ export class Backend {
         const value = r.cstring();
         this.params.set(name, value);
         this.paramsByKey.set(name.toLowerCase(), value);
+        this.paramsMatched = undefined;
       }
       this.sink?.message(code, msg, request);
       return true;

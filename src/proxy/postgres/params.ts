@@ -79,6 +79,18 @@ function splitOptions(text: string): string[] {
   return words;
 }
 
+/**
+ * A client's parameter set as one string: clients with equal sets have equal keys, which
+ * is what `Backend.paramsMatched` remembers.
+ */
+export function parametersKey(params: ReadonlyMap<string, ClientParameter>): string {
+  let key = '';
+  for (const [name, { value }] of params) {
+    if (!SERVER_ONLY.has(name)) key += `${name}\0${value}\0`;
+  }
+  return key;
+}
+
 /** The value a backend runs with now, as far as sidepool knows. */
 function backendValue(backend: Backend, key: string): string | undefined {
   return backend.paramsByKey.get(key) ?? backend.applied.get(key);
@@ -112,6 +124,7 @@ export function setParametersSql(
     }
   }
   if (sets.length === 0 && resets.length === 0) return undefined;
+  if (mark) backend.paramsMatched = undefined;
   const statements = [...resets];
   if (sets.length > 0) statements.push(`SELECT ${sets.join(', ')}`);
   return statements.join('; ');

@@ -32,7 +32,7 @@ import {
   type ErrorFields,
 } from './messages.js';
 import type { Answer, Outstanding, ReplyAction } from './outstanding.js';
-import { clientParameters, setParametersSql } from './params.js';
+import { clientParameters, parametersKey, setParametersSql } from './params.js';
 import {
   ClientStatements,
   readBindStatement,
@@ -136,6 +136,8 @@ export class PgSession implements Session, CancelTarget {
   private counted: ClientCount | undefined;
   /** What this client expects its backend to run with: lower-case name → name and value. */
   private params = new Map<string, { name: string; value: string }>();
+  /** `parametersKey(params)`, made when first asked for after a change. */
+  private paramsKeyMemo: string | undefined;
   private backend: Backend | undefined;
   /** Sockets corked while a client read is framed (corkedWhile); undefined between reads. */
   private chunkCorks: Duplex[] | undefined;
@@ -613,6 +615,7 @@ export class PgSession implements Session, CancelTarget {
       if (!this.params.has(name.toLowerCase()))
         this.params.set(name.toLowerCase(), { name, value });
     }
+    this.paramsKeyMemo = undefined;
     out.push(backendKeyData(this.pid, this.cancelKey));
     out.push(readyForQuery('I'));
     this.socket.write(Buffer.concat(out));
@@ -1017,7 +1020,7 @@ export class PgSession implements Session, CancelTarget {
       this.deallocate(backend, name, this.statements);
       return false;
     }
-    if (effect.resetsParameters === true) backend.applied.clear();
+    if (effect.resetsParameters === true) backend.forgetApplied();
     if (effect.dropsStatements === true && this.statements !== undefined) {
       this.dropStatements(backend);
     }
@@ -1082,10 +1085,7 @@ export class PgSession implements Session, CancelTarget {
     const link = pgPool.pool.tryAcquire();
     if (link !== undefined) {
       const backend = Backend.of(link);
-      if (
-        !this.needsCheck(link, backend) &&
-        setParametersSql(this.params, backend, false) === undefined
-      ) {
+      if (!this.needsCheck(link, backend) && this.runsMyParameters(backend)) {
         this.attachBackend(backend);
         return true;
       }
@@ -1102,6 +1102,19 @@ export class PgSession implements Session, CancelTarget {
       else void this.bind(got);
     });
     return false;
+  }
+
+  /**
+   * Whether the backend runs with this client's parameters, so needs no SET. A backend
+   * remembers the last set it was found to match: with clients that share one set (an
+   * app's pool of connections) the comparison is one string compare per bind.
+   */
+  private runsMyParameters(backend: Backend): boolean {
+    const key = (this.paramsKeyMemo ??= parametersKey(this.params));
+    if (backend.paramsMatched === key) return true;
+    if (setParametersSql(this.params, backend, false) !== undefined) return false;
+    backend.paramsMatched = key;
+    return true;
   }
 
   private needsCheck(link: Link, backend: Backend): boolean {
@@ -1159,11 +1172,13 @@ export class PgSession implements Session, CancelTarget {
         const checked = await backend.run('', 5000);
         if (checked.status !== 'I' || checked.error !== undefined) throw new Error('check failed');
       }
-      const sql = setParametersSql(this.params, backend);
+      const sql = this.runsMyParameters(backend)
+        ? undefined
+        : setParametersSql(this.params, backend);
       if (sql !== undefined) {
         const result = await backend.run(sql);
         if (result.error !== undefined) {
-          backend.applied.clear();
+          backend.forgetApplied();
           pgPool.pool.release(link, false);
           if (this.state === 'waiting') {
             this.fatal({
@@ -1221,6 +1236,7 @@ export class PgSession implements Session, CancelTarget {
         changed.push(parameterStatus(name, value));
       }
     }
+    this.paramsKeyMemo = undefined;
     if (changed.length > 0) this.socket.write(Buffer.concat(changed));
   }
 
@@ -1274,6 +1290,7 @@ export class PgSession implements Session, CancelTarget {
       const mine = this.params.get(key);
       if (mine !== undefined) mine.value = value;
       else this.params.set(key, { name, value });
+      this.paramsKeyMemo = undefined;
       return;
     }
     if (backend.queue.peek()?.action === 'answer') this.answerQueued(backend);
@@ -1380,7 +1397,7 @@ export class PgSession implements Session, CancelTarget {
         const reset = await backend.run(this.ctx.settings.resetQuery, 10_000);
         if (reset.status !== 'I' || reset.error !== undefined)
           throw new Error('reset query failed');
-        backend.applied.clear();
+        backend.forgetApplied();
         if (sessionEffect(this.ctx.settings.resetQuery)?.dropsStatements === true) {
           backend.statements.clear();
         }
