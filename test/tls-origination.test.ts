@@ -5,6 +5,7 @@ import t from 'tap';
 import type { Address } from '../src/config/address.js';
 import type { TlsObserver } from '../src/tls/observer.js';
 import { TlsOrigination, type UpstreamTlsSettings } from '../src/upstream/tls.js';
+import { TlsSessionCache } from '../src/upstream/tls-sessions.js';
 import { TestPki, type KeyPair, type TestCa } from './helpers/certs.js';
 import { SecretVolume } from './helpers/secret-volume.js';
 import { startTlsServer } from './helpers/tls-server.js';
@@ -310,6 +311,20 @@ void t.test('replacement dials resume the TLS session', async (t) => {
     events.map((e) => e[3]),
     [false, true],
   );
+});
+
+void t.test('ticketless endpoints are remembered within a bound, like sessions', (t) => {
+  // Endpoints change with DNS: a list that only grows would grow for as long as it runs.
+  const cache = new TlsSessionCache(2);
+  for (const endpoint of ['10.0.0.1:443', '10.0.0.2:443', '10.0.0.3:443']) {
+    cache.markTicketless(endpoint);
+  }
+  t.notOk(cache.isTicketless('10.0.0.1:443'), 'the oldest went');
+  t.ok(cache.isTicketless('10.0.0.3:443'));
+  cache.set('10.0.0.3:443', Buffer.from('ticket'));
+  t.notOk(cache.isTicketless('10.0.0.3:443'), 'a ticket after all takes it off the list');
+  t.equal(cache.size, 1, 'size counts sessions only');
+  t.end();
 });
 
 void t.test('sessionResumption: false always does full handshakes', async (t) => {

@@ -8,6 +8,11 @@
  */
 export class TlsSessionCache {
   private readonly sessions = new Map<string, Buffer>();
+  /**
+   * Endpoints whose first handshake brought no ticket in time: their dials do not wait for
+   * one. Bounded like the sessions: endpoints come and go with DNS.
+   */
+  private readonly ticketless = new Set<string>();
 
   constructor(private readonly maxEntries = 100) {}
 
@@ -19,10 +24,19 @@ export class TlsSessionCache {
   set(endpoint: string, session: Buffer): void {
     this.sessions.delete(endpoint);
     this.sessions.set(endpoint, session);
-    if (this.sessions.size > this.maxEntries) {
-      const oldest = this.sessions.keys().next().value;
-      if (oldest !== undefined) this.sessions.delete(oldest);
-    }
+    this.ticketless.delete(endpoint);
+    trim(this.sessions, this.maxEntries);
+  }
+
+  /** The endpoint issued no ticket in time (until `set` brings one). */
+  markTicketless(endpoint: string): void {
+    this.ticketless.delete(endpoint);
+    this.ticketless.add(endpoint);
+    trim(this.ticketless, this.maxEntries);
+  }
+
+  isTicketless(endpoint: string): boolean {
+    return this.ticketless.has(endpoint);
   }
 
   delete(endpoint: string): void {
@@ -36,5 +50,14 @@ export class TlsSessionCache {
 
   get size(): number {
     return this.sessions.size;
+  }
+}
+
+/** Drops the oldest entries (insertion order) past `max`. */
+function trim(entries: Map<string, unknown> | Set<string>, max: number): void {
+  while (entries.size > max) {
+    const oldest = entries.keys().next().value;
+    if (oldest === undefined) return;
+    entries.delete(oldest);
   }
 }

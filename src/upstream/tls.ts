@@ -83,12 +83,6 @@ export class TlsOrigination {
    * handshake and N-1 resumed ones instead of N full ones.
    */
   private readonly firstSessions = new Map<string, Promise<void>>();
-  /**
-   * Endpoints whose first handshake brought no session ticket within TICKET_WAIT_MS: their
-   * later dials do not wait for one (a server that issues none would make every burst of
-   * dials wait). A ticket that comes after all takes the endpoint off the list.
-   */
-  private readonly ticketless = new Set<string>();
   private readonly settings: UpstreamTlsSettings;
   private readonly defaultServername: string | undefined;
   private readonly log: Logger;
@@ -279,7 +273,8 @@ export class TlsOrigination {
       resumption &&
       this.sessions.get(endpoint) === undefined &&
       !this.firstSessions.has(endpoint) &&
-      !this.ticketless.has(endpoint)
+      // A server that issued no ticket in TICKET_WAIT_MS would make every burst of dials wait.
+      !this.sessions.isTicketless(endpoint)
     ) {
       this.firstSessions.set(endpoint, new Promise<void>((resolve) => (releaseFirst = resolve)));
     }
@@ -303,7 +298,6 @@ export class TlsOrigination {
     if (resumption) {
       secure.on('session', (session: Buffer) => {
         this.sessions.set(endpoint, session);
-        this.ticketless.delete(endpoint);
         settleFirst();
       });
       // A handshake that fails, closes, or completes without a ticket soon after (a server
@@ -314,7 +308,7 @@ export class TlsOrigination {
       secure.once('secureConnect', () =>
         setTimeout(() => {
           if (releaseFirst !== undefined && this.sessions.get(endpoint) === undefined) {
-            this.ticketless.add(endpoint);
+            this.sessions.markTicketless(endpoint);
           }
           settleFirst();
         }, TICKET_WAIT_MS).unref(),
