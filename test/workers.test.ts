@@ -7,9 +7,9 @@ import YAML from 'yaml';
 import { parseConfig } from '../src/config/load.js';
 import { reusePortAvailable } from '../src/net/reuse-port.js';
 import { shareOf, workerConfig } from '../src/workers/share.js';
-import { runCli, startCli, type RunningCli } from './helpers/cli.js';
-import { metric, parseMetrics, request } from './helpers/http.js';
-import { freePort } from './helpers/redis.js';
+import { runCli } from './helpers/cli.js';
+import { metric, request } from './helpers/http.js';
+import { processAlive, startSidepoolProcess, type SidepoolProcess } from './helpers/group.js';
 import { roundTrip, startEcho, until } from './helpers/util.js';
 
 void t.test('shares add up to the total and differ by at most one', (t) => {
@@ -74,60 +74,14 @@ void t.test(
   },
 );
 
-interface Group {
-  cli: RunningCli;
-  path: string;
-  adminPort: number;
-  port: number;
-  write(pool: Record<string, unknown>): Promise<void>;
-  metrics(): Promise<Map<string, number>>;
-  workerPids(): number[];
-}
-
-async function startGroup(
+/** Two workers on one route `echo` to `upstream`; `top` adds top-level config keys. */
+function startGroup(
   t: { teardown(fn: () => unknown): void },
   upstream: string,
   pool: Record<string, unknown>,
   top: Record<string, unknown> = {},
-): Promise<Group> {
-  const dir = await mkdtemp(join(tmpdir(), 'sidepool-workers-'));
-  const path = join(dir, 'sidepool.yaml');
-  const [port, adminPort] = [await freePort(), await freePort()];
-  const write = (p: Record<string, unknown>) =>
-    writeFile(
-      path,
-      YAML.stringify({
-        workers: 2,
-        admin: { listen: `127.0.0.1:${adminPort}` },
-        drain: { timeout: '2s' },
-        ...top,
-        routes: [{ name: 'echo', listen: `127.0.0.1:${port}`, upstream, pool: p }],
-      }),
-    );
-  await write(pool);
-  const cli = startCli(['run', '--config', path]);
-  t.teardown(() => cli.child.kill('SIGKILL'));
-  await cli.waitFor((l) => l.msg === 'workers started', 15_000);
-  return {
-    cli,
-    path,
-    adminPort,
-    port,
-    write,
-    metrics: async () => parseMetrics((await request(adminPort, '/metrics')).body),
-    workerPids: () => [
-      ...new Set(cli.lines.filter((l) => l.msg === 'route listening').map((l) => l.pid as number)),
-    ],
-  };
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
+): Promise<SidepoolProcess> {
+  return startSidepoolProcess(t, upstream, pool, { workers: 2, top });
 }
 
 const HELD = 24;
@@ -230,7 +184,7 @@ void t.test('two workers share the listener, the pool cap and one admin endpoint
   const [victim] = group.workerPids() as [number];
   process.kill(victim, 'SIGKILL');
   await group.cli.waitFor((l) => l.msg === 'worker exited: starting it again');
-  await until(() => group.workerPids().filter(alive).length === 2, 10_000);
+  await until(() => group.workerPids().filter(processAlive).length === 2, 10_000);
   t.equal((await roundTrip(group.port, 'after')).toString(), 'after');
   const restarted = await group.metrics();
   t.equal(metric(restarted, 'sidepool_worker_restarts_total'), 1);
@@ -241,10 +195,10 @@ void t.test('two workers share the listener, the pool cap and one admin endpoint
     'the new worker starts with the reloaded config',
   );
 
-  const pids = group.workerPids().filter(alive);
+  const pids = group.workerPids().filter(processAlive);
   group.cli.child.kill('SIGTERM');
   t.equal(await group.cli.exited, 0);
-  t.same(pids.filter(alive), [], 'no worker outlives the primary');
+  t.same(pids.filter(processAlive), [], 'no worker outlives the primary');
 });
 
 void t.test('a drain through the admin endpoint stops every worker', async (t) => {

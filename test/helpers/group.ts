@@ -23,6 +23,8 @@ export interface SidepoolProcessOptions {
   workers?: number;
   env?: NodeJS.ProcessEnv;
   nodeFlags?: string[];
+  /** More top-level config keys (workerSockets, …). */
+  top?: Record<string, unknown>;
 }
 
 /**
@@ -46,6 +48,7 @@ export async function startSidepoolProcess(
         workers,
         admin: { listen: `127.0.0.1:${adminPort}` },
         drain: { timeout: '2s' },
+        ...options.top,
         routes: [{ name: 'echo', listen: `127.0.0.1:${port}`, upstream, pool: p }],
       }),
     );
