@@ -1,15 +1,15 @@
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import YAML from 'yaml';
 import { runCli, startCli } from './helpers/cli.js';
 import { freePort } from './helpers/redis.js';
 import { startEcho } from './helpers/util.js';
+import { tempDir } from './helpers/tmp.js';
 
 async function configFile(text: string): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'sidepool-cli-'));
+  const dir = tempDir('sidepool-cli-');
   const path = join(dir, 'sidepool.yaml');
   await writeFile(path, text);
   return path;

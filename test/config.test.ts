@@ -1,11 +1,11 @@
-import { mkdtemp, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
 import { parseAddress } from '../src/config/address.js';
 import { formatDuration, parseDuration } from '../src/config/duration.js';
 import { applyFlags, loadConfig, parseConfig } from '../src/config/load.js';
 import type { ConfigError } from '../src/errors.js';
+import { tempDir } from './helpers/tmp.js';
 
 const minimal = { routes: [{ listen: '127.0.0.1:6380', upstream: '10.0.0.5:6379' }] };
 
@@ -310,7 +310,7 @@ void t.test('flags override the file', (t) => {
 });
 
 void t.test('files: YAML, JSON, syntax errors, missing files', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'sidepool-config-'));
+  const dir = tempDir('sidepool-config-');
   const yamlPath = join(dir, 'a.yaml');
   await writeFile(
     yamlPath,

@@ -1,5 +1,4 @@
-import { mkdtemp, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
 import YAML from 'yaml';
@@ -9,6 +8,7 @@ import type { ConfigError } from '../src/errors.js';
 import { fetchHttp, startHttpUpstream } from './helpers/http-upstream.js';
 import { freePort } from './helpers/redis.js';
 import { captureLogger, roundTrip, startEcho } from './helpers/util.js';
+import { tempDir } from './helpers/tmp.js';
 
 function issuesOf(raw: unknown): Array<{ path: string; message: string }> {
   try {
@@ -144,7 +144,7 @@ void t.test('reload: http settings and a mode change take effect', async (t) => 
   const upstream = await startHttpUpstream();
   t.teardown(() => upstream.close());
   const port = await freePort();
-  const dir = await mkdtemp(join(tmpdir(), 'sidepool-http-reload-'));
+  const dir = tempDir('sidepool-http-reload-');
   const path = join(dir, 'sidepool.yaml');
   const write = (extra: Record<string, unknown>) =>
     writeFile(

@@ -1,10 +1,10 @@
-import { mkdtemp, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
 import { startSidepoolProcess } from './helpers/group.js';
 import { metric, parseMetrics, request } from './helpers/http.js';
 import { roundTrip, startEcho, until } from './helpers/util.js';
+import { tempDir } from './helpers/tmp.js';
 
 /**
  * A module preloaded into sidepool's processes (node --import) that plants a fault when
@@ -24,7 +24,7 @@ async function startSidepool(
 ) {
   const upstream = await startEcho();
   t.teardown(() => upstream.close());
-  const dir = await mkdtemp(join(tmpdir(), 'sidepool-faults-'));
+  const dir = tempDir('sidepool-faults-');
   const preload = join(dir, 'planted.mjs');
   await writeFile(preload, PLANTED);
   return startSidepoolProcess(

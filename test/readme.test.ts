@@ -2,8 +2,7 @@
 // itself, checked to be in .ci/run), so the README cannot drift from what works. A command
 // with no case below fails the test: adding one to the README means adding it here.
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import net from 'node:net';
@@ -11,6 +10,7 @@ import { createClient } from 'redis';
 import t, { type Test } from 'tap';
 import { CLI, startCommand, type RunningCli } from './helpers/cli.js';
 import { freePort, startRedis } from './helpers/redis.js';
+import { tempDir } from './helpers/tmp.js';
 
 const exec = promisify(execFile);
 const ROOT = path.resolve(import.meta.dirname, '..');
@@ -93,7 +93,7 @@ async function quickStartSetup(t: Test): Promise<{ ports: Record<string, number>
     '6380': await freePort(),
     '9901': await freePort(),
   };
-  const dir = await mkdtemp(path.join(tmpdir(), 'sidepool-readme-'));
+  const dir = tempDir('sidepool-readme-');
   const yaml = (quickStartYaml as string).replace(
     /127\.0\.0\.1:(\d+)/g,
     (all, p: string) => `127.0.0.1:${ports[p] ?? p}`,
@@ -149,7 +149,7 @@ const cases: Array<[RegExp, Case]> = [
     /^\.\/node_modules\/\.bin\/sidepool check --config sidepool\.yaml$/,
     async (t, match) => {
       t.ok(quickStartYaml, 'the README has the sidepool.yaml block');
-      const dir = await mkdtemp(path.join(tmpdir(), 'sidepool-readme-'));
+      const dir = tempDir('sidepool-readme-');
       await writeFile(path.join(dir, 'sidepool.yaml'), quickStartYaml as string);
       // From the folder that holds sidepool.yaml: the bin by its path in the checkout.
       const [, ...args] = match.input.split(/\s+/);

@@ -2,9 +2,8 @@
 // route leaves every route as it was; a failed reload leaves nothing bound; changes to a
 // kept route's destination take effect; retired routes drain by a deadline and their
 // bytes are counted once.
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import YAML from 'yaml';
@@ -21,6 +20,7 @@ import {
   startServer,
   until,
 } from './helpers/util.js';
+import { tempDir } from './helpers/tmp.js';
 
 async function setup(
   t: { teardown(fn: () => unknown): void },
@@ -30,7 +30,7 @@ async function setup(
   write: (c: Record<string, unknown>) => Promise<void>;
   lines: Array<Record<string, unknown>>;
 }> {
-  const dir = await mkdtemp(join(tmpdir(), 'sidepool-atomic-'));
+  const dir = tempDir('sidepool-atomic-');
   const path = join(dir, 'sidepool.yaml');
   const write = (c: Record<string, unknown>): Promise<void> =>
     writeFile(path, YAML.stringify({ admin: { listen: '127.0.0.1:0' }, ...c }));

@@ -1,6 +1,5 @@
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import YAML from 'yaml';
@@ -10,6 +9,7 @@ import { startCli } from './helpers/cli.js';
 import { metric, parseMetrics, request } from './helpers/http.js';
 import { freePort } from './helpers/redis.js';
 import { connectAndWaitClose, roundTrip, startEcho, until, captureLogger } from './helpers/util.js';
+import { tempDir } from './helpers/tmp.js';
 
 interface RouteSpec {
   name: string;
@@ -27,7 +27,7 @@ async function writeConfig(
 }
 
 async function setup(t: { teardown(fn: () => unknown): void }, routes: RouteSpec[]) {
-  const dir = await mkdtemp(join(tmpdir(), 'sidepool-reload-'));
+  const dir = tempDir('sidepool-reload-');
   const path = join(dir, 'sidepool.yaml');
   await writeConfig(path, routes);
   const { logger, lines } = captureLogger('info');
@@ -197,7 +197,7 @@ void t.test('POST /reload answers with the outcome', async (t) => {
 void t.test('SIGHUP reloads the running CLI', async (t) => {
   const upstream = await startEcho();
   t.teardown(() => upstream.close());
-  const dir = await mkdtemp(join(tmpdir(), 'sidepool-hup-'));
+  const dir = tempDir('sidepool-hup-');
   const path = join(dir, 'sidepool.yaml');
   const [port1, port2] = [await freePort(), await freePort()];
   await writeConfig(

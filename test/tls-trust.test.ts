@@ -1,5 +1,4 @@
-import { mkdtemp, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import t from 'tap';
@@ -9,6 +8,7 @@ import { startCli } from './helpers/cli.js';
 import { freePort } from './helpers/redis.js';
 import { startTlsServer } from './helpers/tls-server.js';
 import { roundTrip } from './helpers/util.js';
+import { tempDir } from './helpers/tmp.js';
 
 /**
  * What `tls: true` trusts, in a real sidepool process: Node's bundled roots and
@@ -30,7 +30,7 @@ t.before(async () => {
 t.teardown(() => pki.remove());
 
 async function sidepoolTo(upstream: string, env: NodeJS.ProcessEnv) {
-  const dir = await mkdtemp(join(tmpdir(), 'sidepool-trust-'));
+  const dir = tempDir('sidepool-trust-');
   const path = join(dir, 'sidepool.yaml');
   const port = await freePort();
   await writeFile(

@@ -1,8 +1,7 @@
 // Reloads with workers: the primary refuses what changes on restart only, and a reload a
 // worker cannot apply leaves the whole group on the running config.
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import YAML from 'yaml';
@@ -10,6 +9,7 @@ import { startCli } from './helpers/cli.js';
 import { request } from './helpers/http.js';
 import { freePort } from './helpers/redis.js';
 import { roundTrip, startEcho } from './helpers/util.js';
+import { tempDir } from './helpers/tmp.js';
 
 void t.test('a group reload is whole or refused', async (t) => {
   const upstream = await startEcho();
@@ -18,7 +18,7 @@ void t.test('a group reload is whole or refused', async (t) => {
   await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
   t.teardown(() => new Promise((r) => blocker.close(r)));
   const busy = (blocker.address() as net.AddressInfo).port;
-  const dir = await mkdtemp(join(tmpdir(), 'sidepool-workers-reload-'));
+  const dir = tempDir('sidepool-workers-reload-');
   const path = join(dir, 'sidepool.yaml');
   const [port, portNew, adminPort] = [await freePort(), await freePort(), await freePort()];
   const route = { name: 'echo', listen: `127.0.0.1:${port}`, upstream: upstream.address };

@@ -1,6 +1,5 @@
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import YAML from 'yaml';
@@ -11,6 +10,7 @@ import { runCli } from './helpers/cli.js';
 import { metric, request } from './helpers/http.js';
 import { processAlive, startSidepoolProcess, type SidepoolProcess } from './helpers/group.js';
 import { roundTrip, startEcho, until } from './helpers/util.js';
+import { tempDir } from './helpers/tmp.js';
 
 void t.test('shares add up to the total and differ by at most one', (t) => {
   for (const [total, count] of [
@@ -50,7 +50,7 @@ void t.test('shares add up to the total and differ by at most one', (t) => {
 void t.test(
   'config: workers must be a whole number from 1 and at most every maxSize',
   async (t) => {
-    const dir = await mkdtemp(join(tmpdir(), 'sidepool-workers-'));
+    const dir = tempDir('sidepool-workers-');
     const path = join(dir, 'bad.yaml');
     await writeFile(
       path,

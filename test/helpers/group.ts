@@ -1,10 +1,10 @@
-import { mkdtemp, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import YAML from 'yaml';
 import { startCli, type RunningCli } from './cli.js';
 import { parseMetrics, request } from './http.js';
 import { freePort } from './redis.js';
+import { tempDir } from './tmp.js';
 
 /** A `sidepool run` process (with `workers`, a primary and its workers) with one route. */
 export interface SidepoolProcess {
@@ -38,7 +38,7 @@ export async function startSidepoolProcess(
   options: SidepoolProcessOptions = {},
 ): Promise<SidepoolProcess> {
   const workers = options.workers ?? 2;
-  const dir = await mkdtemp(join(tmpdir(), 'sidepool-process-'));
+  const dir = tempDir('sidepool-process-');
   const path = join(dir, 'sidepool.yaml');
   const [port, adminPort] = [await freePort(), await freePort()];
   const write = (p: Record<string, unknown>) =>
