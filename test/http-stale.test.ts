@@ -94,6 +94,46 @@ void t.test('a retry that meets another stale link goes again, on a fresh one', 
 });
 
 void t.test(
+  'a request goes upstream three times at most: the last try on a new link',
+  async (t) => {
+    // A request that makes the upstream drop the connection (a "query of death") must not
+    // be sent down every reused link the pool holds. Here three links go stale one after
+    // the other, each given back while the GET's try before it was under way.
+    let taken: () => void = () => {};
+    let getSends = 0;
+    const server = await startServer((socket) => {
+      let served = 0;
+      socket.on('data', (data: Buffer) => {
+        if (!data.includes('\r\n\r\n')) return;
+        if (data.includes('GET /slow ')) getSends++;
+        if (served++ === 0) {
+          socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+          return;
+        }
+        taken();
+        setTimeout(() => socket.end(), 200);
+      });
+    });
+    t.teardown(() => server.close());
+    const proxy = await startProxy(server.address, { minIdle: 0 }, HTTP);
+    t.teardown(() => proxy.app.stop(100));
+    t.equal((await fetchHttp(proxy.port)).status, 200, 'the first link, fresh');
+    let onTaken = new Promise<void>((resolve) => (taken = resolve));
+    const get = fetchHttp(proxy.port, { path: '/slow' });
+    for (let link = 2; link <= 3; link++) {
+      // The GET sits on a stale link; another request dials a new one meanwhile, which
+      // then idles, stale too, until the GET's retry takes it.
+      await onTaken;
+      onTaken = new Promise<void>((resolve) => (taken = resolve));
+      t.equal((await fetchHttp(proxy.port)).status, 200, `link ${link}, fresh`);
+    }
+    t.equal((await get).status, 200, 'the GET, on a new link at its third try');
+    t.equal(getSends, 3, 'the GET reached the upstream three times');
+    t.equal(await counter(proxy, 'sidepool_http_retries_total', { route: 'test' }), 2);
+  },
+);
+
+void t.test(
   'a link is not reused past the keep-alive timeout the upstream announces',
   async (t) => {
     // Node's server says `Keep-Alive: timeout=4` and closes idle connections after 4 s;

@@ -31,9 +31,8 @@ export interface ExchangeOwner {
  * was read to its end and handed to Node, the link given back; failed: the app got an
  * error status, or its connection was cut; done: the response went out (or the
  * connection went) and the exchange holds nothing. A retry happens when a reused link
- * dies before any response byte, and again while the link it took was reused too (links
- * that idled through the same burst go stale together), at most once per link the pool
- * can hold: each retry closes the link it met.
+ * dies before any response byte, and once more when the link it took was reused too
+ * (links that idled through the same burst go stale together); see MAX_ATTEMPTS.
  */
 type ExchangePhase = 'queued' | 'acquiring' | 'forwarding' | 'responded' | 'failed' | 'done';
 
@@ -55,6 +54,12 @@ const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
 
 /** A request body up to this size is kept until the response starts, for a retry. */
 const RETRY_BODY_LIMIT = 64 * 1024;
+/**
+ * Tries of one request at most: the first, one on a link that idled less than the stale
+ * one, and one on a link nobody had idle when the second failed. A request that makes the
+ * upstream drop the connection is not sent down every link of the pool.
+ */
+const MAX_ATTEMPTS = 3;
 
 /**
  * What counts as progress of a request body for requestBodyTimeout: this many more bytes,
@@ -444,12 +449,11 @@ export class Exchange implements LeaseHolder {
    * A stale keep-alive link: the upstream closed it as we sent. An idempotent request whose
    * body we still have goes again, on a link that idled less than this one did. That link
    * may be stale too (given back after this one was taken, it idled through the same
-   * burst), so a request goes again each time the link it met was reused; a fresh dial
-   * ends the chain, and maxSize bounds it.
+   * burst); then the last try takes no link that was idle at that moment.
    */
   private canRetry(): boolean {
     return (
-      this.attempts <= this.ctx.route.pool.options.maxSize &&
+      this.attempts < MAX_ATTEMPTS &&
       this.lease.linkWasIdle &&
       IDEMPOTENT.has(this.req.method ?? '') &&
       (this.shape.framing === 'none' || this.kept !== undefined) &&
@@ -457,10 +461,12 @@ export class Exchange implements LeaseHolder {
     );
   }
 
-  /** forwarding → acquiring, once. */
+  /** forwarding → acquiring, at most MAX_ATTEMPTS - 1 times. */
   private retry(link: Link): void {
     this.moveTo('acquiring', 'forwarding');
-    this.staleBefore = Math.max(this.staleBefore, link.idleSince);
+    // Two stale links in a row: every link idle now is presumed stale (and closed when
+    // met), so the last try gets a new link or one given back from here on.
+    this.staleBefore = this.attempts >= MAX_ATTEMPTS - 1 ? Date.now() : link.idleSince;
     this.releaseLink(false);
     // What was held of a chunked body is in `kept`, which the next attempt sends.
     if (this.heldFlush !== undefined) clearImmediate(this.heldFlush);
