@@ -1,9 +1,9 @@
 import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { MissingToolError } from './process.js';
+import { tempDir } from './tmp.js';
 
 /**
  * A throwaway PKI made with the system's openssl for each test run: nothing is committed,
@@ -117,7 +117,7 @@ export class TestPki {
   ) {}
 
   static async create(): Promise<TestPki> {
-    const dir = await mkdtemp(path.join(tmpdir(), 'sidepool-pki-'));
+    const dir = tempDir('sidepool-pki-');
     const config = path.join(dir, 'openssl.cnf');
     await writeFile(config, OPENSSL_CONFIG);
     return new TestPki(dir, config);
