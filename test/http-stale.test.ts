@@ -59,16 +59,21 @@ void t.test('a stale link: idempotent requests go again on a fresh link', async 
   }
 });
 
-void t.test('a retry that meets another stale link goes again, on a fresh one', async (t) => {
-  // Like nginx's keep-alive timer firing for links that served the same burst: a link
-  // given back after the first one was taken is stale too, and it is the one the retry
-  // takes (it idled less). Each link answers once and, on its second request, closes
-  // after a while without a word.
+/**
+ * An upstream on which each link answers its first request and, on its second, closes
+ * after 200 ms without a word: a link given back after another was taken is stale just
+ * the same, as links that served one burst are when nginx's keep-alive timer fires.
+ * `nextStale()` resolves when a link next gets a request it will not answer; `sends`
+ * counts the requests for `path`.
+ */
+async function lateClosingUpstream(path = '/slow') {
   let taken: () => void = () => {};
+  const counts = { sends: 0 };
   const server = await startServer((socket) => {
     let served = 0;
     socket.on('data', (data: Buffer) => {
       if (!data.includes('\r\n\r\n')) return;
+      if (data.includes(`GET ${path} `)) counts.sends++;
       if (served++ === 0) {
         socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
         return;
@@ -77,16 +82,21 @@ void t.test('a retry that meets another stale link goes again, on a fresh one', 
       setTimeout(() => socket.end(), 200);
     });
   });
+  const nextStale = () => new Promise<void>((resolve) => (taken = resolve));
+  return { server, counts, nextStale };
+}
+
+void t.test('a retry that meets another stale link goes again, on a fresh one', async (t) => {
+  const { server, nextStale } = await lateClosingUpstream();
   t.teardown(() => server.close());
   const proxy = await startProxy(server.address, { minIdle: 0 }, HTTP);
   t.teardown(() => proxy.app.stop(100));
   t.equal((await fetchHttp(proxy.port)).status, 200, 'the first link, fresh');
   // The GET takes that link; while its upstream sits on it, a second link is dialed,
-  // serves one request and idles: newer than the first, and just as stale.
-  const onTaken = new Promise<void>((resolve) => (taken = resolve));
-  const get = fetchHttp(proxy.port);
-  await onTaken;
-  taken = () => {};
+  // serves one request and idles: newer than the first (the retry takes it), just as stale.
+  const stale = nextStale();
+  const get = fetchHttp(proxy.port, { path: '/slow' });
+  await stale;
   t.equal((await fetchHttp(proxy.port)).status, 200, 'the second link, fresh');
   t.equal((await get).status, 200, 'the GET, after two stale links, on a third');
   t.equal(await counter(proxy, 'sidepool_http_retries_total', { route: 'test' }), 2);
@@ -99,36 +109,22 @@ void t.test(
     // A request that makes the upstream drop the connection (a "query of death") must not
     // be sent down every reused link the pool holds. Here three links go stale one after
     // the other, each given back while the GET's try before it was under way.
-    let taken: () => void = () => {};
-    let getSends = 0;
-    const server = await startServer((socket) => {
-      let served = 0;
-      socket.on('data', (data: Buffer) => {
-        if (!data.includes('\r\n\r\n')) return;
-        if (data.includes('GET /slow ')) getSends++;
-        if (served++ === 0) {
-          socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
-          return;
-        }
-        taken();
-        setTimeout(() => socket.end(), 200);
-      });
-    });
+    const { server, counts, nextStale } = await lateClosingUpstream();
     t.teardown(() => server.close());
     const proxy = await startProxy(server.address, { minIdle: 0 }, HTTP);
     t.teardown(() => proxy.app.stop(100));
     t.equal((await fetchHttp(proxy.port)).status, 200, 'the first link, fresh');
-    let onTaken = new Promise<void>((resolve) => (taken = resolve));
+    let stale = nextStale();
     const get = fetchHttp(proxy.port, { path: '/slow' });
     for (let link = 2; link <= 3; link++) {
       // The GET sits on a stale link; another request dials a new one meanwhile, which
       // then idles, stale too, until the GET's retry takes it.
-      await onTaken;
-      onTaken = new Promise<void>((resolve) => (taken = resolve));
+      await stale;
+      stale = nextStale();
       t.equal((await fetchHttp(proxy.port)).status, 200, `link ${link}, fresh`);
     }
     t.equal((await get).status, 200, 'the GET, on a new link at its third try');
-    t.equal(getSends, 3, 'the GET reached the upstream three times');
+    t.equal(counts.sends, 3, 'the GET reached the upstream three times');
     t.equal(await counter(proxy, 'sidepool_http_retries_total', { route: 'test' }), 2);
   },
 );
