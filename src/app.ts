@@ -14,7 +14,7 @@ import { Pool, type Connector, type PoolSettings } from './pool/pool.js';
 import { httpSessionFactory, httpSettings } from './proxy/http/mode.js';
 import { Listener } from './proxy/listener.js';
 import type { ModeContext } from './proxy/mode.js';
-import { MODES, NEGOTIATES_TLS } from './proxy/modes.js';
+import { MODES, NEGOTIATES_TLS, ownReadsOf } from './proxy/modes.js';
 import { Route } from './proxy/route.js';
 import { TlsTermination } from './proxy/tls-listener.js';
 import { earliestExpiries, type CertificateOwner } from './tls/material.js';
@@ -533,7 +533,7 @@ export class App {
               observer: this.metrics.httpObserver(routeConfig.name, pool.name),
             })
           : undefined,
-      ownReads: routeConfig.mode === 'tcp' || routeConfig.mode === 'redis',
+      ownReads: ownReadsOf(routeConfig.mode, routeConfig.tls !== undefined),
       reusePort: this.options.reusePort === true,
       tls:
         routeConfig.tls === undefined || NEGOTIATES_TLS.has(routeConfig.mode)
@@ -566,6 +566,7 @@ export class App {
       this.metrics.destinationObserver(name),
       this.tlsObserver,
       NEGOTIATES_TLS.has(route.mode),
+      ownReadsOf(route.mode, route.upstream.tls !== undefined),
     );
     // postgres and redis routes hold pools of their own (their mode makes them).
     const pool =

@@ -221,3 +221,59 @@ void t.test(
     t.pass('closed sockets gave their buffers back');
   },
 );
+
+void t.test('a socket reading copies hands out chunks the handler may keep', async (t) => {
+  for (const side of ['client', 'server'] as const) {
+    const [a, b] = await socketPair(side, 'copies');
+    const [reader, peer] = side === 'client' ? [a, b] : [b, a];
+    t.teardown(() => {
+      reader.destroy();
+      peer.destroy();
+    });
+    const before = ownReadBuffers();
+    const kept: Buffer[] = [];
+    let total = 0;
+    // Kept without CHUNK_KEPT: only copies survive the reads that come after them.
+    readWith(reader, (chunk) => {
+      kept.push(chunk);
+      total += chunk.length;
+      return READ_MORE;
+    });
+    const sent = randomBytes(1_000_000);
+    peer.write(sent);
+    await until(() => total === sent.length);
+    t.ok(
+      kept.some((c) => c.length >= 16 * 1024),
+      `${side}: large reads came (${kept.length} reads)`,
+    );
+    t.equal(ownReadBuffers(), before, `${side}: no buffer of its own`);
+    t.ok(Buffer.concat(kept).equals(sent), `${side}: every kept chunk intact`);
+  }
+});
+
+void t.test('an own-reads socket nobody holds reads on until bytes come, then stops', async (t) => {
+  const [reader, peer] = await socketPair('client');
+  t.teardown(() => {
+    reader.destroy();
+    peer.destroy();
+  });
+  const handle = (reader as unknown as { _handle: { reading: boolean } })._handle;
+  readWith(reader, () => READ_MORE);
+  await until(() => handle.reading);
+  stopReading(reader);
+  // Stopping and starting the kernel's reads costs two system calls per hand-over between
+  // holders (a pooled link given back and leased at once): the socket stops only when a
+  // read finds nobody holding it.
+  t.equal(handle.reading, true, 'still reading after stopReading');
+  readWith(reader, () => READ_MORE);
+  stopReading(reader);
+  peer.write('for nobody');
+  await until(() => !handle.reading, 5000, 'stops at the first read nobody takes');
+  const got: string[] = [];
+  readWith(reader, (chunk) => {
+    got.push(chunk.toString());
+    return READ_MORE;
+  });
+  await until(() => got.join('') === 'for nobody');
+  t.equal(handle.reading, true, 'reads again once held');
+});

@@ -33,6 +33,13 @@ export const READ_PAUSE = 1;
 /** The handler still holds the chunk after it returns: its memory must not be read into. */
 export const CHUNK_KEPT = 2;
 
+/**
+ * How a socket that reads into our buffers hands out chunks: `views` of a buffer it may
+ * read into again (the handler says CHUNK_KEPT when it holds on), or `copies` the handler
+ * may keep as long as it likes, for protocol sessions that store slices of what they read.
+ */
+export type OwnReads = 'views' | 'copies';
+
 /** Takes one chunk; returns READ_MORE, or READ_PAUSE and/or CHUNK_KEPT. */
 export type BytesHandler = (this: Duplex, chunk: Buffer) => number;
 
@@ -55,6 +62,8 @@ interface ReadState {
   handler: BytesHandler | undefined;
   /** Whether the socket reads through `onread` (ours) rather than 'data' events. */
   readonly ownReads: boolean;
+  /** Chunks are always copies: the socket never reads into a buffer of its own. */
+  readonly copies: boolean;
   /** The socket's own read buffer while its reads are large; else it reads into scratch. */
   own: Buffer | undefined;
   smallReads: number;
@@ -83,7 +92,7 @@ function onRead(this: ReadingSocket, n: number): boolean {
   if (own === undefined) {
     chunk = Buffer.allocUnsafe(n);
     scratch.copy(chunk, 0, 0, n);
-    if (n >= OWN_BUFFER_AT && ownBuffers < MAX_OWN_BUFFERS) {
+    if (n >= OWN_BUFFER_AT && ownBuffers < MAX_OWN_BUFFERS && !state.copies) {
       state.own = Buffer.allocUnsafeSlow(READ_SIZE);
       state.smallReads = 0;
       ownBuffers++;
@@ -131,15 +140,22 @@ function ownReadOptions(): net.OnReadOpts {
   return { buffer: nextBuffer, callback: onRead };
 }
 
-function newState(ownReads: boolean): ReadState {
-  return { handler: undefined, ownReads, own: undefined, smallReads: 0, unclaimed: undefined };
+function newState(ownReads: boolean, copies = false): ReadState {
+  return {
+    handler: undefined,
+    ownReads,
+    copies,
+    own: undefined,
+    smallReads: 0,
+    unclaimed: undefined,
+  };
 }
 
 /** `net.connect`, with the socket reading into our buffers. */
-export function connectOwnReads(options: net.NetConnectOpts): net.Socket {
+export function connectOwnReads(options: net.NetConnectOpts, kind: OwnReads = 'views'): net.Socket {
   const socket = net.connect({ ...options, onread: ownReadOptions() }) as net.Socket &
     ReadingSocket;
-  socket[kReads] = newState(true);
+  socket[kReads] = newState(true, kind === 'copies');
   return socket;
 }
 
@@ -157,7 +173,7 @@ interface StreamHandle {
  * constructor's `handle` option; where they are missing the accepted socket is returned
  * as it is, and reads the usual way.
  */
-export function adoptOwnReads(accepted: net.Socket): net.Socket {
+export function adoptOwnReads(accepted: net.Socket, kind: OwnReads = 'views'): net.Socket {
   const old = accepted as net.Socket & { _handle?: Partial<StreamHandle> | null };
   const handle = old._handle;
   if (
@@ -179,7 +195,7 @@ export function adoptOwnReads(accepted: net.Socket): net.Socket {
     onread: ownReadOptions(),
   };
   const socket = new net.Socket(options) as net.Socket & ReadingSocket;
-  socket[kReads] = newState(true);
+  socket[kReads] = newState(true, kind === 'copies');
   return socket;
 }
 
@@ -213,13 +229,20 @@ export function readWith(socket: Duplex, handler: BytesHandler): void {
   if (!paused) s.resume();
 }
 
-/** Nobody takes the socket's bytes now: it stops reading until the next `readWith`. */
+/**
+ * Nobody takes the socket's bytes now: they wait for the next `readWith`. A socket read
+ * through streams pauses. One that reads into our buffers stops at its first read while
+ * unheld: stopping it now would cost two system calls (epoll_ctl out, and in again at the
+ * next `readWith`) on every hand-over between holders, such as a pooled link given back
+ * and leased again, where bytes in between are rare.
+ */
 export function stopReading(socket: Duplex): void {
   const s = socket as ReadingSocket;
   const state = s[kReads];
   if (state?.handler === undefined) return;
   state.handler = undefined;
-  if (!state.ownReads) s.off('data', onData);
+  if (state.ownReads) return;
+  s.off('data', onData);
   s.pause();
 }
 

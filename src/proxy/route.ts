@@ -2,7 +2,7 @@ import net from 'node:net';
 import type { Logger } from 'pino';
 import type { Address } from '../config/address.js';
 import { SidepoolError, codeOf, describe } from '../errors.js';
-import { adoptOwnReads } from '../net/reads.js';
+import { adoptOwnReads, type OwnReads } from '../net/reads.js';
 import type { Pool } from '../pool/pool.js';
 import type { RouteMode } from './mode.js';
 import type { SpliceOutcome, SpliceTimeouts } from './splice.js';
@@ -58,10 +58,11 @@ export interface RouteOptions {
   /** TLS termination: downstreams speak TLS to the listener. The route owns it. */
   tls?: TlsTermination;
   /**
-   * Accepted downstreams read into buffers sidepool reuses (net/reads.ts). For tcp mode,
-   * whose sessions only splice; not with TLS termination, whose socket Node's TLS reads.
+   * Accepted downstreams read into buffers sidepool reuses (net/reads.ts): `views` for
+   * sessions that splice or copy what they keep, `copies` for those that keep slices
+   * (postgres); not with TLS termination, whose socket Node's TLS reads.
    */
-  ownReads?: boolean;
+  ownReads?: OwnReads;
   /**
    * Bind a socket of this process's own with SO_REUSEPORT (a TCP port other than 0), rather
    * than share the cluster primary's listening socket: each worker then has its own accept
@@ -93,7 +94,7 @@ export class Route implements ListenerTarget {
   private readonly tlsServer: net.Server | undefined;
   private readonly sessions = new Set<Session>();
   private readonly createSession: SessionFactory;
-  private readonly ownReads: boolean;
+  private readonly ownReads: OwnReads | undefined;
   private state: RouteState = 'new';
   private nextSessionId = 1;
   private endedBytesUp = 0;
@@ -110,12 +111,12 @@ export class Route implements ListenerTarget {
     this.timeouts = options.timeouts;
     this.createSession = options.mode?.createSession ?? options.createSession ?? tcpSession;
     this.tls = options.tls;
-    this.ownReads = options.ownReads === true && this.tls === undefined;
+    this.ownReads = this.tls === undefined ? options.ownReads : undefined;
     this.listener = new Listener(
       options.listen,
       `route ${this.name}`,
       this.log,
-      this.ownReads,
+      this.ownReads !== undefined,
       options.reusePort === true,
     );
     if (this.tls !== undefined) {
@@ -131,7 +132,7 @@ export class Route implements ListenerTarget {
 
   /** Adoption (net/reads.ts) needs a socket that has read nothing yet. */
   get wantsPausedSockets(): boolean {
-    return this.ownReads;
+    return this.ownReads !== undefined;
   }
 
   /** Binds a listener of its own. Rejects with ListenError (port in use, no permission, …). */
@@ -257,7 +258,7 @@ export class Route implements ListenerTarget {
       accepted.destroy();
       return;
     }
-    const socket = this.ownReads ? adoptOwnReads(accepted) : accepted;
+    const socket = this.ownReads === undefined ? accepted : adoptOwnReads(accepted, this.ownReads);
     const session = this.createSession(this, this.nextSessionId++, socket);
     this.sessions.add(session);
     this.observer.opened();

@@ -3,6 +3,7 @@ import { parseAddress, type Address } from '../config/address.js';
 import type { RouteConfig } from '../config/schema.js';
 import { Prober, type ProbeObserver } from '../health/prober.js';
 import type { Pool } from '../pool/pool.js';
+import type { OwnReads } from '../net/reads.js';
 import { Dialer } from './dialer.js';
 import { DnsDiscovery } from './discovery.js';
 import { EndpointSet, type Endpoint } from './endpoints.js';
@@ -47,6 +48,8 @@ export class Destination {
     tlsObserver: TlsObserver = NO_TLS_OBSERVER,
     /** The mode starts TLS inside its protocol (postgres): the dialer makes plain TCP. */
     tlsByMode = false,
+    /** How links read (net/reads.ts); undefined: Node's own reads. */
+    ownReads?: OwnReads,
   ) {
     this.name = name;
     const { upstream } = route;
@@ -96,7 +99,7 @@ export class Destination {
       endpoints: this.endpoints,
       connectTimeout: route.pool.connectTimeout,
       tls: tlsByMode ? undefined : this.tls,
-      ownReads: route.mode === 'tcp' || route.mode === 'redis',
+      ownReads,
     });
     if (upstream.dns !== undefined) {
       const dns = parseAddress(upstream.dns) as Address & { kind: 'tcp' };

@@ -8,7 +8,7 @@ import {
   NoHealthyEndpointError,
 } from '../errors.js';
 import { neverThrowErrors } from '../net/guard.js';
-import { connectOwnReads } from '../net/reads.js';
+import { connectOwnReads, type OwnReads } from '../net/reads.js';
 import type { Connector, Dialed } from '../pool/pool.js';
 import type { Endpoint, EndpointSet } from './endpoints.js';
 import type { TlsOrigination } from './tls.js';
@@ -23,10 +23,11 @@ export interface DialerOptions {
   /** TLS to the upstream: every connection is handshaken and verified before use. */
   tls?: TlsOrigination;
   /**
-   * Links read into buffers sidepool reuses (net/reads.ts). For tcp mode, whose links only
-   * ever feed a splice; not with TLS, whose socket Node's TLS layer reads.
+   * Links read into buffers sidepool reuses (net/reads.ts): `views` for modes whose links
+   * feed a splice or a multiplexer, `copies` for postgres, whose sessions keep slices; not
+   * with TLS, whose socket Node's TLS layer reads.
    */
-  ownReads?: boolean;
+  ownReads?: OwnReads;
 }
 
 /**
@@ -41,7 +42,7 @@ export class Dialer implements Connector {
   private readonly connectTimeout: number;
   private readonly keepAliveDelay: number;
   private readonly tls: TlsOrigination | undefined;
-  private readonly ownReads: boolean;
+  private readonly ownReads: OwnReads | undefined;
   /** Aborted by close(): every dial and probe connection in flight gives up. */
   private readonly closing = new AbortController();
 
@@ -51,7 +52,7 @@ export class Dialer implements Connector {
     this.connectTimeout = options.connectTimeout;
     this.keepAliveDelay = options.keepAliveDelay ?? 30_000;
     this.tls = options.tls;
-    this.ownReads = options.ownReads === true && options.tls === undefined;
+    this.ownReads = options.tls === undefined ? options.ownReads : undefined;
   }
 
   /**
@@ -111,7 +112,7 @@ export class Dialer implements Connector {
   connect(
     address: Address,
     timeoutMs = this.connectTimeout,
-    ownReads = false,
+    ownReads?: OwnReads,
   ): Promise<net.Socket> {
     const name = formatAddress(address);
     const signal = this.closing.signal;
@@ -129,7 +130,8 @@ export class Dialer implements Connector {
               keepAlive: true,
               keepAliveInitialDelay: this.keepAliveDelay,
             };
-      const socket = ownReads ? connectOwnReads(options) : net.connect(options);
+      const socket =
+        ownReads === undefined ? net.connect(options) : connectOwnReads(options, ownReads);
       neverThrowErrors(socket);
       const timer =
         timeoutMs > 0
