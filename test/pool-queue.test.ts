@@ -122,3 +122,90 @@ void t.test('destroy() closes active links too', async (t) => {
   t.equal(link.state, 'closed');
   t.equal(dialer.open.length, 0);
 });
+
+void t.test('waiters queued at different times each time out at their own deadline', async (t) => {
+  const { pool, dialer } = makePool({ maxSize: 1, acquireTimeout: 300 });
+  t.teardown(() => pool.destroy());
+  dialer.manual = true;
+  const started = performance.now();
+  const failedAt: number[] = [];
+  const first = pool.acquire().catch(() => failedAt.push(performance.now() - started));
+  await until(() => performance.now() - started >= 150);
+  const secondQueuedAt = performance.now() - started;
+  const second = pool.acquire().catch(() => failedAt.push(performance.now() - started));
+  await until(() => failedAt.length === 1);
+  t.ok((failedAt[0] as number) >= 295, `the first failed at ${failedAt[0]} ms, not before 300`);
+  t.equal(pool.stats().waiters, 1, 'the second still waits');
+  await Promise.all([first, second]);
+  t.ok(
+    (failedAt[1] as number) - secondQueuedAt >= 295,
+    `the second waited ${(failedAt[1] as number) - secondQueuedAt} ms, not less than 300`,
+  );
+  t.equal(pool.stats().waiters, 0);
+});
+
+void t.test(
+  'a shorter acquireTimeout (reload) times out the waiters that queue after it',
+  async (t) => {
+    const { pool, dialer } = makePool({ maxSize: 1, acquireTimeout: 60_000 });
+    t.teardown(() => pool.destroy());
+    dialer.manual = true;
+    let firstFailed = false;
+    const first = pool.acquire().catch(() => (firstFailed = true));
+    pool.configure({ ...pool.options, acquireTimeout: 50 });
+    const started = performance.now();
+    await t.rejects(pool.acquire(), { code: 'SIDEPOOL_ACQUIRE_TIMEOUT' });
+    t.ok(performance.now() - started >= 45, 'not before its own timeout');
+    t.equal(firstFailed, false, 'the waiter queued before keeps its own timeout');
+    await pool.destroy();
+    await first;
+  },
+);
+
+void t.test('a link given back while callers wait goes to the next of them, reused', async (t) => {
+  const { pool, dialer } = makePool({ minIdle: 0, maxSize: 1 });
+  t.teardown(() => pool.destroy());
+  dialer.manual = true;
+  const holding = pool.acquire();
+  dialer.settle();
+  const link = await holding;
+  const got: Link[] = [];
+  pool.wait((_err, l) => got.push(l as Link));
+  pool.wait((_err, l) => got.push(l as Link));
+  pool.release(link, true);
+  t.same(
+    { idle: pool.stats().idle, active: pool.stats().active, waiters: pool.stats().waiters },
+    { idle: 0, active: 1, waiters: 1 },
+    'handed on, never idle',
+  );
+  await until(() => got.length === 1);
+  t.equal(got[0], link, 'the same link');
+  t.equal(link.state, 'active');
+  t.equal(link.uses, 2, 'a second use');
+  pool.release(link, true);
+  await until(() => got.length === 2);
+  t.equal(link.uses, 3);
+  pool.release(link, true);
+  t.equal(pool.stats().idle, 1, 'with nobody waiting it goes idle');
+  t.equal(dialer.pending.length, 0, 'one dial served all three');
+});
+
+void t.test(
+  'a link handed on that dies before its waiter is told: the waiter queues again',
+  async (t) => {
+    const { pool, dialer } = makePool({ minIdle: 0, maxSize: 1 });
+    t.teardown(() => pool.destroy());
+    dialer.manual = true;
+    const holding = pool.acquire();
+    dialer.settle();
+    const link = await holding;
+    const waiting = pool.acquire();
+    pool.release(link, true);
+    link.close('remote_closed');
+    await until(() => dialer.pending.length === 1, 5000, 'a dial for the waiter');
+    dialer.settle();
+    const fresh = await waiting;
+    t.not(fresh, link, 'a fresh link, not the dead one');
+    t.equal(fresh.state, 'active');
+  },
+);

@@ -103,6 +103,17 @@ export class Link {
     socket.off('end', onIdleEnd);
   }
 
+  /**
+   * active → active: released while a caller waited, the link goes straight to that caller
+   * (a lease that skips idle, whose reader, listener and timer would be set up and taken
+   * down again within one tick).
+   */
+  handOn(): void {
+    this.expect('active');
+    this.uses++;
+    this.idleSince = Date.now();
+  }
+
   /** What the upstream sent while the link sat idle (a greeting), for its holder to pass on. */
   takeIdleBytes(): Buffer[] | undefined {
     const chunks = this.idleChunks;

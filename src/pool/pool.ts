@@ -126,7 +126,9 @@ export class Waiter implements QueueEntry<Waiter> {
   queuePrev: Waiter | undefined;
   queueNext: Waiter | undefined;
   queued = false;
-  timer: NodeJS.Timeout | undefined;
+  /** When the wait times out (performance.now() ms), and after how long; 0: never. */
+  deadline = 0;
+  timeoutMs = 0;
   state: WaiterState = 'queued';
   /** What the waiter was handed, until it is delivered. */
   link: Link | undefined;
@@ -190,6 +192,13 @@ export class Pool extends EventEmitter implements LinkOwner {
   private warmUpAt = 0;
   private wakeTimer: NodeJS.Timeout | undefined;
   private wakeTimerAt = 0;
+  /**
+   * One timer for every queued waiter's acquireTimeout, set for the earliest deadline, not
+   * one per waiter: at a full pool nearly every acquire waits, and most are served long
+   * before their deadline. It holds the process open only while someone waits.
+   */
+  private waitTimer: NodeJS.Timeout | undefined;
+  private waitTimerAt = 0;
   private pulseQueued = false;
   /** A caller queued since the last dial started: during a backoff it gets a dial now. */
   private demand = false;
@@ -317,8 +326,9 @@ export class Pool extends EventEmitter implements LinkOwner {
     this.waiters.push(waiter);
     this.demand = true;
     if (this.settings.acquireTimeout > 0) {
-      // Not unref()ed: a queued caller is work in progress that must be answered.
-      waiter.timer = setTimeout(() => this.timeOut(waiter), this.settings.acquireTimeout);
+      waiter.timeoutMs = this.settings.acquireTimeout;
+      waiter.deadline = waiter.enqueuedAt + waiter.timeoutMs;
+      this.armWaitTimer(waiter.deadline);
     }
     this.pulse();
     return waiter;
@@ -352,7 +362,7 @@ export class Pool extends EventEmitter implements LinkOwner {
     waiter.state = 'cancelled';
     waiter.link = undefined;
     this.waiters.remove(waiter);
-    if (waiter.timer !== undefined) clearTimeout(waiter.timer);
+    this.queueMaybeEmpty();
     this.observer.acquired('aborted', (performance.now() - waiter.enqueuedAt) / 1000);
     if (link !== undefined) this.release(link, true);
   }
@@ -378,6 +388,15 @@ export class Pool extends EventEmitter implements LinkOwner {
         'link to an unavailable endpoint closed on release',
       );
       link.close(unavailable);
+      return;
+    }
+    const waiter = this.waiters.shift();
+    if (waiter !== undefined) {
+      this.queueMaybeEmpty();
+      // Waiters queue only while no idle link is left: the released one is the next one's.
+      this.leased(link);
+      link.handOn();
+      this.handOut(waiter, undefined, link, 'idle');
       return;
     }
     this.active.delete(link);
@@ -545,6 +564,7 @@ export class Pool extends EventEmitter implements LinkOwner {
       this.active.add(link);
       this.handOut(waiter, undefined, link, link.uses === 1 ? 'dialed' : 'idle');
     }
+    this.queueMaybeEmpty();
 
     // Dials in flight serve waiters first; the rest of them count toward minIdle.
     const now = Date.now();
@@ -693,12 +713,51 @@ export class Pool extends EventEmitter implements LinkOwner {
     }
   }
 
+  /** The wait timer fires by `deadline` at the latest; a ref while anyone is queued. */
+  private armWaitTimer(deadline: number): void {
+    const timer = this.waitTimer;
+    if (timer !== undefined && this.waitTimerAt <= deadline) {
+      timer.ref();
+      return;
+    }
+    if (timer !== undefined) clearTimeout(timer);
+    this.waitTimerAt = deadline;
+    this.waitTimer = setTimeout(this.waitTimerFired, Math.max(1, deadline - performance.now()));
+  }
+
+  /** Times out every waiter past its deadline, then waits for the earliest one left. */
+  private readonly waitTimerFired = (): void => {
+    this.waitTimer = undefined;
+    const now = performance.now();
+    let next = Infinity;
+    for (let waiter = this.waiters.first; waiter !== undefined;) {
+      const after = waiter.queueNext;
+      if (waiter.deadline > 0) {
+        if (waiter.deadline <= now) this.timeOut(waiter);
+        else next = Math.min(next, waiter.deadline);
+      }
+      waiter = after;
+    }
+    if (next !== Infinity) this.armWaitTimer(next);
+  };
+
+  /** Nobody queued: the wait timer no longer holds the process open. */
+  private queueMaybeEmpty(): void {
+    if (this.waiters.size === 0) this.waitTimer?.unref();
+  }
+
+  private clearWaitTimer(): void {
+    if (this.waitTimer !== undefined) clearTimeout(this.waitTimer);
+    this.waitTimer = undefined;
+  }
+
   private timeOut(waiter: Waiter): void {
     if (waiter.state !== 'queued') return;
     this.waiters.remove(waiter);
+    this.queueMaybeEmpty();
     this.handOut(
       waiter,
-      new AcquireTimeoutError(this.name, this.settings.acquireTimeout),
+      new AcquireTimeoutError(this.name, waiter.timeoutMs),
       undefined,
       'timeout',
     );
@@ -708,6 +767,7 @@ export class Pool extends EventEmitter implements LinkOwner {
     for (let waiter = this.waiters.shift(); waiter; waiter = this.waiters.shift()) {
       this.handOut(waiter, err, undefined, 'failed');
     }
+    this.clearWaitTimer();
   }
 
   /**
@@ -750,6 +810,7 @@ export class Pool extends EventEmitter implements LinkOwner {
       if (this.state === 'open') {
         waiter.state = 'queued';
         this.waiters.unshift(waiter);
+        if (waiter.deadline > 0) this.armWaitTimer(waiter.deadline);
         this.schedulePulse();
         return;
       }
@@ -758,7 +819,6 @@ export class Pool extends EventEmitter implements LinkOwner {
       result = 'failed';
     }
     waiter.state = 'done';
-    if (waiter.timer !== undefined) clearTimeout(waiter.timer);
     if (link !== undefined) this.totals.acquired++;
     else this.totals.refused++;
     this.observer.acquired(result, (performance.now() - waiter.enqueuedAt) / 1000);

@@ -7,6 +7,11 @@ export class WaiterQueue<T extends QueueEntry<T>> {
   private tail: T | undefined;
   size = 0;
 
+  /** The entry next in line (its `queueNext` the one after it). */
+  get first(): T | undefined {
+    return this.head;
+  }
+
   push(entry: T): void {
     entry.queuePrev = this.tail;
     entry.queueNext = undefined;
