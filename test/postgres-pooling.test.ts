@@ -18,6 +18,8 @@ import {
   type PgCluster,
 } from './helpers/postgres.js';
 
+import { sleep, until } from './helpers/util.js';
+
 const exec = promisify(execFile);
 
 const cluster: PgCluster = await startPostgres();
@@ -258,6 +260,45 @@ void t.test('the messages of one client read leave for the backend in one write'
   raw.close();
   other.close();
 });
+
+void t.test(
+  'a client that sends a query and its FIN while waiting for a backend: the query runs and is answered',
+  async (t) => {
+    const proxy = await rawProxy(t, { maxSize: 1 });
+    const holder = await RawClient.login(proxy.port, 'app', 'appdb');
+    holder.write(pgQuery('BEGIN'));
+    await holder.readUntil('Z');
+    const leaver = await RawClient.login(proxy.port, 'app', 'appdb');
+    const clients = (): Record<string, number> =>
+      ((proxy.app.poolsView() as Array<Record<string, unknown>>).find(
+        (p) => p.pool === 'pg/appdb/app',
+      )?.clients ?? {}) as Record<string, number>;
+    leaver.write(pgQuery(`INSERT INTO items VALUES (4242, 'sent before its FIN')`));
+    leaver.socket.end();
+    await until(() => clients().waiting === 1, 5000, 'the query waits for the held backend');
+    // sidepool reads a waiting client on (no pause per wait), so it reads the FIN now.
+    for (const end = Date.now() + 300; Date.now() < end && clients().waiting === 1;) {
+      await sleep(10);
+    }
+    t.equal(clients().waiting, 1, 'the FIN does not drop the waiting client');
+    holder.write(pgQuery('COMMIT'));
+    await holder.readUntil('Z');
+    const answer = await leaver.readUntil('Z');
+    t.ok(
+      answer.some((m) => m.code === 'C'),
+      'the query is answered after the FIN',
+    );
+    await until(() => leaver.closed, 5000, 'then the client is closed');
+    t.equal(
+      await cluster.sql(`SELECT name FROM items WHERE id = 4242`, 'appdb'),
+      'sent before its FIN',
+    );
+    await until(() => clients().active === 0, 5000, 'its backend went back to the pool');
+    holder.write(pgQuery('SELECT 1'));
+    t.same(firstColumns(await holder.readUntil('Z')), ['1'], 'and serves the next client');
+    holder.close();
+  },
+);
 
 void t.test('COPY in and out with psql through transaction pooling', async (t) => {
   const proxy = await proxyFor(t, {}, { maxSize: 1 });

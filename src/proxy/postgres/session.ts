@@ -3,6 +3,7 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { codeOf, describe } from '../../errors.js';
+import { AdjacentSlices } from '../../net/adjacent.js';
 import { CHUNK_KEPT, READ_MORE, READ_PAUSE, readWith, stopReading } from '../../net/reads.js';
 import type { Link } from '../../pool/link.js';
 import type { Waiter } from '../../pool/pool.js';
@@ -121,6 +122,8 @@ const CLIENT_CODES = new Set<number>([
 const MAX_STREAMED = 0x3fffffff;
 /** Past this many bytes queued toward a peer, stop reading the other side until it drains. */
 const HIGH_WATER = 256 * 1024;
+/** Client bytes read behind a message that waits for a backend, at most, before a pause. */
+const WAITING_READ_LIMIT = 64 * 1024;
 
 let nextPid = randomInt(1 << 20, 1 << 30);
 
@@ -169,6 +172,10 @@ export class PgSession implements Session, CancelTarget {
   private syncs = 0;
   /** A client message waits for the reply to the Parse of this name (see mustWait). */
   private waitingFor: string | undefined;
+  /** Backend messages forwarded while one backend read is handled (net/adjacent.ts). */
+  private readonly forwarded = new AdjacentSlices();
+  /** The client's FIN came while messages were held: it leaves once they are answered. */
+  private endAfterHeld = false;
   /** A streamed backend message is being relayed: nothing of ours may go in between. */
   private backendStreaming = false;
   private bytesUpBefore = 0;
@@ -229,7 +236,7 @@ export class PgSession implements Session, CancelTarget {
   private listen(socket: Socket): void {
     (socket as Tagged)[kSession] = this;
     // A client's FIN is its departure (the listener allows half-open sockets for tcp mode).
-    socket.on('end', onClientClose);
+    socket.on('end', onClientEnd);
     socket.on('close', onClientClose);
     socket.on('error', onClientError);
     socket.on('drain', onClientDrain);
@@ -245,7 +252,15 @@ export class PgSession implements Session, CancelTarget {
       this.protocolViolation(err);
       return READ_PAUSE;
     }
-    if (!consumed) return READ_PAUSE | CHUNK_KEPT;
+    if (!consumed) {
+      // Waiting for a backend, the client keeps being read (bytes queue behind the held
+      // message, up to a bound): with most clients waiting at a full pool, a pause and
+      // resume per transaction cost two system calls each.
+      if (this.state === 'waiting' && this.framer.unreadBytes < WAITING_READ_LIMIT) {
+        return CHUNK_KEPT;
+      }
+      return READ_PAUSE | CHUNK_KEPT;
+    }
     if (this.backend !== undefined && this.backend.socket.writableLength > HIGH_WATER) {
       this.backend.socket.once('drain', () => this.resumeClient());
       return READ_PAUSE;
@@ -266,6 +281,11 @@ export class PgSession implements Session, CancelTarget {
       if (!consumed) return;
     }
     if ((this.state as ClientState) === 'ended') return;
+    if (this.endAfterHeld) {
+      // What it sent went on: it leaves once that is answered (settle).
+      if (this.backend === undefined || this.backend.isQuiet) this.leaveAnswered();
+      return;
+    }
     readWith(this.socket, onClientBytes);
   }
 
@@ -303,6 +323,24 @@ export class PgSession implements Session, CancelTarget {
     this.leave();
   }
 
+  /** After its FIN, everything the client sent is answered: the answers go, then it. */
+  private leaveAnswered(): void {
+    this.flushForwarded();
+    // end() uncorks: the answers leave before leave() destroys the socket.
+    if (this.socket.writable) this.socket.end();
+    this.clientClosed();
+  }
+
+  /**
+   * The client's FIN. Read while waiting for a backend, it comes after messages still held:
+   * they go on first and are answered, then the client leaves. As direct, a query sent just
+   * before a FIN runs; what a client sends it means to be done.
+   */
+  clientEnded(): void {
+    if (this.state === 'waiting' && this.framer.isPaused) this.endAfterHeld = true;
+    else this.clientClosed();
+  }
+
   // ── startup ─────────────────────────────────────────────────────────────
 
   private startupFramer(): Framer {
@@ -332,7 +370,7 @@ export class PgSession implements Session, CancelTarget {
         return this.startTls();
       case 'gssenc':
         // GSSAPI encryption is not offered; the client goes on in the clear (or with SSLRequest).
-        this.socket.write(Buffer.from('N'));
+        this.toClient(Buffer.from('N'));
         this.framer.expectUntyped();
         return true;
       case 'cancel':
@@ -350,7 +388,7 @@ export class PgSession implements Session, CancelTarget {
         break;
     }
     if (request.minor > 0 || request.options.length > 0) {
-      this.socket.write(negotiateProtocolVersion(0, request.options));
+      this.toClient(negotiateProtocolVersion(0, request.options));
     }
     const user = request.params.get('user');
     if (user === undefined || user === '') {
@@ -400,7 +438,7 @@ export class PgSession implements Session, CancelTarget {
   private startTls(): boolean {
     const options = this.ctx.tls;
     if (options === undefined || this.socket instanceof tls.TLSSocket) {
-      this.socket.write(Buffer.from('N'));
+      this.toClient(Buffer.from('N'));
       this.framer.expectUntyped();
       return true;
     }
@@ -410,7 +448,7 @@ export class PgSession implements Session, CancelTarget {
       throw new ProtocolViolation('bytes after SSLRequest before the TLS handshake');
     }
     stopReading(this.socket);
-    this.socket.write(Buffer.from('S'));
+    this.toClient(Buffer.from('S'));
     const plain = this.socket;
     plain.off('end', onClientClose);
     plain.off('close', onClientClose);
@@ -482,7 +520,7 @@ export class PgSession implements Session, CancelTarget {
         return;
       }
       this.authMethod = 'password';
-      this.socket.write(authentication(AuthKind.CleartextPassword));
+      this.toClient(authentication(AuthKind.CleartextPassword));
       return;
     }
     const verifier =
@@ -490,12 +528,12 @@ export class PgSession implements Session, CancelTarget {
     if (verifier !== undefined) {
       this.authMethod = 'scram';
       this.scram = new ScramServer(verifier);
-      this.socket.write(authSasl([MECHANISM]));
+      this.toClient(authSasl([MECHANISM]));
       return;
     }
     this.authMethod = 'md5';
     this.md5Salt = randomBytes(4);
-    this.socket.write(authentication(AuthKind.MD5Password, this.md5Salt));
+    this.toClient(authentication(AuthKind.MD5Password, this.md5Salt));
   }
 
   private onPassword(msg: Buffer): void {
@@ -533,7 +571,7 @@ export class PgSession implements Session, CancelTarget {
           }
           const serverFirst = scram.start(r.bytes(length).toString());
           this.md5Salt = Buffer.alloc(0); // marks: the first message was read
-          this.socket.write(authentication(AuthKind.SASLContinue, Buffer.from(serverFirst)));
+          this.toClient(authentication(AuthKind.SASLContinue, Buffer.from(serverFirst)));
           return;
         }
         const result = scram.finish(r.rest().toString());
@@ -551,7 +589,7 @@ export class PgSession implements Session, CancelTarget {
         } else if (secret.kind === 'plain') {
           this.ctx.credentials.learn(this.user, secret, { password: secret.password });
         }
-        this.socket.write(authentication(AuthKind.SASLFinal, Buffer.from(result.serverFinal)));
+        this.toClient(authentication(AuthKind.SASLFinal, Buffer.from(result.serverFinal)));
         return this.authenticated();
       }
       default:
@@ -570,7 +608,7 @@ export class PgSession implements Session, CancelTarget {
   private authenticated(): void {
     if (this.state !== 'auth') return;
     this.scram = undefined;
-    this.socket.write(authentication(AuthKind.Ok));
+    this.toClient(authentication(AuthKind.Ok));
     this.state = 'welcome';
     const pgPool = this.ctx.poolFor(this.database, this.user);
     this.pgPool = pgPool;
@@ -618,7 +656,7 @@ export class PgSession implements Session, CancelTarget {
     this.paramsKeyMemo = undefined;
     out.push(backendKeyData(this.pid, this.cancelKey));
     out.push(readyForQuery('I'));
-    this.socket.write(Buffer.concat(out));
+    this.toClient(Buffer.concat(out));
     this.state = 'idle';
     this.countClient('idle');
     this.armTimer();
@@ -665,7 +703,7 @@ export class PgSession implements Session, CancelTarget {
         if (code === Code.Parse && this.parseWithoutBackend(msg)) return true;
         if (code === Code.Close && this.closeWithoutBackend(msg)) return true;
         if (code === Code.Sync && !this.skippingToSync) {
-          this.socket.write(readyForQuery('I'));
+          this.toClient(readyForQuery('I'));
           return true;
         }
         if (!this.bindForMessage()) return false;
@@ -854,7 +892,7 @@ export class PgSession implements Session, CancelTarget {
     if (sessionEffect(new BodyReader(rest).cstring()) !== undefined) return false;
     if (typeof statements.record(name, rest) === 'string') return false;
     this.observer.prepareSaved();
-    this.socket.write(PARSE_COMPLETE);
+    this.toClient(PARSE_COMPLETE);
     return true;
   }
 
@@ -865,7 +903,7 @@ export class PgSession implements Session, CancelTarget {
     const target = readTarget(msg);
     if (target.kind !== STATEMENT_KIND || target.name === '') return false;
     statements.remove(target.name);
-    this.socket.write(CLOSE_COMPLETE);
+    this.toClient(CLOSE_COMPLETE);
     return true;
   }
 
@@ -1099,7 +1137,7 @@ export class PgSession implements Session, CancelTarget {
     this.waiter = pgPool.pool.wait((err, got) => {
       this.waiter = undefined;
       if (err !== null || got === undefined) this.noBackend(err ?? new Error('no backend'));
-      else void this.bind(got);
+      else this.bindWaited(got);
     });
     return false;
   }
@@ -1155,6 +1193,25 @@ export class PgSession implements Session, CancelTarget {
       'client closed without a backend',
     );
     this.fatal(fields);
+  }
+
+  /**
+   * A backend the pool handed over after a wait: the pool tells waiters on a tick of their
+   * own, never inside the message callback that asked, so one that needs no check and no
+   * SET is bound at once.
+   */
+  private bindWaited(link: Link): void {
+    const backend = Backend.of(link);
+    if (
+      this.state === 'waiting' &&
+      !this.needsCheck(link, backend) &&
+      this.runsMyParameters(backend)
+    ) {
+      this.attachBackend(backend);
+      this.resumeClient();
+      return;
+    }
+    void this.bind(link);
   }
 
   /** Binds a backend after its check and SET, then lets the held message go on. */
@@ -1237,7 +1294,25 @@ export class PgSession implements Session, CancelTarget {
       }
     }
     this.paramsKeyMemo = undefined;
-    if (changed.length > 0) this.socket.write(Buffer.concat(changed));
+    if (changed.length > 0) this.toClient(Buffer.concat(changed));
+  }
+
+  /** Bytes of sidepool's own for the client: after what was forwarded before them. */
+  private toClient(bytes: Buffer): void {
+    this.flushForwarded();
+    this.socket.write(bytes);
+  }
+
+  /** A backend message passed on as it came; it leaves with its neighbours at chunkEnd. */
+  private forward(slice: Buffer): void {
+    if (this.forwarded.add(slice)) return;
+    this.flushForwarded();
+    this.forwarded.add(slice);
+  }
+
+  private flushForwarded(): void {
+    const bytes = this.forwarded.take();
+    if (bytes !== undefined) this.socket.write(bytes);
   }
 
   private get observer() {
@@ -1253,7 +1328,7 @@ export class PgSession implements Session, CancelTarget {
       this.backendStreaming = true;
     },
     streamBytes: (bytes) => {
-      if (!this.swallowing) this.socket.write(bytes);
+      if (!this.swallowing) this.forward(bytes);
     },
     streamEnd: () => {
       this.swallowing = false;
@@ -1264,6 +1339,7 @@ export class PgSession implements Session, CancelTarget {
     backendLost: (err) => this.backendLost(err),
     chunkStart: () => this.socket.cork(),
     chunkEnd: () => {
+      this.flushForwarded();
       this.socket.uncork();
       return this.socket.writableLength > HIGH_WATER;
     },
@@ -1272,12 +1348,12 @@ export class PgSession implements Session, CancelTarget {
   private onBackendMessage(code: number, msg: Buffer, request: Outstanding | undefined): void {
     const backend = this.backend as Backend;
     if (request === undefined || request.action === 'forward') {
-      this.socket.write(msg);
+      this.forward(msg);
     } else if (request.action === 'replace') {
-      this.socket.write(code === Code.ErrorResponse ? (request.answer as Buffer) : msg);
+      this.toClient(code === Code.ErrorResponse ? (request.answer as Buffer) : msg);
     } else if (code === Code.ErrorResponse && request.code !== Code.Query) {
       // An injected Parse that fails fails the client's pipeline: the client sees why.
-      this.socket.write(msg);
+      this.toClient(msg);
     }
     if (code === Code.ErrorResponse && this.statements !== undefined) {
       this.noteStatementError(backend, msg);
@@ -1300,6 +1376,10 @@ export class PgSession implements Session, CancelTarget {
   /** After a ReadyForQuery, ours or the server's: nothing outstanding, idle → released. */
   private settle(backend: Backend): void {
     if (!backend.queue.isEmpty) return;
+    if (this.endAfterHeld) {
+      this.leaveAnswered();
+      return;
+    }
     if (backend.statements.needsReset && backend.status === 'I') {
       this.resetStatements(backend);
       return;
@@ -1318,7 +1398,7 @@ export class PgSession implements Session, CancelTarget {
     for (let head = backend.queue.peek(); head?.action === 'answer'; head = backend.queue.peek()) {
       backend.queue.reply(Code.ReadyForQuery);
       const answer = head.answer as Answer;
-      this.socket.write(typeof answer === 'function' ? answer(backend.status) : answer);
+      this.toClient(typeof answer === 'function' ? answer(backend.status) : answer);
     }
   }
 
@@ -1429,6 +1509,7 @@ export class PgSession implements Session, CancelTarget {
   private fatal(fields: ErrorFields): void {
     if (this.state === 'ended') return;
     if (!this.socket.destroyed && this.socket.writable) {
+      this.flushForwarded();
       this.socket.end(errorResponse(fields));
     }
     this.leave();
@@ -1573,6 +1654,9 @@ function onClientBytes(this: Duplex, chunk: Buffer): number {
 }
 function onClientClose(this: Tagged): void {
   this[kSession]?.clientClosed();
+}
+function onClientEnd(this: Tagged): void {
+  this[kSession]?.clientEnded();
 }
 function onClientError(): void {
   // The close that follows is what counts.
