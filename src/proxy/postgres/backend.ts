@@ -104,6 +104,11 @@ export class Backend {
     });
     // Its statements leave its pool's count with it.
     this.socket.once('close', () => this.statements.clear());
+    // For its whole life, not per attach: they tell whichever sink is attached, if any
+    // (adding and removing listeners on every bind cost four EventEmitter edits each).
+    (this.socket as Tagged)[kBackend] = this;
+    this.socket.on('close', onClose);
+    this.socket.on('error', onError);
   }
 
   /** The backend state of a pooled link, made on its first lease. */
@@ -120,9 +125,6 @@ export class Backend {
   /** Starts reading for `sink`. The link must be leased (the pool's idle reader is off). */
   attach(sink: BackendSink): void {
     this.sink = sink;
-    this.socket.on('close', onClose);
-    this.socket.on('error', onError);
-    (this.socket as Tagged)[kBackend] = this;
     this.reading = true;
     readWith(this.socket, onBytes);
   }
@@ -130,8 +132,6 @@ export class Backend {
   /** Stops reading for the sink; the link can go back to the pool. */
   detach(): void {
     this.sink = undefined;
-    this.socket.off('close', onClose);
-    this.socket.off('error', onError);
     if (this.reading) stopReading(this.socket);
     this.reading = false;
   }
