@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import type { Link } from '../src/pool/link.js';
 import { makePool } from './helpers/pool.js';
 import { until } from './helpers/util.js';
@@ -162,13 +162,18 @@ void t.test(
   },
 );
 
-void t.test('a link given back while callers wait goes to the next of them, reused', async (t) => {
+/** A pool of one link, which the caller holds. */
+async function poolOfOneHeld(t: Test) {
   const { pool, dialer } = makePool({ minIdle: 0, maxSize: 1 });
   t.teardown(() => pool.destroy());
   dialer.manual = true;
   const holding = pool.acquire();
   dialer.settle();
-  const link = await holding;
+  return { pool, dialer, link: await holding };
+}
+
+void t.test('a link given back while callers wait goes to the next of them, reused', async (t) => {
+  const { pool, dialer, link } = await poolOfOneHeld(t);
   const got: Link[] = [];
   pool.wait((_err, l) => got.push(l as Link));
   pool.wait((_err, l) => got.push(l as Link));
@@ -193,12 +198,7 @@ void t.test('a link given back while callers wait goes to the next of them, reus
 void t.test(
   'a link handed on that dies before its waiter is told: the waiter queues again',
   async (t) => {
-    const { pool, dialer } = makePool({ minIdle: 0, maxSize: 1 });
-    t.teardown(() => pool.destroy());
-    dialer.manual = true;
-    const holding = pool.acquire();
-    dialer.settle();
-    const link = await holding;
+    const { pool, dialer, link } = await poolOfOneHeld(t);
     const waiting = pool.acquire();
     pool.release(link, true);
     link.close('remote_closed');
