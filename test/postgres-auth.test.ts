@@ -1,15 +1,28 @@
 // Client authentication to sidepool, logging in upstream (SCRAM pass-through, md5, plain),
 // the auth file and its reload, authQuery, and TLS on both sides, with a real PostgreSQL 15.
 import { execFile } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
+import { once } from 'node:events';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import tls from 'node:tls';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import t from 'tap';
 import { formatVerifier, makeVerifier } from '../src/proxy/postgres/auth/scram.js';
 import { md5Secret } from '../src/proxy/postgres/auth/secrets.js';
 import { TestPki } from './helpers/certs.js';
-import { startPgProxy, startPostgres, writeAuthFile } from './helpers/postgres.js';
+import {
+  RawClient,
+  errorText,
+  firstColumns,
+  frontend,
+  pgQuery,
+  startPgProxy,
+  startPostgres,
+  startup,
+  writeAuthFile,
+  type RawMessage,
+} from './helpers/postgres.js';
 import { SecretVolume } from './helpers/secret-volume.js';
 import { until } from './helpers/util.js';
 
@@ -276,6 +289,68 @@ void t.test('password auth only over TLS; TLS on both sides verified', async (t)
     return readFile(ca.cert, 'utf8');
   }
 });
+
+void t.test(
+  'PostgreSQL 17 direct TLS: a ClientHello with ALPN postgresql, no SSLRequest',
+  async (t) => {
+    const proxy = await startPgProxy(
+      cluster,
+      { authFile, authType: 'password' },
+      {},
+      { tls: { cert: listenerCert.cert, key: listenerCert.key } },
+    );
+    t.teardown(() => proxy.app.stop(1000));
+    const caPem = await readFile(ca.cert, 'utf8');
+    const direct = async (alpn: string[] | undefined): Promise<tls.TLSSocket> => {
+      const socket = tls.connect({
+        port: proxy.port,
+        host: '127.0.0.1',
+        servername: 'sidepool.test',
+        ca: caPem,
+        ...(alpn === undefined ? {} : { ALPNProtocols: alpn }),
+      });
+      await once(socket, 'secureConnect');
+      return socket;
+    };
+
+    const socket = await direct(['postgresql']);
+    t.equal(socket.alpnProtocol, 'postgresql', 'sidepool chose postgresql');
+    const client = RawClient.over(socket);
+    t.teardown(() => client.close());
+    client.write(startup({ user: 'md5user', database: 'appdb' }));
+    const asked = await client.readUntil('R');
+    t.equal(asked.at(-1)?.body.readInt32BE(0), 3, 'cleartext password asked: the link is TLS');
+    client.write(frontend('p', 'pw-md5\0'));
+    const welcome = await client.readUntil('Z');
+    t.notOk(
+      welcome.some((m) => m.code === 'E'),
+      'logged in over direct TLS',
+    );
+    client.write(pgQuery('SELECT current_user'));
+    t.same(firstColumns(await client.readUntil('Z')), ['md5user']);
+
+    const bare = RawClient.over(await direct(undefined));
+    t.teardown(() => bare.close());
+    const refused = await bare.readUntil('E');
+    t.match(
+      errorText(refused.at(-1) as RawMessage),
+      /08P01.*without ALPN/,
+      'direct TLS without ALPN is refused, as PostgreSQL 17 does',
+    );
+    await until(() => bare.closed, 5000, 'then closed');
+
+    const other = tls.connect({
+      port: proxy.port,
+      host: '127.0.0.1',
+      servername: 'sidepool.test',
+      ca: caPem,
+      ALPNProtocols: ['http/1.1'],
+    });
+    const [err] = (await once(other, 'error')) as [Error];
+    t.match(err.message, /no application protocol/, 'another protocol is refused in the handshake');
+    other.destroy();
+  },
+);
 
 void t.test('an md5 secret computed the way PostgreSQL stores it', (t) => {
   t.equal(`md5${md5Secret('pw-md5', 'md5user')}`, md5Stored);

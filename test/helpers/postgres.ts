@@ -326,6 +326,11 @@ export class RawClient {
     });
   }
 
+  /** Over a socket already connected (a TLS one, for direct TLS). */
+  static over(socket: net.Socket): RawClient {
+    return new RawClient(socket);
+  }
+
   static async connect(port: number): Promise<RawClient> {
     const socket = net.connect(port, '127.0.0.1');
     await new Promise<void>((resolve, reject) => {

@@ -47,6 +47,7 @@ export class Framer {
   private headSize: number;
   private readonly head = Buffer.allocUnsafe(5);
   private headHave = 0;
+  private neverPushed = true;
   /** Unread bytes: the chunk being framed, and where we are in it. */
   private chunk: Buffer | undefined;
   private pos = 0;
@@ -76,6 +77,11 @@ export class Framer {
     return this.held !== undefined;
   }
 
+  /** Nothing was pushed yet: the stream's first byte is still to come. */
+  get atStart(): boolean {
+    return this.neverPushed;
+  }
+
   /** The next message has no type byte (a startup packet after SSLRequest was refused). */
   expectUntyped(): void {
     this.headSize = 4;
@@ -102,6 +108,7 @@ export class Framer {
    * reference to the chunk (the caller must not reuse its memory) until `resume()`.
    */
   push(chunk: Buffer): boolean {
+    this.neverPushed = false;
     if (this.chunk !== undefined && this.pos < this.chunk.length) {
       // Pushed while paused (the caller kept reading): append.
       this.chunk = Buffer.concat([this.chunk.subarray(this.pos), chunk]);

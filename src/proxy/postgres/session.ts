@@ -122,6 +122,10 @@ const CLIENT_CODES = new Set<number>([
 const MAX_STREAMED = 0x3fffffff;
 /** Past this many bytes queued toward a peer, stop reading the other side until it drains. */
 const HIGH_WATER = 256 * 1024;
+/** The first byte of a TLS handshake record; no startup packet starts with it (its length's top byte). */
+const TLS_HANDSHAKE = 0x16;
+/** The ALPN protocol PostgreSQL 17 names for itself: required with direct TLS. */
+const ALPN = ['postgresql'];
 /** Client bytes read behind a message that waits for a backend, at most, before a pause. */
 const WAITING_READ_LIMIT = 64 * 1024;
 
@@ -245,6 +249,15 @@ export class PgSession implements Session, CancelTarget {
 
   clientBytes(chunk: Buffer): number {
     if (this.state === 'ended') return READ_PAUSE;
+    if (
+      chunk[0] === TLS_HANDSHAKE &&
+      this.state === 'startup' &&
+      this.framer.atStart &&
+      this.ctx.tls !== undefined &&
+      !(this.socket instanceof tls.TLSSocket)
+    ) {
+      return this.startDirectTls(this.ctx.tls, chunk);
+    }
     let consumed: boolean;
     try {
       consumed = this.corkedWhile(() => this.framer.push(chunk));
@@ -449,14 +462,49 @@ export class PgSession implements Session, CancelTarget {
     }
     stopReading(this.socket);
     this.toClient(Buffer.from('S'));
+    this.wrapTls(options, false);
+    return true;
+  }
+
+  /**
+   * PostgreSQL 17's direct TLS: the client starts with its TLS ClientHello, no SSLRequest,
+   * and must ask for ALPN `postgresql` (as the server requires, so that a TLS client of
+   * another protocol is not taken for one of ours). The ClientHello goes back to the socket
+   * for the TLS layer to read.
+   */
+  private startDirectTls(options: tls.SecureContext, hello: Buffer): number {
+    stopReading(this.socket);
+    this.socket.unshift(hello);
+    this.wrapTls(options, true);
+    return READ_PAUSE;
+  }
+
+  private wrapTls(options: tls.SecureContext, direct: boolean): void {
     const plain = this.socket;
-    plain.off('end', onClientClose);
+    plain.off('end', onClientEnd);
     plain.off('close', onClientClose);
     plain.off('error', onClientError);
     plain.off('drain', onClientDrain);
-    const secure = new tls.TLSSocket(plain, { isServer: true, secureContext: options });
+    const secure = new tls.TLSSocket(plain, {
+      isServer: true,
+      secureContext: options,
+      ALPNProtocols: ALPN,
+    });
     secure.once('secure', () => {
       this.socket = secure;
+      if (direct && secure.alpnProtocol !== ALPN[0]) {
+        // Not within 'secure': what is written there and followed by destroy() is lost
+        // (the TLS layer has not flushed it yet).
+        setImmediate(() =>
+          this.refuseLogin('protocol', {
+            severity: 'FATAL',
+            code: '08P01',
+            message:
+              'received direct SSL connection request without ALPN protocol negotiation extension',
+          }),
+        );
+        return;
+      }
       this.restartStartup(secure);
     });
     secure.on('error', (err) => {
@@ -466,7 +514,6 @@ export class PgSession implements Session, CancelTarget {
     secure.once('close', () => {
       if (this.socket !== secure) this.end();
     });
-    return true;
   }
 
   private restartStartup(socket: Socket): void {
