@@ -1168,12 +1168,10 @@ export class PgSession implements Session, CancelTarget {
     this.clearTimer();
     this.waitStartedAt = performance.now();
     const link = pgPool.pool.tryAcquire();
-    if (link !== undefined) {
-      const backend = Backend.of(link);
-      if (!this.needsCheck(link, backend) && this.runsMyParameters(backend)) {
-        this.attachBackend(backend);
-        return true;
-      }
+    const ready = link === undefined ? undefined : this.readyAsIs(link);
+    if (ready !== undefined) {
+      this.attachBackend(ready);
+      return true;
     }
     this.state = 'waiting';
     this.countClient('waiting');
@@ -1248,17 +1246,19 @@ export class PgSession implements Session, CancelTarget {
    * SET is bound at once.
    */
   private bindWaited(link: Link): void {
-    const backend = Backend.of(link);
-    if (
-      this.state === 'waiting' &&
-      !this.needsCheck(link, backend) &&
-      this.runsMyParameters(backend)
-    ) {
-      this.attachBackend(backend);
+    const ready = this.state === 'waiting' ? this.readyAsIs(link) : undefined;
+    if (ready !== undefined) {
+      this.attachBackend(ready);
       this.resumeClient();
       return;
     }
     void this.bind(link);
+  }
+
+  /** The link's backend, if it can be bound as it is: no check due, no SET needed. */
+  private readyAsIs(link: Link): Backend | undefined {
+    const backend = Backend.of(link);
+    return !this.needsCheck(link, backend) && this.runsMyParameters(backend) ? backend : undefined;
   }
 
   /** Binds a backend after its check and SET, then lets the held message go on. */
