@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { startProxy } from './helpers/app.js';
 import { metric, parseMetrics } from './helpers/http.js';
 import { fetchHttp, startHttpUpstream } from './helpers/http-upstream.js';
@@ -86,12 +86,18 @@ async function lateClosingUpstream(path = '/slow') {
   return { server, counts, nextStale };
 }
 
-void t.test('a retry that meets another stale link goes again, on a fresh one', async (t) => {
-  const { server, nextStale } = await lateClosingUpstream();
-  t.teardown(() => server.close());
-  const proxy = await startProxy(server.address, { minIdle: 0 }, HTTP);
+/** sidepool in front of lateClosingUpstream, its first link made by one fresh request. */
+async function staleChain(t: Test) {
+  const upstream = await lateClosingUpstream();
+  t.teardown(() => upstream.server.close());
+  const proxy = await startProxy(upstream.server.address, { minIdle: 0 }, HTTP);
   t.teardown(() => proxy.app.stop(100));
   t.equal((await fetchHttp(proxy.port)).status, 200, 'the first link, fresh');
+  return { ...upstream, proxy };
+}
+
+void t.test('a retry that meets another stale link goes again, on a fresh one', async (t) => {
+  const { server, nextStale, proxy } = await staleChain(t);
   // The GET takes that link; while its upstream sits on it, a second link is dialed,
   // serves one request and idles: newer than the first (the retry takes it), just as stale.
   const stale = nextStale();
@@ -109,11 +115,7 @@ void t.test(
     // A request that makes the upstream drop the connection (a "query of death") must not
     // be sent down every reused link the pool holds. Here three links go stale one after
     // the other, each given back while the GET's try before it was under way.
-    const { server, counts, nextStale } = await lateClosingUpstream();
-    t.teardown(() => server.close());
-    const proxy = await startProxy(server.address, { minIdle: 0 }, HTTP);
-    t.teardown(() => proxy.app.stop(100));
-    t.equal((await fetchHttp(proxy.port)).status, 200, 'the first link, fresh');
+    const { counts, nextStale, proxy } = await staleChain(t);
     let stale = nextStale();
     const get = fetchHttp(proxy.port, { path: '/slow' });
     for (let link = 2; link <= 3; link++) {
