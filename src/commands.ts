@@ -252,6 +252,8 @@ async function run(args: RunArgs): Promise<number> {
     const running = makeProxy(config, log, { loadConfig: reloadConfig, onStopped });
     proxy = running;
     state = 'starting';
+    // Said before the start-up's waits (DNS, listeners): a slow start shows as started.
+    log.info({ version, routes: config.routes.length }, 'starting');
     if (reloadOnceStarted) log.info('SIGHUP during start-up: the config is reloaded once started');
     try {
       await running.start();

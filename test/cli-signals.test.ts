@@ -12,36 +12,50 @@ import { startDns, type DnsServer } from './helpers/dnsmasq.js';
 import { freePort } from './helpers/redis.js';
 import { roundTrip, startEcho } from './helpers/util.js';
 
-const SLOW_MS = 1500;
-
 /**
- * A DNS server that answers late: each query goes to dnsmasq after SLOW_MS, its answer
- * back. A route to a `dns:` upstream through it keeps `sidepool run` in its start-up
- * (resolving) for that long: the window the signals below are sent in.
+ * A DNS server that holds its answers: each query waits until `release()`, then goes to
+ * dnsmasq and its answer back (later queries, such as the resolver's retries, go at once).
+ * A route to a `dns:` upstream through it keeps `sidepool run` in its start-up
+ * (resolving) until the test has sent its signal: the window is a condition, not a delay.
+ * The resolver gives up after about 6 s (2 s, then 4 s), far longer than a test takes
+ * from the first log line to its signal.
  */
-async function slowDns(real: DnsServer): Promise<{ address: string; close(): void }> {
+async function heldDns(
+  real: DnsServer,
+): Promise<{ address: string; release(): void; close(): void }> {
   const front = dgram.createSocket('udp4');
+  let held: { query: Buffer; port: number; address: string }[] | undefined = [];
+  const answer = (query: Buffer, port: number, address: string) => {
+    const back = dgram.createSocket('udp4');
+    back.on('message', (reply) => {
+      front.send(reply, port, address);
+      back.close();
+    });
+    back.send(query, real.port, '127.0.0.1');
+  };
   front.on('message', (query, client) => {
-    setTimeout(() => {
-      const back = dgram.createSocket('udp4');
-      back.on('message', (answer) => {
-        front.send(answer, client.port, client.address);
-        back.close();
-      });
-      back.send(query, real.port, '127.0.0.1');
-    }, SLOW_MS);
+    if (held !== undefined) held.push({ query, port: client.port, address: client.address });
+    else answer(query, client.port, client.address);
   });
   await new Promise<void>((r) => front.bind(0, '127.0.0.1', r));
-  return { address: `127.0.0.1:${front.address().port}`, close: () => front.close() };
+  return {
+    address: `127.0.0.1:${front.address().port}`,
+    release: () => {
+      const queries = held ?? [];
+      held = undefined;
+      for (const q of queries) answer(q.query, q.port, q.address);
+    },
+    close: () => front.close(),
+  };
 }
 
-async function slowStart(t: { teardown(fn: () => unknown): void }) {
+async function heldStart(t: { teardown(fn: () => unknown): void }) {
   const upstream = await startEcho();
   t.teardown(() => upstream.close());
   const dns = await startDns({ 'upstream.test': ['127.0.0.1'] });
   t.teardown(() => dns.stop());
-  const slow = await slowDns(dns);
-  t.teardown(() => slow.close());
+  const held = await heldDns(dns);
+  t.teardown(() => held.close());
   const port = await freePort();
   const path = await configFile(
     YAML.stringify({
@@ -50,24 +64,24 @@ async function slowStart(t: { teardown(fn: () => unknown): void }) {
         {
           name: 'r',
           listen: `127.0.0.1:${port}`,
-          upstream: { dns: `upstream.test:${upstream.port}`, resolvers: [slow.address] },
+          upstream: { dns: `upstream.test:${upstream.port}`, resolvers: [held.address] },
           pool: { minIdle: 0 },
         },
       ],
     }),
   );
-  return { port, path };
+  return { port, path, release: () => held.release() };
 }
 
-/** Resolves once the process has taken over its signals: its first log line. */
+/** Resolves once the process is in its start-up: its 'starting' line, said before it resolves. */
 async function started(cli: RunningCli): Promise<void> {
-  await cli.waitFor((l) => typeof l.msg === 'string', 30_000);
+  await cli.waitFor((l) => l.msg === 'starting', 30_000);
 }
 
 void t.test(
   'SIGHUP during start-up does not kill: the config is reloaded once started',
   async (t) => {
-    const { port, path } = await slowStart(t);
+    const { port, path, release } = await heldStart(t);
     const cli = startPlainCli(['run', '--config', path]);
     t.teardown(() => cli.child.kill('SIGKILL'));
     await started(cli);
@@ -76,6 +90,8 @@ void t.test(
       'still starting',
     );
     cli.child.kill('SIGHUP');
+    await cli.waitFor((l) => String(l.msg).startsWith('SIGHUP during start-up'), 30_000);
+    release();
     await cli.waitFor((l) => l.msg === 'config reloaded', 30_000);
     t.equal(cli.child.exitCode, null, 'alive');
     t.equal((await roundTrip(port, 'hup')).toString(), 'hup');
@@ -94,7 +110,7 @@ async function caught(pid: number): Promise<Set<number>> {
 }
 
 void t.test('the signals are taken before the program loads', async (t) => {
-  const { port, path } = await slowStart(t);
+  const { port, path, release } = await heldStart(t);
   const cli = startPlainCli(['run', '--config', path]);
   t.teardown(() => cli.child.kill('SIGKILL'));
   const pid = cli.child.pid as number;
@@ -110,6 +126,8 @@ void t.test('the signals are taken before the program loads', async (t) => {
   t.ok(handled.has(SIGHUP) && handled.has(SIGINT) && handled.has(SIGTERM), 'caught');
   t.equal(linesBefore, 0, 'before the first log line: before the config is even read');
   cli.child.kill('SIGHUP');
+  // Held before the logger exists, so no line says so; the start-up goes on once released.
+  release();
   await cli.waitFor((l) => l.msg === 'route listening', 30_000);
   t.equal(cli.child.signalCode, null, 'not killed');
   t.equal((await roundTrip(port, 'early')).toString(), 'early');
@@ -118,11 +136,13 @@ void t.test('the signals are taken before the program loads', async (t) => {
 });
 
 void t.test('SIGTERM during start-up stops cleanly, exit 0', async (t) => {
-  const { path } = await slowStart(t);
+  const { path, release } = await heldStart(t);
   const cli = startPlainCli(['run', '--config', path]);
   t.teardown(() => cli.child.kill('SIGKILL'));
   await started(cli);
   cli.child.kill('SIGTERM');
+  await cli.waitFor((l) => l.msg === 'signal during start-up: stopping once started', 30_000);
+  release();
   t.equal(await cli.exited, 0);
   t.equal(cli.child.signalCode, null, 'not killed by the signal');
   t.ok(
