@@ -1,8 +1,16 @@
+import net from 'node:net';
 import { Redis } from 'ioredis';
 import { createClient } from 'redis';
 import t from 'tap';
+import type { RedisMode } from '../src/proxy/redis/mode.js';
 import { startRedis } from './helpers/redis.js';
-import { RawClient, redisCli, startRedisProxy, upstreamConnections } from './helpers/redis-mode.js';
+import {
+  RawClient,
+  command,
+  redisCli,
+  startRedisProxy,
+  upstreamConnections,
+} from './helpers/redis-mode.js';
 import { until } from './helpers/util.js';
 
 void t.test(
@@ -250,3 +258,89 @@ void t.test('RESP3 clients (HELLO 3) share links switched to RESP3', async (t) =
     '*4\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n',
   ]);
 });
+
+/**
+ * Sends `bytes` and its FIN at once, the way a connection-per-request client does; resolves
+ * with everything read back and how the connection ended. `hold` keeps the socket from
+ * reading until it resolves: the replies pile up on the other side first.
+ */
+function sendThenFin(
+  port: number,
+  bytes: Buffer,
+  hold?: () => Promise<void>,
+): Promise<{ data: Buffer; ended: boolean; error: string | undefined }> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1');
+    const chunks: Buffer[] = [];
+    let ended = false;
+    let error: string | undefined;
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.on('end', () => (ended = true));
+    socket.on('error', (err: NodeJS.ErrnoException) => (error = err.code ?? err.message));
+    socket.on('close', () => resolve({ data: Buffer.concat(chunks), ended, error }));
+    socket.on('connect', () => {
+      if (hold !== undefined) {
+        socket.pause();
+        void hold().then(() => socket.resume());
+      }
+      socket.end(bytes);
+    });
+  });
+}
+
+void t.test(
+  'a client that sends its commands and its FIN at once gets every reply, then a clean end',
+  async (t) => {
+    const redis = await startRedis();
+    t.teardown(() => redis.stop());
+    const proxy = await startRedisProxy(redis, { minIdle: 1, maxSize: 2 });
+    t.teardown(() => proxy.app.stop(100));
+    const big = Buffer.alloc(16 * 1024 * 1024, 'v');
+    await redisCli(redis.port, 'SET', 'fin:n', '0');
+    const script = (tag: string) =>
+      Buffer.concat([
+        ...Array.from({ length: 50 }, (_, i) =>
+          i % 2 === 0 ? command('INCR', `fin:${tag}`) : command('GET', 'fin:n'),
+        ),
+      ]);
+    // Direct, the oracle; then through sidepool, replies written at once (the kernel takes
+    // them) and replies that wait in sidepool for a client that does not read yet.
+    for (const tag of ['direct', 'proxy']) {
+      const port = tag === 'direct' ? redis.port : proxy.port;
+      const got = await sendThenFin(port, script(tag));
+      t.equal(got.error, undefined, `${tag}: no error`);
+      t.ok(got.ended, `${tag}: the connection ended with a FIN`);
+      t.equal(
+        got.data.toString('latin1'),
+        Array.from({ length: 50 }, (_, i) =>
+          i % 2 === 0 ? `:${i / 2 + 1}\r\n` : '$1\r\n0\r\n',
+        ).join(''),
+        `${tag}: every reply, in order`,
+      );
+    }
+    const setBig = await RawClient.connect(proxy.port);
+    t.same(await setBig.send(command('SET', 'fin:big', big), 1), ['+OK\r\n']);
+    setBig.close();
+    const sessions = (proxy.mode as RedisMode).sessions;
+    const session = () => [...sessions][0];
+    const held = await sendThenFin(
+      proxy.port,
+      Buffer.concat([command('GET', 'fin:big'), command('GET', 'fin:n')]),
+      // Until every reply is in sidepool's hands and it is closing: the replies it still
+      // holds must go out before its FIN (or, gone at once, fail the checks below).
+      () =>
+        until(() => {
+          const s = session();
+          return s === undefined || (s.phase === 'closing' && s.socket.writableLength > 0);
+        }, 10_000),
+    );
+    t.equal(held.error, undefined, 'held: no error');
+    t.ok(held.ended, 'held: the connection ended with a FIN');
+    t.equal(held.data.length, `$${big.length}\r\n`.length + big.length + 2 + '$1\r\n0\r\n'.length);
+    t.ok(
+      held.data.subarray(held.data.length - 7).equals(Buffer.from('$1\r\n0\r\n')),
+      'held: the last reply last',
+    );
+    await until(() => sessions.size === 0, 10_000);
+  },
+);

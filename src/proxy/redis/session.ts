@@ -1265,6 +1265,13 @@ export class RedisSession implements Session, MuxClient, PlacementWaiter {
     // Like redis-server: once the last reply is written the connection closes, whether or
     // not the client has finished sending (a client mid-way through megabytes would not).
     const socket = this.socket;
+    if (this.ended && words === undefined && socket.writableLength === 0) {
+      // The client has ended and every reply is with the kernel: closing sends our FIN
+      // after them, as a shutdown would, without its round through the stream (the common
+      // end of a connection-per-request client).
+      socket.destroy();
+      return;
+    }
     socket.end(words ?? Buffer.alloc(0), () => socket.destroy());
   }
 
