@@ -3,7 +3,14 @@
 // (twemproxy), with redis-benchmark: 50 persistent clients, the same pipelined (-P 16),
 // and a new connection per request (-k 0).
 import { establishedTo, fmt, fmtRatio, mdTable, sleep, summarise } from '../lib.mjs';
-import { logSkip, startHaproxy, startRedis, startSidepool, startTwemproxy } from '../targets.mjs';
+import {
+  logSkip,
+  startHaproxy,
+  startNodeServer,
+  startRedis,
+  startSidepool,
+  startTwemproxy,
+} from '../targets.mjs';
 import { redisLoad } from './redis-load.mjs';
 
 const LABELS = {
@@ -13,6 +20,7 @@ const LABELS = {
   sidepool: 'sidepool tcp',
   redis: 'sidepool redis',
   redis2: 'sidepool redis ×N',
+  floor: 'Node floor (answers itself)',
 };
 
 export default {
@@ -98,6 +106,11 @@ export default {
           }),
         );
       }
+      // Not a proxy: what Node alone costs per request (bench/procs/redis-floor.mjs).
+      add(
+        'floor',
+        await startNodeServer(ctx, 'procs/redis-floor.mjs', [], 'redis-floor', ctx.runtime.node),
+      );
       const stack = {
         targets,
         names: Object.keys(targets),
@@ -133,6 +146,7 @@ export default {
       ['redis2', 'haproxy'],
       ['redis2', 'twemproxy'],
       ['sidepool', 'haproxy'],
+      ['floor', 'haproxy'],
     ];
     const summary = summarise(result.samples, { pairs });
     const cpu = summarise(result.cpu, {
@@ -172,6 +186,7 @@ export default {
           text: mdTable(header, rows),
           notes: [
             ...variants.map((v) => `${v.label}: redis-benchmark ${v.args.join(' ')}`),
+            'Node floor: bench/procs/redis-floor.mjs, a Node server that answers GET and SET itself (no upstream) and closes at the FIN: the least a Node proxy pays per request; `Node floor ÷ HAProxy tcp` bounds what sidepool can reach',
             `sidepool redis: pool minIdle ${redisPool.minIdle}, maxSize ${redisPool.maxSize}, redis.maxBatchBytes ${redisSettings.maxBatchBytes}, redis.maxPending ${redisSettings.maxPending}; sidepool tcp: minIdle ${tcpPool.minIdle}, maxSize ${tcpPool.maxSize}; HAProxy server maxconn 256; twemproxy server_connections 1`,
             `upstream connections of sidepool redis, most seen (sampled every 100 ms through all runs): ${Object.entries(
               peaks,
