@@ -1,8 +1,11 @@
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
+import tls from 'node:tls';
 import { Redis } from 'ioredis';
 import { createClient } from 'redis';
 import t from 'tap';
 import type { RedisMode } from '../src/proxy/redis/mode.js';
+import { TestPki } from './helpers/certs.js';
 import { startRedis } from './helpers/redis.js';
 import {
   RawClient,
@@ -342,5 +345,66 @@ void t.test(
       'held: the last reply last',
     );
     await until(() => sessions.size === 0, 10_000);
+  },
+);
+
+void t.test(
+  'over TLS, a client that ends after its replies gets close_notify before the FIN',
+  async (t) => {
+    const redis = await startRedis();
+    t.teardown(() => redis.stop());
+    const pki = await TestPki.create();
+    t.teardown(() => pki.remove());
+    const ca = await pki.ca('redis-ca');
+    const cert = await ca.issue('sidepool.local', { ips: ['127.0.0.1'] });
+    const proxy = await startRedisProxy(
+      redis,
+      { minIdle: 1, maxSize: 2 },
+      {},
+      { admin: false },
+      { tls: { cert: cert.cert, key: cert.key } },
+    );
+    t.teardown(() => proxy.app.stop(100));
+    // A relay between client and sidepool keeps what sidepool sends, to read its TLS
+    // records: TLS 1.2 names each record's type in the clear.
+    const fromProxy: Buffer[] = [];
+    const relay = net.createServer({ allowHalfOpen: true }, (client) => {
+      const up = net.connect({ port: proxy.port, host: '127.0.0.1', allowHalfOpen: true });
+      for (const s of [client, up]) s.on('error', () => {});
+      up.on('data', (d: Buffer) => fromProxy.push(d));
+      client.pipe(up);
+      up.pipe(client);
+    });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+    t.teardown(() => relay.close());
+    const relayPort = (relay.address() as net.AddressInfo).port;
+    const got = await new Promise<{ data: string; error: string | undefined }>((resolve) => {
+      const socket = tls.connect({
+        host: '127.0.0.1',
+        port: relayPort,
+        ca: readFileSync(ca.cert),
+        maxVersion: 'TLSv1.2',
+      });
+      const chunks: Buffer[] = [];
+      let error: string | undefined;
+      // The FIN comes once the replies are in: sidepool has nothing left to write then.
+      socket.on('data', (d: Buffer) => {
+        chunks.push(d);
+        if (Buffer.concat(chunks).toString('latin1').endsWith('$1\r\nv\r\n')) socket.end();
+      });
+      socket.on('error', (err: NodeJS.ErrnoException) => (error = err.code ?? err.message));
+      socket.on('close', () => resolve({ data: Buffer.concat(chunks).toString('latin1'), error }));
+      socket.on('secureConnect', () =>
+        socket.write(Buffer.concat([command('SET', 'tls:k', 'v'), command('GET', 'tls:k')])),
+      );
+    });
+    t.equal(got.error, undefined, 'no error');
+    t.equal(got.data, '+OK\r\n$1\r\nv\r\n', 'every reply');
+    const types: number[] = [];
+    const bytes = Buffer.concat(fromProxy);
+    for (let at = 0; at + 5 <= bytes.length; at += 5 + bytes.readUInt16BE(at + 3)) {
+      types.push(bytes[at] as number);
+    }
+    t.equal(types.at(-1), 21, 'the last record sidepool sent is an alert: close_notify');
   },
 );

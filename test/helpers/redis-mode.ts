@@ -12,6 +12,8 @@ export async function startRedisProxy(
   pool: Record<string, unknown> = {},
   settings: Record<string, unknown> = {},
   top: Record<string, unknown> = { admin: false },
+  /** More keys of the route (`tls`, …). */
+  routeExtra: Record<string, unknown> = {},
 ) {
   const port = typeof redis === 'number' ? redis : redis.port;
   const config = parseConfig({
@@ -24,6 +26,7 @@ export async function startRedisProxy(
         mode: 'redis',
         pool: { minIdle: 1, maxSize: 4, ...pool },
         redis: settings,
+        ...routeExtra,
       },
     ],
   });

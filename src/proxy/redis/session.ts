@@ -1265,10 +1265,11 @@ export class RedisSession implements Session, MuxClient, PlacementWaiter {
     // Like redis-server: once the last reply is written the connection closes, whether or
     // not the client has finished sending (a client mid-way through megabytes would not).
     const socket = this.socket;
-    if (this.ended && words === undefined && socket.writableLength === 0) {
+    if (this.ended && words === undefined && socket.writableLength === 0 && !isTls(socket)) {
       // The client has ended and every reply is with the kernel: closing sends our FIN
       // after them, as a shutdown would, without its round through the stream (the common
-      // end of a connection-per-request client).
+      // end of a connection-per-request client). Not over TLS: its end sends close_notify,
+      // without which a client cannot tell our end from a cut connection.
       socket.destroy();
       return;
     }
@@ -1401,4 +1402,8 @@ function onClientClose(this: WithSession): void {
 }
 function onClientTimeout(this: WithSession): void {
   this[kSession]?.timedOut();
+}
+
+function isTls(socket: Socket): boolean {
+  return (socket as Socket & { encrypted?: boolean }).encrypted === true;
 }
