@@ -142,7 +142,11 @@ export class LinkLease {
       );
       return;
     }
-    if (!fitForRequest(link, this.ctx.settings.upstreamKeepAliveMs, this.staleBefore, Date.now())) {
+    // A link that has carried no request (a dial for this wait) did not idle through the
+    // burst `staleBefore` presumes stale. It may have connected within the millisecond
+    // `staleBefore` was taken in: held to it, it was closed and a second link dialed.
+    const staleBefore = link.uses > 1 ? this.staleBefore : 0;
+    if (!fitForRequest(link, this.ctx.settings.upstreamKeepAliveMs, staleBefore, Date.now())) {
       link.close('idle');
       this.state = 'free';
       this.acquire(this.staleBefore);
