@@ -1,5 +1,6 @@
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { TLSSocket } from 'node:tls';
 import { AcquireTimeoutError, codeOf, describe } from '../../errors.js';
 import { CHUNK_KEPT, READ_MORE, READ_PAUSE, readWith, stopReading } from '../../net/reads.js';
 import { Link } from '../../pool/link.js';
@@ -1265,7 +1266,12 @@ export class RedisSession implements Session, MuxClient, PlacementWaiter {
     // Like redis-server: once the last reply is written the connection closes, whether or
     // not the client has finished sending (a client mid-way through megabytes would not).
     const socket = this.socket;
-    if (this.ended && words === undefined && socket.writableLength === 0 && !isTls(socket)) {
+    if (
+      this.ended &&
+      words === undefined &&
+      socket.writableLength === 0 &&
+      !(socket instanceof TLSSocket)
+    ) {
       // The client has ended and every reply is with the kernel: closing sends our FIN
       // after them, as a shutdown would, without its round through the stream (the common
       // end of a connection-per-request client). Not over TLS: its end sends close_notify,
@@ -1402,8 +1408,4 @@ function onClientClose(this: WithSession): void {
 }
 function onClientTimeout(this: WithSession): void {
   this[kSession]?.timedOut();
-}
-
-function isTls(socket: Socket): boolean {
-  return (socket as Socket & { encrypted?: boolean }).encrypted === true;
 }
