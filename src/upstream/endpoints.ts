@@ -224,10 +224,27 @@ export class EndpointSet {
     endpoint.consecutiveFailures = 0;
     this.events.ejected(endpoint, forMs);
     this.events.down(endpoint, 'ejected');
-    const timer = setTimeout(() => {
-      this.ejectionTimers.delete(timer);
-      if (endpoint.isAvailable()) this.events.up(endpoint);
-    }, forMs);
+    this.endEjectionAt(endpoint, endpoint.ejectedUntil);
+  }
+
+  /**
+   * Says `up` once the ejection that lasts until `until` is over. A timer runs on the
+   * event loop's clock, which is read once per loop turn and so lags Date.now by however
+   * long the turn has run: it can fire while Date.now is still short of `until`. Then it
+   * waits out the rest, or the endpoint would stay down for the pool (no `up`, no poke
+   * for queued borrowers) until something else happened.
+   */
+  private endEjectionAt(endpoint: Endpoint, until: number): void {
+    const timer = setTimeout(
+      () => {
+        this.ejectionTimers.delete(timer);
+        // Lifted by probes (which said `up`) or ejected again (its own timer says it).
+        if (endpoint.ejectedUntil !== until) return;
+        if (endpoint.isEjected()) this.endEjectionAt(endpoint, until);
+        else if (endpoint.isAvailable()) this.events.up(endpoint);
+      },
+      Math.max(1, until - Date.now()),
+    );
     timer.unref();
     this.ejectionTimers.add(timer);
   }
