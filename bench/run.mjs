@@ -18,6 +18,7 @@ import {
   performance,
   runCommand,
   say,
+  startChild,
   which,
 } from './lib.mjs';
 import { imageNodeMajor, nodeBinary, versionOf } from '../scripts/node-runtime.mjs';
@@ -45,6 +46,8 @@ const HELP = `usage: npm run bench -- [options]
                               GLIBC_TUNABLES=glibc.malloc.trim_threshold=67108864 (comma-separated)
   --sidepool-node-flags=LIST  node flags for the sidepool processes only (comma-separated;
                               the = is needed), e.g. --sidepool-node-flags=--no-incremental-marking
+  --cpu-load N       N processes that busy-loop on the CPU beside every workload (default 0):
+                     a declared, repeatable load in place of whatever else the machine runs
   --build            run \`npm run build\` first (done anyway when dist/cli.js is missing)
   --out NAME         results file name (default latest, or quick with --quick)
   --without LIST     pretend tools are absent, e.g. haproxy,redis-benchmark (to test skips)
@@ -53,6 +56,18 @@ const HELP = `usage: npm run bench -- [options]
 `;
 
 const SOAK_DEFAULT = 1_000_000;
+
+/**
+ * `n` processes that keep a CPU busy, each bounded in time (it ends by itself after two
+ * hours) and stopped by the caller: the load other work on a shared machine puts on the
+ * proxies, made the same for every target and every run.
+ */
+function startCpuLoad(n) {
+  const spin = 'const end = Date.now() + 2 * 3600e3; while (Date.now() < end);';
+  return Array.from({ length: n }, (_, i) =>
+    startChild(`cpu-load-${i + 1}`, process.execPath, ['-e', spin]),
+  );
+}
 
 function parseCli() {
   const { values } = parseArgs({
@@ -68,6 +83,7 @@ function parseCli() {
       node: { type: 'string' },
       'sidepool-env': { type: 'string', default: '' },
       'sidepool-node-flags': { type: 'string', default: '' },
+      'cpu-load': { type: 'string' },
       build: { type: 'boolean', default: false },
       out: { type: 'string' },
       without: { type: 'string' },
@@ -118,6 +134,7 @@ function parseCli() {
     soakMaxSeconds: int('soak-max-seconds', values.quick ? 60 : 600),
     conns: int('conns', 10_000),
     workers: int('workers', 2),
+    cpuLoad: int('cpu-load', 0, 0),
     workerSockets: values['worker-sockets'],
     only: values.only
       ? values.only
@@ -312,6 +329,7 @@ async function main() {
     node: process.version,
     sidepoolNode: opts.runtime.nodeVersion,
     loadAverage: os.loadavg(),
+    cpuLoad: opts.cpuLoad,
     sidepoolRuntime: opts.runtime,
     cpus: cpus.length,
     cpuModel: cpus[0]?.model ?? 'unknown',
@@ -425,6 +443,7 @@ async function main() {
     current = `workload ${workload.id} (${workload.name})`;
     say(`\n== ${workload.id}. ${workload.title}`);
     const t0 = performance.now();
+    const hogs = startCpuLoad(opts.cpuLoad);
     let result;
     try {
       result = await workload.run(ctx);
@@ -442,6 +461,7 @@ async function main() {
         failed: true,
       };
     }
+    for (const hog of hogs) await hog.stop(2000);
     // Whatever a workload left running is ended here.
     for (const child of liveChildren()) {
       notes.push(`${current} left ${child.name} (pid ${child.pid}) running: stopped`);
@@ -558,6 +578,10 @@ function render({
   out.push(
     `| load | load average ${env.loadAverage.map((l) => l.toFixed(1)).join(', ')} (1, 5, 15 min) at the start: other work on the machine shows here |`,
   );
+  if (env.cpuLoad > 0)
+    out.push(
+      `| declared load | ${env.cpuLoad} process${env.cpuLoad === 1 ? '' : 'es'} busy-looping on the CPU beside every workload (\`--cpu-load ${env.cpuLoad}\`), started after the load average above was read |`,
+    );
   out.push(`| sidepool runtime | ${describeRuntime(env.sidepoolRuntime)} |`);
   if (opts.workers > 1)
     out.push(
