@@ -295,6 +295,13 @@ export async function freePort() {
 
 const hex4 = (port) => port.toString(16).toUpperCase().padStart(4, '0');
 
+/**
+ * The lines of /proc/net/tcp and tcp6. The kernel writes the table a page per read and
+ * resumes by position, so while connections come and go (a `-k 0` load leaves thousands in
+ * TIME_WAIT) one read can repeat lines or skip them: 2 of 171 reads repeated up to 51
+ * ESTABLISHED lines beside a `redis-benchmark -k 0` load here. Count connections by
+ * their addresses (`connectionKey`), never by lines.
+ */
 function readProcNetTcp() {
   let text = '';
   for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
@@ -375,24 +382,37 @@ function addSocketInodes(pid, inodes) {
 
 /** Established TCP connections of `pid` whose remote port is `remotePort`. */
 export function establishedTo(pid, remotePort) {
-  const inodes = socketInodes(pid);
+  return countEstablished(readProcNetTcp(), socketInodes(pid), remotePort);
+}
+
+/**
+ * Of the /proc/net/tcp `lines`, the ESTABLISHED connections whose socket inode is in
+ * `inodes` and whose remote port is `remotePort`, each once however often it is listed.
+ */
+export function countEstablished(lines, inodes, remotePort) {
   const want = `:${hex4(remotePort)}`;
-  let n = 0;
-  for (const line of readProcNetTcp()) {
+  const seen = new Set();
+  for (const line of lines) {
     const cols = line.trim().split(/\s+/);
-    if (cols.length > 9 && cols[2]?.endsWith(want) && cols[3] === '01' && inodes.has(cols[9])) n++;
+    if (cols.length > 9 && cols[2]?.endsWith(want) && cols[3] === '01' && inodes.has(cols[9]))
+      seen.add(connectionKey(cols));
   }
-  return n;
+  return seen.size;
+}
+
+/** A connection's local and remote address: the same however often a read repeats it. */
+function connectionKey(cols) {
+  return `${cols[1]} ${cols[2]}`;
 }
 
 /** Counts sockets on 127.0.0.1 in TIME_WAIT (state 06): churn leaves them behind. */
 export function timeWaitCount() {
-  let n = 0;
+  const seen = new Set();
   for (const line of readProcNetTcp()) {
     const cols = line.trim().split(/\s+/);
-    if (cols[3] === '06') n++;
+    if (cols[3] === '06') seen.add(connectionKey(cols));
   }
-  return n;
+  return seen.size;
 }
 
 /** Waits until `pid` holds at least `n` established connections to `remotePort`. */

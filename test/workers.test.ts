@@ -238,14 +238,20 @@ void t.test('a worker that cannot listen stops the start with the reason', async
   t.match(result.stderr, /worker \d could not start: .*127\.0\.0\.1:\d+.*(in use|EADDRINUSE)/);
 });
 
-/** Sockets listening on 127.0.0.1:`port`, from /proc/net/tcp (one per bind, however shared). */
+/**
+ * Sockets listening on 127.0.0.1:`port`, from /proc/net/tcp (one per bind, however shared),
+ * counted by inode: a read of the table while other tests' connections come and go can
+ * repeat lines.
+ */
 async function listeningSockets(port: number): Promise<number> {
   const table = await readFile('/proc/net/tcp', 'utf8');
   const local = `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`;
-  return table
+  const inodes = table
     .split('\n')
     .map((line) => line.trim().split(/\s+/))
-    .filter((cols) => cols[1] === local && cols[3] === '0A').length;
+    .filter((cols) => cols[1] === local && cols[3] === '0A')
+    .map((cols) => cols[9]);
+  return new Set(inodes).size;
 }
 
 void t.test('reusePort is feature-checked: Node.js 22.12 and later on Linux', (t) => {
