@@ -39,6 +39,18 @@ export interface LinkOwner {
  */
 const MAX_IDLE_BYTES = 64 * 1024;
 
+/**
+ * Counts the moments links go idle (or are handed on), process-wide: an order of them finer
+ * than Date.now's milliseconds, in which a loopback link can be given back, taken and given
+ * back again.
+ */
+let idleTurns = 0;
+
+/** The idle turn of the link that went idle last: every link idle now has one at most this. */
+export function lastIdleTurn(): number {
+  return idleTurns;
+}
+
 export class Link {
   readonly id: number;
   /** The endpoint (`host:port`) this link was dialed to; set when the dial succeeds. */
@@ -46,6 +58,8 @@ export class Link {
   state: LinkState = 'connecting';
   readonly createdAt: number;
   idleSince = 0;
+  /** When the link last went idle or was handed on, as a `lastIdleTurn()` value. */
+  idleTurn = 0;
   uses = 0;
   /** Set when maxLifetime passed while the link was active: it must not go back to idle. */
   expired = false;
@@ -112,6 +126,7 @@ export class Link {
     this.expect('active');
     this.uses++;
     this.idleSince = Date.now();
+    this.idleTurn = ++idleTurns;
   }
 
   /** What the upstream sent while the link sat idle (a greeting), for its holder to pass on. */
@@ -172,6 +187,7 @@ export class Link {
   private enterIdle(idleTimeoutMs: number): void {
     this.state = 'idle';
     this.idleSince = Date.now();
+    this.idleTurn = ++idleTurns;
     const socket = this.socket;
     // An idle link must notice the upstream's FIN or stray bytes at once, so it reads.
     socket.on('end', onIdleEnd);

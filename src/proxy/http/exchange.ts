@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { HttpResponseError, SidepoolError, codeOf, describe } from '../../errors.js';
-import type { Link } from '../../pool/link.js';
+import { lastIdleTurn, type Link } from '../../pool/link.js';
 import { requestHead, responseHeaders, trailerFields, trailerSection } from './headers.js';
 import { LinkLease, type LeaseHolder } from './link-lease.js';
 import { noteKeepAliveTimeout } from './links.js';
@@ -466,7 +466,7 @@ export class Exchange implements LeaseHolder {
     this.moveTo('acquiring', 'forwarding');
     // Two stale links in a row: every link idle now is presumed stale (and closed when
     // met), so the last try gets a new link or one given back from here on.
-    this.staleBefore = this.attempts >= MAX_ATTEMPTS - 1 ? Date.now() : link.idleSince;
+    this.staleBefore = this.attempts >= MAX_ATTEMPTS - 1 ? lastIdleTurn() : link.idleTurn;
     this.releaseLink(false);
     // What was held of a chunked body is in `kept`, which the next attempt sends.
     if (this.heldFlush !== undefined) clearImmediate(this.heldFlush);

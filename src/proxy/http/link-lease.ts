@@ -109,7 +109,8 @@ export class LinkLease {
 
   /**
    * free → waiting or bound: takes an idle link fit for a request, or queues for one.
-   * `staleBefore`: links idle since at least then are presumed dead (after one was).
+   * `staleBefore` (an idle turn, `Link.idleTurn`): links that went idle at or before it are
+   * presumed dead (after one was).
    */
   acquire(staleBefore = 0): void {
     this.expect('free', 'acquire');
@@ -142,11 +143,9 @@ export class LinkLease {
       );
       return;
     }
-    // A link that has carried no request (a dial for this wait) did not idle through the
-    // burst `staleBefore` presumes stale. It may have connected within the millisecond
-    // `staleBefore` was taken in: held to it, it was closed and a second link dialed.
-    const staleBefore = link.uses > 1 ? this.staleBefore : 0;
-    if (!fitForRequest(link, this.ctx.settings.upstreamKeepAliveMs, staleBefore, Date.now())) {
+    // A dial for this wait, or a link given back since `staleBefore` was taken (within the
+    // same millisecond, as loopback allows), went idle at a later turn: fit.
+    if (!fitForRequest(link, this.ctx.settings.upstreamKeepAliveMs, this.staleBefore, Date.now())) {
       link.close('idle');
       this.state = 'free';
       this.acquire(this.staleBefore);

@@ -22,8 +22,9 @@ export function noteKeepAliveTimeout(link: Link, seconds: number): void {
 }
 
 /**
- * Whether an idle link may carry a request now. `staleBefore`: after a link died under a
- * request, links that have been idle at least as long are presumed dead too.
+ * Whether an idle link may carry a request now. `staleBefore` (an idle turn, `Link.idleTurn`):
+ * after a link died under a request, links that have been idle at least as long are
+ * presumed dead too.
  */
 export function fitForRequest(
   link: Link,
@@ -31,7 +32,7 @@ export function fitForRequest(
   staleBefore: number,
   now: number,
 ): boolean {
-  if (link.idleSince <= staleBefore) return false;
+  if (link.idleTurn <= staleBefore) return false;
   const idleMs = now - link.idleSince;
   if (upstreamKeepAliveMs > 0 && idleMs >= upstreamKeepAliveMs) return false;
   const limit = announced.get(link);
