@@ -125,8 +125,7 @@ export class Link {
   handOn(): void {
     this.expect('active');
     this.uses++;
-    this.idleSince = Date.now();
-    this.idleTurn = ++idleTurns;
+    this.markIdle();
   }
 
   /** What the upstream sent while the link sat idle (a greeting), for its holder to pass on. */
@@ -186,8 +185,7 @@ export class Link {
 
   private enterIdle(idleTimeoutMs: number): void {
     this.state = 'idle';
-    this.idleSince = Date.now();
-    this.idleTurn = ++idleTurns;
+    this.markIdle();
     const socket = this.socket;
     // An idle link must notice the upstream's FIN or stray bytes at once, so it reads.
     socket.on('end', onIdleEnd);
@@ -196,6 +194,12 @@ export class Link {
       this.idleTimer = setTimeout(onIdleTimeout, idleTimeoutMs, this);
       this.idleTimer.unref();
     }
+  }
+
+  /** Notes the moment the link went idle: its time, and its turn among all links'. */
+  private markIdle(): void {
+    this.idleSince = Date.now();
+    this.idleTurn = ++idleTurns;
   }
 
   /** Restarts the idle timer of an idle link: it fires `ms` from now. */
