@@ -1,7 +1,7 @@
 // Shared helpers for the benchmark harness: child processes (started, tracked and ended by
 // PID), ports, readiness, /proc sampling, statistics and markdown tables. Plain ESM, node
 // builtins only.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -293,34 +293,30 @@ export async function freePort() {
   throw new Error('no free port found');
 }
 
-const hex4 = (port) => port.toString(16).toUpperCase().padStart(4, '0');
+let ssPath;
 
 /**
- * The lines of /proc/net/tcp and tcp6. The kernel writes the table a page per read and
- * resumes by position, so while connections come and go (a `-k 0` load leaves thousands in
- * TIME_WAIT) one read can repeat lines or skip them: 2 of 171 reads repeated up to 51
- * ESTABLISHED lines beside a `redis-benchmark -k 0` load here. Count connections by
- * their addresses (`connectionKey`), never by lines.
+ * Lines of `ss -Htn <filter>` (iproute2): the kernel's socket diagnostics over netlink,
+ * filtered by state and port in the kernel. Never /proc/net/tcp: that table lists every
+ * socket as text, TIME_WAIT ones too, and after a `-k 0` load (tens of thousands of them)
+ * one read of it took 55 ms of CPU here; the bench's sampler, reading it twice every
+ * 100 ms, took a core from the very load it sat beside. `ss` with its filter took 11 ms
+ * against the same table, and most of that was the kernel's.
  */
-function readProcNetTcp() {
-  let text = '';
-  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
-    try {
-      text += fs.readFileSync(file, 'utf8');
-    } catch {
-      // No IPv6, or no /proc.
-    }
-  }
-  return text.split('\n');
+function ss(filter) {
+  ssPath ??= which('ss');
+  if (ssPath === null)
+    throw new Error('the bench counts sockets with ss: apt-get install iproute2');
+  const out = execFileSync(ssPath, ['-Htne', ...filter], {
+    encoding: 'utf8',
+    maxBuffer: 256 * 1024 * 1024,
+  });
+  return out.split('\n').filter((line) => line.trim() !== '');
 }
 
-/** Whether something listens on 127.0.0.1:port (or any address), from /proc/net/tcp. */
+/** Whether something listens on TCP `port` (any address). */
 export function isListening(port) {
-  const want = `:${hex4(port)}`;
-  return readProcNetTcp().some((line) => {
-    const cols = line.trim().split(/\s+/);
-    return cols.length > 3 && cols[1]?.endsWith(want) && cols[3] === '0A';
-  });
+  return ss(['-l', 'sport', '=', `:${port}`]).length > 0;
 }
 
 /** Waits for a listener on `port`, failing early if `child` exits. No connection is made. */
@@ -380,38 +376,49 @@ function addSocketInodes(pid, inodes) {
   return inodes;
 }
 
-/** Established TCP connections of `pid` whose remote port is `remotePort`. */
+/** The established TCP connections to `remotePort`, as `ss` lines (see `ss`). */
+export function establishedLines(remotePort) {
+  return ss(['state', 'established', 'dport', '=', `:${remotePort}`]);
+}
+
+/** Established TCP connections of `pid` (and its workers) to `remotePort`. */
 export function establishedTo(pid, remotePort) {
-  return countEstablished(readProcNetTcp(), socketInodes(pid), remotePort);
+  return establishedToEach([pid], remotePort)[0];
+}
+
+/** For each of `pids`, its established connections to `remotePort`: one kernel query. */
+export function establishedToEach(pids, remotePort) {
+  const lines = establishedLines(remotePort);
+  return pids.map((pid) => countEstablished(lines, socketInodes(pid)));
 }
 
 /**
- * Of the /proc/net/tcp `lines`, the ESTABLISHED connections whose socket inode is in
- * `inodes` and whose remote port is `remotePort`, each once however often it is listed.
+ * Of the `ss` lines (`Recv-Q Send-Q local peer … ino:N …`), the connections whose socket
+ * inode is in `inodes`, each once however often it is listed: a netlink dump taken while
+ * connections come and go resumes by position and can list one twice, as /proc/net/tcp
+ * did (2 of 171 reads there repeated up to 51 lines beside a `redis-benchmark -k 0` load).
  */
-export function countEstablished(lines, inodes, remotePort) {
-  const want = `:${hex4(remotePort)}`;
+export function countEstablished(lines, inodes) {
   const seen = new Set();
   for (const line of lines) {
     const cols = line.trim().split(/\s+/);
-    if (cols.length > 9 && cols[2]?.endsWith(want) && cols[3] === '01' && inodes.has(cols[9]))
-      seen.add(connectionKey(cols));
+    const inode = /\bino:(\d+)/.exec(line)?.[1];
+    if (cols.length > 3 && inode !== undefined && inodes.has(inode)) seen.add(connectionKey(cols));
   }
   return seen.size;
 }
 
-/** A connection's local and remote address: the same however often a read repeats it. */
+/** A connection's local and peer address: the same however often a dump repeats it. */
 function connectionKey(cols) {
-  return `${cols[1]} ${cols[2]}`;
+  return `${cols[2]} ${cols[3]}`;
 }
 
-/** Counts sockets on 127.0.0.1 in TIME_WAIT (state 06): churn leaves them behind. */
-export function timeWaitCount() {
+/** Counts TCP sockets in TIME_WAIT (to `remotePort`, if given): churn leaves them behind. */
+export function timeWaitCount(remotePort) {
   const seen = new Set();
-  for (const line of readProcNetTcp()) {
-    const cols = line.trim().split(/\s+/);
-    if (cols[3] === '06') seen.add(connectionKey(cols));
-  }
+  const filter = remotePort === undefined ? [] : ['dport', '=', `:${remotePort}`];
+  for (const line of ss(['state', 'time-wait', ...filter]))
+    seen.add(connectionKey(line.trim().split(/\s+/)));
   return seen.size;
 }
 

@@ -443,6 +443,7 @@ async function main() {
     current = `workload ${workload.id} (${workload.name})`;
     say(`\n== ${workload.id}. ${workload.title}`);
     const t0 = performance.now();
+    const harnessCpu0 = process.cpuUsage();
     const hogs = startCpuLoad(opts.cpuLoad);
     let result;
     try {
@@ -468,12 +469,17 @@ async function main() {
       await child.stop(2000);
     }
     const seconds = (performance.now() - t0) / 1000;
-    say(`  (${seconds.toFixed(0)} s)`);
+    const harnessUsage = process.cpuUsage(harnessCpu0);
+    const harnessCpuSeconds = (harnessUsage.user + harnessUsage.system) / 1e6;
+    say(
+      `  (${seconds.toFixed(0)} s; the harness itself used ${harnessCpuSeconds.toFixed(1)} s of CPU)`,
+    );
     results.push({
       id: workload.id,
       name: workload.name,
       title: workload.title,
       seconds,
+      harnessCpuSeconds,
       ...result,
     });
   }
@@ -598,6 +604,15 @@ function render({
     `| redis | ${env.redis ?? 'not installed (apt-get install redis-server redis-tools)'} |`,
   );
   out.push(`| open files | soft ${env.fdLimit.soft}, hard ${env.fdLimit.hard} |`);
+  out.push(
+    `| harness CPU | what the harness itself (this Node process: its samplers, not the load generators) used beside the load, per workload: ${results
+      .filter((r) => r.harnessCpuSeconds !== undefined)
+      .map(
+        (r) =>
+          `${r.id}: ${r.harnessCpuSeconds.toFixed(1)} s in ${r.seconds.toFixed(0)} s (${((100 * r.harnessCpuSeconds) / r.seconds).toFixed(1)}% of a core)`,
+      )
+      .join('; ')} |`,
+  );
   out.push(
     `| runs | ${opts.runs}: each figure is the median over runs; each ratio (×direct, sidepool ÷ haproxy) is the median of per-run ratios, both sides measured in the same run, targets in rotating order |`,
   );

@@ -441,7 +441,7 @@ export default {
             ? (async () => {
                 while (sampling) {
                   maxLinks = Math.max(maxLinks, establishedTo(target.pid, origin.port));
-                  await sleep(100);
+                  await sleep(250);
                 }
               })()
             : undefined;

@@ -111,29 +111,31 @@ export default {
         'floor',
         await startNodeServer(ctx, 'procs/redis-floor.mjs', [], 'redis-floor', ctx.runtime.node),
       );
+      // Upstream connections of a redis-mode target, sampled while it is under load: then
+      // is when it could open more than maxSize. Only then, so that the sampler's own CPU
+      // (a kernel socket query per tick) falls on sidepool's runs and not on its peers'.
       const stack = {
         targets,
         names: Object.keys(targets),
         rewarm: async () => {},
+        watch: (name) => (name === 'redis' || name === 'redis2' ? watchLinks(name) : undefined),
       };
-      // Upstream connections of the redis-mode targets, sampled through every run.
-      let sampling = true;
-      const sampler = (async () => {
-        while (sampling) {
-          for (const name of ['redis', 'redis2']) {
-            const t = targets[name];
-            if (t !== undefined)
-              peaks[name] = Math.max(peaks[name] ?? 0, establishedTo(t.pid, redis.port));
+      const watchLinks = (name) => {
+        let sampling = true;
+        const sampler = (async () => {
+          while (sampling) {
+            peaks[name] = Math.max(peaks[name] ?? 0, establishedTo(targets[name].pid, redis.port));
+            await sleep(250);
           }
-          await sleep(100);
-        }
-      })();
-      try {
-        result = await redisLoad(ctx, stack, variants);
-      } finally {
-        sampling = false;
-        await sampler;
-      }
+        })();
+        return {
+          stop: async () => {
+            sampling = false;
+            await sampler;
+          },
+        };
+      };
+      result = await redisLoad(ctx, stack, variants);
     } finally {
       await stop();
       await redis.stop();
@@ -188,7 +190,7 @@ export default {
             ...variants.map((v) => `${v.label}: redis-benchmark ${v.args.join(' ')}`),
             'Node floor: bench/procs/redis-floor.mjs, a Node server that answers GET and SET itself (no upstream) and closes at the FIN: the least a Node proxy pays per request; `Node floor ÷ HAProxy tcp` bounds what sidepool can reach',
             `sidepool redis: pool minIdle ${redisPool.minIdle}, maxSize ${redisPool.maxSize}, redis.maxBatchBytes ${redisSettings.maxBatchBytes}, redis.maxPending ${redisSettings.maxPending}; sidepool tcp: minIdle ${tcpPool.minIdle}, maxSize ${tcpPool.maxSize}; HAProxy server maxconn 256; twemproxy server_connections 1`,
-            `upstream connections of sidepool redis, most seen (sampled every 100 ms through all runs): ${Object.entries(
+            `upstream connections of sidepool redis, most seen (sampled every 250 ms while each was under load): ${Object.entries(
               peaks,
             )
               .map(([name, peak]) => `${LABELS[name]} ${peak}`)

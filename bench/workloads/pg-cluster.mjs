@@ -224,7 +224,7 @@ export async function pgbench(ctx, cluster, target, args, seconds, transactions)
   const sampler = (async () => {
     while (sampling) {
       maxBackends = Math.max(maxBackends, await count());
-      await sleep(100);
+      await sleep(250);
     }
   })();
   const cpuBefore = target.pid === undefined ? null : await cpuSeconds(target.pid);
