@@ -383,13 +383,29 @@ export function establishedLines(remotePort) {
 
 /** Established TCP connections of `pid` (and its workers) to `remotePort`. */
 export function establishedTo(pid, remotePort) {
-  return establishedToEach([pid], remotePort)[0];
+  return countEstablished(establishedLines(remotePort), socketInodes(pid));
 }
 
-/** For each of `pids`, its established connections to `remotePort`: one kernel query. */
-export function establishedToEach(pids, remotePort) {
-  const lines = establishedLines(remotePort);
-  return pids.map((pid) => countEstablished(lines, socketInodes(pid)));
+/**
+ * Samples `count()` (sync or async) every `intervalMs` until `stop()`, which resolves to the
+ * most it saw. It runs beside the load it watches, so a sample must be cheap (see `ss`).
+ */
+export function peakSampler(count, intervalMs = 250) {
+  let sampling = true;
+  let peak = 0;
+  const loop = (async () => {
+    while (sampling) {
+      peak = Math.max(peak, await count());
+      await sleep(intervalMs);
+    }
+  })();
+  return {
+    stop: async () => {
+      sampling = false;
+      await loop;
+      return peak;
+    },
+  };
 }
 
 /**

@@ -605,7 +605,7 @@ function render({
   );
   out.push(`| open files | soft ${env.fdLimit.soft}, hard ${env.fdLimit.hard} |`);
   out.push(
-    `| harness CPU | what the harness itself (this Node process: its samplers, not the load generators) used beside the load, per workload: ${results
+    `| harness CPU | CPU of the harness's own Node process beside the load, per workload (not the load generators, nor the \`ss\` its samplers run: at most one every 250 ms): ${results
       .filter((r) => r.harnessCpuSeconds !== undefined)
       .map(
         (r) =>

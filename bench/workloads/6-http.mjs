@@ -22,6 +22,7 @@ import {
   fmtRatio,
   freePort,
   median,
+  peakSampler,
   percentile,
   performance,
   record,
@@ -435,20 +436,12 @@ export default {
         const rps = {};
         for (const name of rotate(names, run)) {
           const target = targets[name];
-          let maxLinks = 0;
-          let sampling = true;
           const sampler = name.startsWith('sidepool')
-            ? (async () => {
-                while (sampling) {
-                  maxLinks = Math.max(maxLinks, establishedTo(target.pid, origin.port));
-                  await sleep(250);
-                }
-              })()
+            ? peakSampler(() => establishedTo(target.pid, origin.port))
             : undefined;
           const before = name.startsWith('sidepool') ? await target.counters() : undefined;
           const result = await wrk(ctx, target.port, seconds);
-          sampling = false;
-          await sampler;
+          const maxLinks = (await sampler?.stop()) ?? 0;
           rps[name] = result.rps;
           record(samples, 'requests/s', name, run, result.rps);
           record(samples, 'p99 ms', name, run, result.p99);

@@ -2,7 +2,7 @@
 // pipelined links) against a plain TCP proxy (HAProxy, sidepool tcp) and a Redis-aware one
 // (twemproxy), with redis-benchmark: 50 persistent clients, the same pipelined (-P 16),
 // and a new connection per request (-k 0).
-import { establishedTo, fmt, fmtRatio, mdTable, sleep, summarise } from '../lib.mjs';
+import { establishedTo, fmt, fmtRatio, mdTable, peakSampler, summarise } from '../lib.mjs';
 import {
   logSkip,
   startHaproxy,
@@ -121,17 +121,10 @@ export default {
         watch: (name) => (name === 'redis' || name === 'redis2' ? watchLinks(name) : undefined),
       };
       const watchLinks = (name) => {
-        let sampling = true;
-        const sampler = (async () => {
-          while (sampling) {
-            peaks[name] = Math.max(peaks[name] ?? 0, establishedTo(targets[name].pid, redis.port));
-            await sleep(250);
-          }
-        })();
+        const sampler = peakSampler(() => establishedTo(targets[name].pid, redis.port));
         return {
           stop: async () => {
-            sampling = false;
-            await sampler;
+            peaks[name] = Math.max(peaks[name] ?? 0, await sampler.stop());
           },
         };
       };

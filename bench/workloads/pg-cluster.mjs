@@ -12,8 +12,8 @@ import {
   freePort,
   mdTable,
   median,
+  peakSampler,
   runCommand,
-  sleep,
   startChild,
   waitListening,
   which,
@@ -216,17 +216,10 @@ export async function startSidepoolPg(ctx, cluster, mode) {
  * warm-up does); samples backends meanwhile. Returns { tps, cpuUsPerTx, maxBackends, failed }.
  */
 export async function pgbench(ctx, cluster, target, args, seconds, transactions) {
-  let maxBackends = 0;
-  let sampling = true;
   // A proxy's backends are its connections to the server; direct, the server's own count.
-  const count = async () =>
-    target.pid === undefined ? cluster.backends() : establishedTo(target.pid, cluster.port);
-  const sampler = (async () => {
-    while (sampling) {
-      maxBackends = Math.max(maxBackends, await count());
-      await sleep(250);
-    }
-  })();
+  const sampler = peakSampler(() =>
+    target.pid === undefined ? cluster.backends() : establishedTo(target.pid, cluster.port),
+  );
   const cpuBefore = target.pid === undefined ? null : await cpuSeconds(target.pid);
   const result = await runCommand(
     'pgbench',
@@ -251,8 +244,7 @@ export async function pgbench(ctx, cluster, target, args, seconds, transactions)
     { env: { PGPASSWORD: PASSWORD }, timeoutMs: (seconds + 120) * 1000 },
   );
   const cpuAfter = target.pid === undefined ? null : await cpuSeconds(target.pid);
-  sampling = false;
-  await sampler;
+  const maxBackends = await sampler.stop();
   fs.appendFileSync(
     path.join(ctx.tmp, `pgbench-${target.name}.log`),
     `\n## pgbench ${args.join(' ')} ${transactions === undefined ? `-T ${seconds}` : `-t ${transactions}`} (exit ${result.code})\n${result.stdout}${result.stderr}`,

@@ -5,8 +5,9 @@ import { comparisonTable, cpuSeconds, record, rotate, say, sleep, summarise } fr
 import { redisBenchmark, targetLabels } from '../targets.mjs';
 
 /**
- * `variants` is [{ label, args }] (args include `-n`); `stack.watch(name)`, if given,
- * starts whatever samples target `name` while it is under load and returns { stop }. Each metric is "<label> <TEST> rps".
+ * `variants` is [{ label, args }] (args include `-n`); each metric is "<label> <TEST> rps".
+ * `stack.watch(name)`, if given, starts whatever samples target `name` while it is under
+ * load and returns { stop }.
  * `cpu` holds, per variant, the CPU µs (user + system, all threads and workers) each proxy
  * used per request over the whole redis-benchmark run, i.e. over all of its tests. Returns
  * { samples, cpu, problems, raw }.
