@@ -6,8 +6,6 @@ import { redisBenchmark, targetLabels } from '../targets.mjs';
 
 /**
  * `variants` is [{ label, args }] (args include `-n`); each metric is "<label> <TEST> rps".
- * `stack.watch(name)`, if given, starts whatever samples target `name` while it is under
- * load and returns { stop }.
  * `cpu` holds, per variant, the CPU µs (user + system, all threads and workers) each proxy
  * used per request over the whole redis-benchmark run, i.e. over all of its tests. Returns
  * { samples, cpu, problems, raw }.
@@ -23,9 +21,7 @@ export async function redisLoad(ctx, stack, variants) {
         await stack.rewarm();
         const pid = stack.targets[name].pid;
         const cpuBefore = pid === undefined ? null : await cpuSeconds(pid);
-        const watch = stack.watch?.(name);
         const res = await redisBenchmark(ctx, stack.targets[name].port, variant.args);
-        await watch?.stop();
         const cpuAfter = pid === undefined ? null : await cpuSeconds(pid);
         const requests = requestsPerTest(variant.args) * Object.keys(res.rps).length;
         const cpuPerRequest =
