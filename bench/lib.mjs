@@ -388,7 +388,8 @@ export function establishedTo(pid, remotePort) {
 
 /**
  * Samples `count()` (sync or async) every `intervalMs` until `stop()`, which resolves to the
- * most it saw. It runs beside the load it watches, so a sample must be cheap (see `ss`).
+ * most it saw. Beside a measured load a sample must be cheap; a count through `ss` is not
+ * beside many TIME_WAIT sockets, so such a sampler gets an unmeasured load of its own.
  */
 export function peakSampler(count, intervalMs = 250) {
   let sampling = true;
