@@ -163,6 +163,35 @@ export function connectOwnReads(options: net.NetConnectOpts, kind: OwnReads = 'v
 interface StreamHandle {
   readStart(): number;
   useUserBuffer(buffer: Uint8Array): void;
+  setNoDelay?(on: boolean): number;
+}
+
+function isStreamHandle(handle: unknown): handle is StreamHandle {
+  const h = handle as Partial<StreamHandle> | null | undefined;
+  return (
+    typeof h === 'object' &&
+    h !== null &&
+    typeof h.useUserBuffer === 'function' &&
+    typeof h.readStart === 'function'
+  );
+}
+
+/** A socket, paused, that reads `handle` (which has read nothing yet) into our buffers. */
+function socketReadingOwn(
+  handle: StreamHandle,
+  allowHalfOpen: boolean,
+  kind: OwnReads,
+): net.Socket {
+  const options = {
+    handle,
+    allowHalfOpen,
+    noDelay: true,
+    pauseOnCreate: true,
+    onread: ownReadOptions(),
+  };
+  const socket = new net.Socket(options) as net.Socket & ReadingSocket;
+  socket[kReads] = newState(true, kind === 'copies');
+  return socket;
 }
 
 /**
@@ -171,32 +200,35 @@ interface StreamHandle {
  * must come from a server with `pauseOnConnect`, so that nothing was read yet) and given
  * to a new one. This leans on two long-stable internals, `socket._handle` and the
  * constructor's `handle` option; where they are missing the accepted socket is returned
- * as it is, and reads the usual way.
+ * as it is, and reads the usual way. A socket that reads into our buffers already (see
+ * `acceptOwnReads`) is returned as it is.
  */
 export function adoptOwnReads(accepted: net.Socket, kind: OwnReads = 'views'): net.Socket {
-  const old = accepted as net.Socket & { _handle?: Partial<StreamHandle> | null };
+  if ((accepted as ReadingSocket)[kReads]?.ownReads === true) return accepted;
+  const old = accepted as net.Socket & { _handle?: unknown };
   const handle = old._handle;
-  if (
-    handle === null ||
-    handle === undefined ||
-    typeof handle.useUserBuffer !== 'function' ||
-    typeof handle.readStart !== 'function'
-  ) {
-    return accepted;
-  }
+  if (!isStreamHandle(handle)) return accepted;
   old._handle = null;
   // Handle-less, the old socket only counts itself off the server's connections.
   old.destroy();
-  const options = {
-    handle,
-    allowHalfOpen: accepted.allowHalfOpen,
-    noDelay: true,
-    pauseOnCreate: true,
-    onread: ownReadOptions(),
-  };
-  const socket = new net.Socket(options) as net.Socket & ReadingSocket;
-  socket[kReads] = newState(true, kind === 'copies');
-  return socket;
+  return socketReadingOwn(handle, accepted.allowHalfOpen, kind);
+}
+
+/**
+ * A socket that reads into our buffers, made straight from a connection handle a server
+ * just accepted, with no socket of Node's made first (see Listener: that saves building
+ * and destroying one net.Socket per connection). Undefined when the handle is not a stream
+ * that can read into our buffers: the caller then lets Node make its socket. TCP_NODELAY
+ * is set here, as net.Server's `noDelay` would.
+ */
+export function acceptOwnReads(
+  handle: unknown,
+  allowHalfOpen: boolean,
+  kind: OwnReads,
+): net.Socket | undefined {
+  if (!isStreamHandle(handle)) return undefined;
+  handle.setNoDelay?.(true);
+  return socketReadingOwn(handle, allowHalfOpen, kind);
 }
 
 /** Whether the socket reads into our buffers. */

@@ -94,7 +94,8 @@ export class Route implements ListenerTarget {
   private readonly tlsServer: net.Server | undefined;
   private readonly sessions = new Set<Session>();
   private readonly createSession: SessionFactory;
-  private readonly ownReads: OwnReads | undefined;
+  /** How accepted sockets read: into our buffers (net/reads.ts), or undefined: the usual way. */
+  readonly ownReads: OwnReads | undefined;
   private state: RouteState = 'new';
   private nextSessionId = 1;
   private endedBytesUp = 0;
