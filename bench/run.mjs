@@ -235,7 +235,9 @@ async function ensureBuilt(force, notes) {
     }
     return { builtNow: true, at: new Date().toISOString() };
   }
-  const built = fs.statSync(cli).mtimeMs;
+  // tsc leaves a file it would write unchanged as it was: dist/cli.js keeps its first
+  // build's time, so the build is as new as dist/'s newest file.
+  const built = newestMtime(path.join(ROOT_DIR, 'dist'));
   const srcDir = path.join(ROOT_DIR, 'src');
   if (fs.existsSync(srcDir) && newestMtime(srcDir) > built) {
     const line =
