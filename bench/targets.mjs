@@ -379,53 +379,6 @@ export function logSkip(ctx, what, why) {
 }
 
 /**
- * The rate of processes that ran together, each `n` requests at its own `rates[i]`: all
- * their requests over the slowest one's time. Not the sum of the rates: a process that
- * ended early leaves the others a machine less loaded than the sum assumes.
- */
-export function togetherRate(n, rates) {
-  return (n * rates.length) / Math.max(...rates.map((rate) => n / rate));
-}
-
-/**
- * A load of `generators` redis-benchmark processes at once, each with `args` (its own
- * `-c` and `-n`): where one redis-benchmark's thread, not the proxy, is what caps a
- * connection-per-request load (`-k 0`: every target, direct included, then reads about
- * the same rate). Each test of `-t` runs as its own round, all processes together, and its
- * rate is all their requests over the slowest one's time. One process: `redisBenchmark`.
- */
-export async function redisBenchmarkTogether(ctx, port, args, generators = 1) {
-  if (generators <= 1) return redisBenchmark(ctx, port, args);
-  const t = args.indexOf('-t');
-  const n = Number(args[args.indexOf('-n') + 1]);
-  const tests = t < 0 ? [] : args[t + 1].split(',');
-  if (tests.length === 0 || !(n > 0))
-    throw new Error('redisBenchmarkTogether needs -t and -n in the args');
-  const rest = args.filter((_, i) => i !== t && i !== t + 1);
-  const out = { rps: {}, p50: {}, ok: true, error: undefined, stderr: '', ms: 0 };
-  for (const test of tests) {
-    const runs = await Promise.all(
-      Array.from({ length: generators }, () => redisBenchmark(ctx, port, [...rest, '-t', test])),
-    );
-    const failed = runs.find((r) => !r.ok);
-    if (failed !== undefined) return { ...failed, rps: out.rps, p50: out.p50 };
-    // Each process reports its name for the test (GET, SET) and its own rate.
-    const name = Object.keys(runs[0].rps)[0];
-    out.rps[name] = togetherRate(
-      n,
-      runs.map((r) => r.rps[name]),
-    );
-    out.p50[name] = Math.max(...runs.map((r) => r.p50[name] ?? 0));
-    out.stderr = runs
-      .map((r) => r.stderr)
-      .filter(Boolean)
-      .join(' | ');
-    out.ms += Math.max(...runs.map((r) => r.ms));
-  }
-  return out;
-}
-
-/**
  * Runs redis-benchmark against `port` with `--csv` and returns
  * { rps: {TEST: n}, p50: {TEST: ms}, ok, error, ms }. Bounded by `timeoutMs`.
  */

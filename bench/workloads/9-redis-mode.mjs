@@ -5,7 +5,7 @@
 import { establishedTo, fmt, fmtRatio, mdTable, peakSampler, summarise } from '../lib.mjs';
 import {
   logSkip,
-  redisBenchmarkTogether,
+  redisBenchmark,
   startHaproxy,
   startNodeServer,
   startRedis,
@@ -48,15 +48,6 @@ export default {
         args: ['-c', '50', '-n', String(nPipelined), '-P', '16', '-t', 'get,set'],
       },
       { label: 'k=0', args: ['-k', '0', '-c', '50', '-n', String(nConnect), '-t', 'get,set'] },
-      // The same 50 clients from two redis-benchmark processes: on a machine where one
-      // process's thread caps -k 0 at direct's rate (then every proxy that keeps up reads
-      // 1.0× HAProxy), this is where the proxies' own cost per connection shows.
-      {
-        label: 'k=0 ×2 gen',
-        generators: 2,
-        // set first, as one redis-benchmark orders its tests.
-        args: ['-k', '0', '-c', '25', '-n', String(nConnect / 2), '-t', 'set,get'],
-      },
     ];
     const redisPool = { minIdle: 2, maxSize: 8 };
     const redisSettings = { maxBatchBytes: '64KiB', maxPending: 256 };
@@ -132,12 +123,7 @@ export default {
         if (targets[name] === undefined) continue;
         for (const variant of variants) {
           const sampler = peakSampler(() => establishedTo(targets[name].pid, redis.port));
-          const res = await redisBenchmarkTogether(
-            ctx,
-            targets[name].port,
-            variant.args,
-            variant.generators,
-          );
+          const res = await redisBenchmark(ctx, targets[name].port, variant.args);
           peaks[name] = Math.max(peaks[name] ?? 0, await sampler.stop());
           if (!res.ok)
             result.problems.push(`${name}, ${variant.label}, connection check: ${res.error}`);
@@ -194,10 +180,7 @@ export default {
             '9. redis mode: 50 clients, pipelined, and a connection per request (redis-benchmark requests/s; higher is better)',
           text: mdTable(header, rows),
           notes: [
-            ...variants.map(
-              (v) =>
-                `${v.label}: ${v.generators > 1 ? `${v.generators} processes at once, each ` : ''}redis-benchmark ${v.args.join(' ')}${v.generators > 1 ? ' (each test a round of its own; requests/s: all requests over the slowest process’s time)' : ''}`,
-            ),
+            ...variants.map((v) => `${v.label}: redis-benchmark ${v.args.join(' ')}`),
             'Node floor: bench/procs/redis-floor.mjs, a Node server that answers GET and SET itself (no upstream) and closes at the FIN: the least a Node proxy pays per request; `Node floor ÷ HAProxy tcp` bounds what sidepool can reach',
             `sidepool redis: pool minIdle ${redisPool.minIdle}, maxSize ${redisPool.maxSize}, redis.maxBatchBytes ${redisSettings.maxBatchBytes}, redis.maxPending ${redisSettings.maxPending}; sidepool tcp: minIdle ${tcpPool.minIdle}, maxSize ${tcpPool.maxSize}; HAProxy server maxconn 256; twemproxy server_connections 1`,
             `upstream connections of sidepool redis, most seen (sampled every 250 ms through one more, unmeasured run of each variant after the measured runs): ${Object.entries(
@@ -234,11 +217,6 @@ function targetCheck(summary, peaks, maxSize) {
     check(`c=50 ${test} redis ÷ HAProxy`, ratio(`c=50 ${test} rps`, 'redis/haproxy'), 1.2);
     check(`c=50 ${test} redis ÷ twemproxy`, ratio(`c=50 ${test} rps`, 'redis/twemproxy'), 0.9);
     check(`k=0 ${test} redis ÷ HAProxy`, ratio(`k=0 ${test} rps`, 'redis/haproxy'), 1.2);
-    check(
-      `k=0 ×2 gen ${test} redis ÷ HAProxy`,
-      ratio(`k=0 ×2 gen ${test} rps`, 'redis/haproxy'),
-      1.2,
-    );
     const direct = summary[`c=50 ${test} rps`]?.ratio.redis;
     check(
       `(moonshot) c=50 ${test} redis ÷ twemproxy`,

@@ -2,11 +2,10 @@
 // interleaved, and collect requests/s per test and each proxy's CPU per request. (Not a
 // workload module: no leading number.)
 import { comparisonTable, cpuSeconds, record, rotate, say, sleep, summarise } from '../lib.mjs';
-import { redisBenchmarkTogether, targetLabels } from '../targets.mjs';
+import { redisBenchmark, targetLabels } from '../targets.mjs';
 
 /**
- * `variants` is [{ label, args, generators? }] (args include `-n`; `generators` processes
- * of redis-benchmark run at once, see redisBenchmarkTogether); each metric is "<label> <TEST> rps".
+ * `variants` is [{ label, args }] (args include `-n`); each metric is "<label> <TEST> rps".
  * `cpu` holds, per variant, the CPU µs (user + system, all threads and workers) each proxy
  * used per request over the whole redis-benchmark run, i.e. over all of its tests. Returns
  * { samples, cpu, problems, raw }.
@@ -22,15 +21,9 @@ export async function redisLoad(ctx, stack, variants) {
         await stack.rewarm();
         const pid = stack.targets[name].pid;
         const cpuBefore = pid === undefined ? null : await cpuSeconds(pid);
-        const res = await redisBenchmarkTogether(
-          ctx,
-          stack.targets[name].port,
-          variant.args,
-          variant.generators,
-        );
+        const res = await redisBenchmark(ctx, stack.targets[name].port, variant.args);
         const cpuAfter = pid === undefined ? null : await cpuSeconds(pid);
-        const requests =
-          requestsPerTest(variant.args) * (variant.generators ?? 1) * Object.keys(res.rps).length;
+        const requests = requestsPerTest(variant.args) * Object.keys(res.rps).length;
         const cpuPerRequest =
           res.ok && cpuBefore !== null && cpuAfter !== null && requests > 0
             ? ((cpuAfter - cpuBefore) * 1e6) / requests
