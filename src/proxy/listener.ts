@@ -92,10 +92,11 @@ export class Listener {
   /**
    * A target that reads into its own buffers would otherwise get a socket Node made, only
    * to move its handle onto a socket of its own (net/reads.ts `adoptOwnReads`): two
-   * net.Sockets built per connection, a fifth of the CPU per request where a client
-   * connects per request (redis-benchmark -k 0: 62–67 µs → 49–51 µs). So the listener
-   * takes Node's accept callback and builds the one socket the target wants. As with an
-   * adopted socket, net.Server does not count it: the route counts its sessions itself.
+   * net.Sockets built per connection. Where a client connects per request (redis mode,
+   * redis-benchmark -k 0) one fewer took sidepool's CPU per request from 60–67 to 49–51
+   * µs on Node 20 and from 37–39 to 34–37 on Node 24. So the listener takes Node's
+   * accept callback and builds the one socket the target wants. As with an adopted
+   * socket, net.Server does not count it: the route counts its sessions itself.
    * An accept error, a target reading the usual way or a handle of another kind goes to
    * Node's callback. This leans on `server._handle.onconnection` (Node calls it with each
    * accepted handle, in a cluster worker too), set before 'listening' and stable for as
