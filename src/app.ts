@@ -329,7 +329,7 @@ export class App {
             listenAddress(step.listen),
             `route ${step.route}`,
             route.log,
-            route.wantsPausedSockets,
+            route.ownReads !== undefined,
             this.options.reusePort === true,
           );
           undo.push(() => listener.close());

@@ -17,7 +17,6 @@ function target(ownReads: OwnReads | undefined): ListenerTarget & { sockets: net
   return {
     sockets,
     ownReads,
-    wantsPausedSockets: ownReads !== undefined,
     accept(socket) {
       // Before anything could adopt it.
       arrivedOwn.set(socket, readsOwnBuffers(socket));

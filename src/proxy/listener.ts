@@ -10,13 +10,10 @@ export interface ListenerTarget {
   /** Takes one accepted socket. */
   accept(socket: net.Socket): void;
   /**
-   * Sockets must arrive having read nothing (the server's `pauseOnConnect`): for a route
-   * that moves the accepted handle onto a socket reading into its own buffers.
-   */
-  readonly wantsPausedSockets: boolean;
-  /**
-   * How the target's sockets read (net/reads.ts), when into its own buffers; the listener
-   * then makes such sockets itself where it can.
+   * How the target's sockets read (net/reads.ts), when into its own buffers. The listener
+   * then makes such sockets itself where it can; where Node makes one, it must arrive
+   * having read nothing (the server's `pauseOnConnect`), so that the target can move its
+   * handle onto a socket reading into its own buffers.
    */
   readonly ownReads: OwnReads | undefined;
 }
@@ -54,7 +51,7 @@ export class Listener {
     /** Whose listener, for errors and logs: `route redis`. */
     readonly owner: string,
     private readonly log: Logger,
-    /** Whether the first target wants paused sockets (see ListenerTarget). */
+    /** Whether the first target reads into its own buffers (see ListenerTarget.ownReads). */
     pauseOnConnect = false,
     /**
      * Bind a socket of this process's own with SO_REUSEPORT (a TCP port other than 0)
@@ -139,7 +136,7 @@ export class Listener {
     this.target = target;
     // Read per connection by net.Server: it applies to the next accept.
     (this.server as net.Server & { pauseOnConnect: boolean }).pauseOnConnect =
-      target.wantsPausedSockets;
+      target.ownReads !== undefined;
     for (const socket of this.waiting.splice(0)) target.accept(socket);
   }
 

@@ -131,11 +131,6 @@ export class Route implements ListenerTarget {
     }
   }
 
-  /** Adoption (net/reads.ts) needs a socket that has read nothing yet. */
-  get wantsPausedSockets(): boolean {
-    return this.ownReads !== undefined;
-  }
-
   /** Binds a listener of its own. Rejects with ListenError (port in use, no permission, …). */
   async listen(): Promise<void> {
     if (this.state !== 'new') return;
