@@ -72,6 +72,61 @@ void t.test(
   },
 );
 
+/** The count and sum of the route's batch histogram (commands per upstream write). */
+async function batches(proxy: { app: { metrics: { render(): Promise<string> } } }) {
+  const metrics = await proxy.app.metrics.render();
+  const read = (name: string): number =>
+    Number(new RegExp(`^${name}\\{pool="test/db0"\\} (\\d+)`, 'm').exec(metrics)?.[1] ?? NaN);
+  return {
+    writes: read('sidepool_redis_batch_commands_count'),
+    commands: read('sidepool_redis_batch_commands_sum'),
+  };
+}
+
+void t.test(
+  'in a busy event loop, commands that come in turns in a row leave in one upstream write',
+  async (t) => {
+    const redis = await startRedis();
+    t.teardown(() => redis.stop());
+    const proxy = await startRedisProxy(redis, { minIdle: 2, maxSize: 4 });
+    t.teardown(() => proxy.app.stop(100));
+    const clients = await Promise.all(
+      Array.from({ length: 16 }, () => RawClient.connect(proxy.port)),
+    );
+    t.teardown(() => clients.forEach((c) => c.close()));
+    for (const client of clients) t.same(await client.send(command('GET', 'none'), 1), ['$-1\r\n']);
+
+    // The loop never waits for I/O while something is queued with setImmediate: it is as
+    // busy as a saturated one. One client per turn sends a command, as clients that open a
+    // connection per request do when sidepool's thread is saturated.
+    const before = await batches(proxy);
+    let spinning = true;
+    const spin = (): void => {
+      if (spinning) setImmediate(spin);
+    };
+    spin();
+    for (const [i, client] of clients.entries()) {
+      client.socket.write(command('SET', `turn:${i}`, String(i)));
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    const replies = await Promise.all(clients.map((c) => c.read(1)));
+    spinning = false;
+    t.ok(
+      replies.every((r) => r[0] === '+OK\r\n'),
+      'every client got its reply',
+    );
+    const after = await batches(proxy);
+    t.equal(after.commands - before.commands, 16, 'the 16 commands went upstream');
+    // Held while it grows, for at most 8 turns: 16 turns make 2 or 3 writes (one per
+    // command without holding).
+    const writes = after.writes - before.writes;
+    t.ok(writes >= 2 && writes <= 3, `16 commands in ${writes} upstream writes`);
+    const check = await RawClient.connect(redis.port);
+    t.teardown(() => check.close());
+    t.same(await check.send(command('GET', 'turn:15'), 1), ['$2\r\n15\r\n']);
+  },
+);
+
 void t.test('ioredis with auto-pipelining, and redis-cli, through sidepool', async (t) => {
   const redis = await startRedis();
   t.teardown(() => redis.stop());

@@ -84,16 +84,20 @@ export class Database implements MuxOwner {
   }
 
   /**
-   * The shared link with the fewest replies outstanding, if one has room; else one more
-   * from the pool if it has an idle link; else undefined (the caller queues with `queue`).
+   * Of the shared links with room, the one with the fewest replies in flight (commands
+   * written and not answered); else one more from the pool if it has an idle link; else undefined
+   * (the caller queues with `queue`). Commands waiting in a link's batch do not count:
+   * clients that come while a batch gathers join it (the first link of the fewest), so one
+   * write carries them, rather than each going to another link in a write of its own.
    */
   place(protocol: Protocol): LinkMux | undefined {
     const lane = this.lane(protocol);
     let best: LinkMux | undefined;
     for (const mux of lane.shared) {
-      if (mux.placeable && (best === undefined || mux.pending < best.pending)) best = mux;
+      if (!mux.placeable || mux.pending >= this.settings.maxPending) continue;
+      if (best === undefined || mux.inFlight < best.inFlight) best = mux;
     }
-    if (best !== undefined && best.pending < this.settings.maxPending) return best;
+    if (best !== undefined) return best;
     const link = this.pool.tryAcquire();
     return link === undefined ? undefined : this.addShared(link, lane);
   }
