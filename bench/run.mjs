@@ -55,7 +55,8 @@ const HELP = `usage: npm run bench -- [options]
                      measures the proxies, not the client's connect() beside tens of
                      thousands of TIME_WAIT sockets (default: the machine's own network)
   --build            run \`npm run build\` first (done anyway when dist/cli.js is missing)
-  --out NAME         results file name (default latest, or quick with --quick)
+  --out NAME         results file name in bench/results/, no directory (default latest,
+                     or quick with --quick)
   --without LIST     pretend tools are absent, e.g. haproxy,redis-benchmark (to test skips)
   --keep-tmp         keep the temp dir with configs and process logs
   -h, --help         this text
@@ -125,6 +126,12 @@ function parseCli() {
   const badFlag = nodeFlags.find((f) => !f.startsWith('--'));
   if (badFlag !== undefined) {
     say(`bench: --sidepool-node-flags expects --flags, got ${badFlag}`);
+    process.exit(2);
+  }
+  // A name, not a path: the files go to bench/results/. Checked now rather than when they
+  // are written, minutes of measurement later.
+  if (values.out !== undefined && !/^[\w.-]+$/.test(values.out)) {
+    say(`bench: --out expects a file name (letters, digits, . _ -), got ${values.out}`);
     process.exit(2);
   }
   if (!['own', 'shared'].includes(values['worker-sockets'])) {
