@@ -250,8 +250,9 @@ async function ensureBuilt(force, notes) {
     }
     return { builtNow: true, at: new Date().toISOString() };
   }
-  // tsc leaves a file it would write unchanged as it was: dist/cli.js keeps its first
-  // build's time, so the build is as new as dist/'s newest file.
+  // tsc leaves a file it would write unchanged as it was (and skips sources whose content
+  // did not change, however new their time), so `npm run build` writes dist/.built each
+  // time: the build is as new as dist/'s newest file.
   const built = newestMtime(path.join(ROOT_DIR, 'dist'));
   const srcDir = path.join(ROOT_DIR, 'src');
   if (fs.existsSync(srcDir) && newestMtime(srcDir) > built) {

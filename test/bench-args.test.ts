@@ -1,8 +1,20 @@
-// The bench's options are checked before it measures anything: `--out` with a directory in
-// it once ran seven minutes of workload 9 and then failed to write the results.
+// What the bench checks before it measures anything: `--out` with a directory in it once
+// ran seven minutes of workload 9 and then failed to write the results; and whether dist/
+// is older than src/, which it read from dist/'s newest file, though tsc leaves a file
+// alone when its output does not change (a rebuild after a touch still read as stale).
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import path from 'node:path';
 import t from 'tap';
+
+function newestMtime(dir: string): number {
+  let newest = 0;
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const file = path.join(dir, entry.name);
+    newest = Math.max(newest, entry.isDirectory() ? newestMtime(file) : statSync(file).mtimeMs);
+  }
+  return newest;
+}
 
 void t.test('--out takes a file name: a path is refused at once, exit 2', (t) => {
   const run = spawnSync(process.execPath, ['bench/run.mjs', '--out', 'bench/results/x'], {
@@ -12,5 +24,15 @@ void t.test('--out takes a file name: a path is refused at once, exit 2', (t) =>
   t.equal(run.status, 2);
   t.match(run.stderr, /--out expects a file name .* got bench\/results\/x/);
   t.notOk(existsSync('bench/results/bench'), 'nothing was written');
+  t.end();
+});
+
+void t.test('after npm run build, dist/ is as new as src/, as the bench reads it', (t) => {
+  const build = spawnSync('npm', ['run', 'build'], { encoding: 'utf8', timeout: 300_000 });
+  t.equal(build.status, 0, build.stderr);
+  t.ok(
+    newestMtime('dist') >= newestMtime('src'),
+    'the newest file of dist/ is no older than the newest of src/',
+  );
   t.end();
 });
