@@ -306,6 +306,7 @@ export class LinkMux {
   holdsBatch(now: number): boolean {
     return (
       this.role === 'shared' &&
+      this.state === 'open' &&
       this.marked &&
       this.batchLastTurn === now &&
       now - this.batchFirstTurn < MAX_BATCH_TURNS - 1
