@@ -85,10 +85,11 @@ export class Database implements MuxOwner {
 
   /**
    * Of the shared links with room, the one with the fewest replies in flight (commands
-   * written and not answered); else one more from the pool if it has an idle link; else undefined
-   * (the caller queues with `queue`). Commands waiting in a link's batch do not count:
-   * clients that come while a batch gathers join it (the first link of the fewest), so one
-   * write carries them, rather than each going to another link in a write of its own.
+   * written and not answered); else one more from the pool if it has an idle link; else
+   * undefined (the caller queues with `queue`). Commands waiting in a link's batch do not
+   * count: clients that come while a batch gathers join it (the first link of the
+   * fewest), so one write carries them, rather than each going to another link in a write
+   * of its own.
    */
   place(protocol: Protocol): LinkMux | undefined {
     const lane = this.lane(protocol);

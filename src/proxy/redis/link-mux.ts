@@ -86,9 +86,10 @@ const RESTORE_TIMEOUT_MS = 5000;
  * (a connection per request), about one command arrives per turn: written at the end of
  * its turn, every command costs an upstream write and a wake-up of Redis, the largest cost
  * per request there (perf: a fifth of sidepool's CPU). Held for the turns that follow, a
- * batch gathers several. Eight turns measured 10 Redis reads per 100 commands against 60
- * (twemproxy, whose writes wait for the next epoll_wait, 11 to 23), and less CPU per
- * request; a loop that turns that fast holds a batch for tens of microseconds per turn.
+ * batch gathers several: with eight turns Redis read 10–12 times per 100 commands against
+ * 54–71 (twemproxy, whose writes wait for the next epoll_wait: 11–23), and sidepool spent
+ * less CPU per request. A turn of a saturated loop lasts tens of microseconds, so a batch
+ * waits a few hundred at most.
  */
 const MAX_BATCH_TURNS = 8;
 /**
