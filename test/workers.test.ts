@@ -97,7 +97,10 @@ void t.test('two workers share the listener, the pool cap and one admin endpoint
     socket.on('close', () => open--);
   });
   const group = await startGroup(t, upstream.address, { minIdle: 4, maxSize: 6 });
-  const warm = group.cli.lines.filter((l) => l.msg === 'pool warm');
+  // Ready means both workers listen; a worker's pool may log `pool warm` after that.
+  const warmLines = () => group.cli.lines.filter((l) => l.msg === 'pool warm');
+  await until(() => warmLines().length >= 2, 10_000, 'a pool warm line from each worker');
+  const warm = warmLines();
   t.same(
     warm.map((l) => [l.worker, l.links]).sort(),
     [
