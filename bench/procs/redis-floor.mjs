@@ -1,10 +1,12 @@
 // The Node floor of a Redis proxy: a server that answers every command itself, with no
 // upstream at all (GET: a 3-byte value, SET: +OK, CONFIG GET: an empty value, anything
-// else: an empty array), and closes at the client's FIN. It reads as sidepool does (the
-// accepted handle moved onto an `onread` socket, chunks copied out of one buffer), which
-// measured cheaper per `-k 0` request than 'data' events (53 against 58 µs). Whatever a
-// Node proxy does per request, it pays at least this: Node's CPU per request of accepting,
-// reading, writing and closing, where redis-benchmark `-k 0` spends most of a proxy's time.
+// else: an empty array), and closes at the client's FIN. It accepts and reads as sidepool
+// does: one `onread` socket built straight from each accepted handle (Node's accept
+// callback, as src/proxy/listener.ts takes it), chunks copied out of one buffer. Whatever
+// a Node proxy does per request, it pays at least this: Node's CPU per request of
+// accepting, reading, writing and closing, where redis-benchmark `-k 0` spends most of a
+// proxy's time. (Until sidepool built one socket per accepted connection, the floor moved
+// Node's socket's handle onto a second one, as sidepool did.)
 // Usage: node bench/procs/redis-floor.mjs [--port N]   (prints {"event":"ready","port":N})
 import net from 'node:net';
 import { parseArgs } from 'node:util';
@@ -50,11 +52,7 @@ function answer(buf, replies) {
 
 const scratch = Buffer.allocUnsafeSlow(64 * 1024);
 
-const server = net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true });
-server.on('connection', (accepted) => {
-  const handle = accepted._handle;
-  accepted._handle = null;
-  accepted.destroy();
+function serve(handle) {
   let rest;
   const socket = new net.Socket({
     handle,
@@ -76,6 +74,28 @@ server.on('connection', (accepted) => {
   socket.on('end', () => socket.destroy());
   socket.on('error', () => {});
   socket.resume();
+}
+
+const server = net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true });
+// Where Node's accept callback is missing, its socket's handle is moved onto ours.
+server.on('connection', (accepted) => {
+  const handle = accepted._handle;
+  accepted._handle = null;
+  accepted.destroy();
+  serve(handle);
+});
+server.on('listening', () => {
+  const listening = server._handle;
+  const nodeAccept = listening?.onconnection;
+  if (typeof nodeAccept !== 'function') return;
+  listening.onconnection = (status, handle) => {
+    if (status !== 0) {
+      nodeAccept.call(listening, status, handle);
+      return;
+    }
+    handle.setNoDelay(true);
+    serve(handle);
+  };
 });
 server.listen({ host: '127.0.0.1', port: Number(values.port), backlog: 4096 }, () => {
   process.stdout.write(`${JSON.stringify({ event: 'ready', port: server.address().port })}\n`);
