@@ -204,7 +204,7 @@ function socketReadingOwn(
  * `acceptOwnReads`) is returned as it is.
  */
 export function adoptOwnReads(accepted: net.Socket, kind: OwnReads = 'views'): net.Socket {
-  if ((accepted as ReadingSocket)[kReads]?.ownReads === true) return accepted;
+  if (readsOwnBuffers(accepted)) return accepted;
   const old = accepted as net.Socket & { _handle?: unknown };
   const handle = old._handle;
   if (!isStreamHandle(handle)) return accepted;
