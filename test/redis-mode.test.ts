@@ -6,6 +6,7 @@ import { createClient } from 'redis';
 import t from 'tap';
 import type { RedisMode } from '../src/proxy/redis/mode.js';
 import { TestPki } from './helpers/certs.js';
+import { metric, parseMetrics } from './helpers/http.js';
 import { startRedis } from './helpers/redis.js';
 import {
   RawClient,
@@ -74,12 +75,11 @@ void t.test(
 
 /** The count and sum of the route's batch histogram (commands per upstream write). */
 async function batches(proxy: { app: { metrics: { render(): Promise<string> } } }) {
-  const metrics = await proxy.app.metrics.render();
-  const read = (name: string): number =>
-    Number(new RegExp(`^${name}\\{pool="test/db0"\\} (\\d+)`, 'm').exec(metrics)?.[1] ?? NaN);
+  const metrics = parseMetrics(await proxy.app.metrics.render());
+  const pool = { pool: 'test/db0' };
   return {
-    writes: read('sidepool_redis_batch_commands_count'),
-    commands: read('sidepool_redis_batch_commands_sum'),
+    writes: metric(metrics, 'sidepool_redis_batch_commands_count', pool) ?? NaN,
+    commands: metric(metrics, 'sidepool_redis_batch_commands_sum', pool) ?? NaN,
   };
 }
 
