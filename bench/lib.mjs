@@ -493,6 +493,17 @@ export async function cpuSeconds(rootPid) {
   return ticks === null ? null : ticks / clockTicks;
 }
 
+/** The newest modification time (ms) of any file under `dir`: how new a build or a tree is. */
+export function newestMtime(dir) {
+  let newest = 0;
+  for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+    const file = path.join(dir, entry.name);
+    if (entry.isDirectory()) newest = Math.max(newest, newestMtime(file));
+    else newest = Math.max(newest, fs.statSync(file).mtimeMs);
+  }
+  return newest;
+}
+
 /** { soft, hard } open-file limit of this process (children inherit it). */
 export function fdLimit() {
   try {

@@ -16,6 +16,7 @@ import {
   fdLimit,
   installCleanup,
   liveChildren,
+  newestMtime,
   performance,
   runCommand,
   say,
@@ -214,16 +215,6 @@ async function gitInfo() {
     commit: head.code === 0 ? head.stdout.trim() : 'unknown',
     srcDirty: dirty.code === 0 && dirty.stdout.trim() !== '',
   };
-}
-
-function newestMtime(dir) {
-  let newest = 0;
-  for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
-    const file = path.join(dir, entry.name);
-    if (entry.isDirectory()) newest = Math.max(newest, newestMtime(file));
-    else newest = Math.max(newest, fs.statSync(file).mtimeMs);
-  }
-  return newest;
 }
 
 /** Builds dist/ when missing (or asked); warns when src/ changed after the last build. */
