@@ -1,38 +1,19 @@
 // A postgres route's lifecycle with a real PostgreSQL 15: upstream restart, drain, reload.
-import t, { type Test } from 'tap';
+import t from 'tap';
 import { parseConfig } from '../src/config/load.js';
 import {
   connectPg as connect,
+  proxyMaker,
   startPgProxy,
-  startPostgres,
+  startAppCluster,
   writeAuthFile,
 } from './helpers/postgres.js';
 import { until } from './helpers/util.js';
 
-const cluster = await startPostgres();
-t.teardown(() => cluster.stop());
-await cluster.sql(`CREATE ROLE app LOGIN PASSWORD 'secret'`);
-await cluster.sql(`CREATE DATABASE appdb OWNER app`);
+const cluster = await startAppCluster(t);
 const authFile = await writeAuthFile(cluster.dir, { app: 'secret' });
 
-type Proxy = Awaited<ReturnType<typeof startPgProxy>>;
-
-async function proxyFor(
-  t: Test,
-  settings: Record<string, unknown> = {},
-  pool: Record<string, unknown> = {},
-  top?: Record<string, unknown>,
-): Promise<Proxy> {
-  const proxy = await startPgProxy(
-    cluster,
-    { authFile, ...settings },
-    { maxSize: 2, ...pool },
-    {},
-    top,
-  );
-  t.teardown(() => proxy.app.stop(2000));
-  return proxy;
-}
+const proxyFor = proxyMaker(cluster, { authFile }, 2);
 
 void t.test(
   'upstream restart (pg_ctl restart -m fast): clients recover, the shutdown is not held',

@@ -2,7 +2,7 @@
 // backends, timeouts, metrics and /pools, and `check`.
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import t, { type Test } from 'tap';
+import t from 'tap';
 import { runCli } from './helpers/cli.js';
 import {
   RawClient,
@@ -10,37 +10,17 @@ import {
   errorText,
   frontend,
   pgQuery,
-  startPgProxy,
-  startPostgres,
+  proxyMaker,
+  startAppCluster,
   startup,
   writeAuthFile,
 } from './helpers/postgres.js';
 import { until } from './helpers/util.js';
 
-const cluster = await startPostgres();
-t.teardown(() => cluster.stop());
-await cluster.sql(`CREATE ROLE app LOGIN PASSWORD 'secret'`);
-await cluster.sql(`CREATE DATABASE appdb OWNER app`);
+const cluster = await startAppCluster(t);
 const authFile = await writeAuthFile(cluster.dir, { app: 'secret' });
 
-type Proxy = Awaited<ReturnType<typeof startPgProxy>>;
-
-async function proxyFor(
-  t: Test,
-  settings: Record<string, unknown> = {},
-  pool: Record<string, unknown> = {},
-  top?: Record<string, unknown>,
-): Promise<Proxy> {
-  const proxy = await startPgProxy(
-    cluster,
-    { authFile, ...settings },
-    { maxSize: 2, ...pool },
-    {},
-    top,
-  );
-  t.teardown(() => proxy.app.stop(2000));
-  return proxy;
-}
+const proxyFor = proxyMaker(cluster, { authFile }, 2);
 
 const errorCode = (p: Promise<unknown>): Promise<string> =>
   p.then(

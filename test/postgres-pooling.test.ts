@@ -13,7 +13,7 @@ import {
   pgQuery,
   pgClient as client,
   startPgProxy,
-  startPostgres,
+  startAppCluster,
   writeAuthFile,
   type PgCluster,
 } from './helpers/postgres.js';
@@ -22,10 +22,7 @@ import { sleep, until } from './helpers/util.js';
 
 const exec = promisify(execFile);
 
-const cluster: PgCluster = await startPostgres();
-t.teardown(() => cluster.stop());
-await cluster.sql(`CREATE ROLE app LOGIN PASSWORD 'secret'`);
-await cluster.sql(`CREATE DATABASE appdb OWNER app`);
+const cluster: PgCluster = await startAppCluster(t);
 await cluster.sql(`CREATE TABLE items (id int PRIMARY KEY, name text)`, 'appdb');
 await cluster.sql(`ALTER TABLE items OWNER TO app`, 'appdb');
 const verifier = await cluster.sql(`SELECT rolpassword FROM pg_authid WHERE rolname = 'app'`);

@@ -19,17 +19,14 @@ import {
   postgresClient,
   proxyMaker,
   startPgProxy,
-  startPostgres,
+  startAppCluster,
   writeAuthFile,
   type RawMessage,
 } from './helpers/postgres.js';
 
 const exec = promisify(execFile);
 
-const cluster = await startPostgres({ conf: ['log_min_duration_statement = 0'] });
-t.teardown(() => cluster.stop());
-await cluster.sql(`CREATE ROLE app LOGIN PASSWORD 'secret'`);
-await cluster.sql(`CREATE DATABASE appdb OWNER app`);
+const cluster = await startAppCluster(t, { conf: ['log_min_duration_statement = 0'] });
 await cluster.sql(`CREATE TABLE items (id int PRIMARY KEY, name text)`, 'appdb');
 await cluster.sql(
   `INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 20) g`,

@@ -13,14 +13,11 @@ import {
   type RawMessage,
   postgresClient,
   proxyMaker,
-  startPostgres,
+  startAppCluster,
   writeAuthFile,
 } from './helpers/postgres.js';
 
-const cluster = await startPostgres();
-t.teardown(() => cluster.stop());
-await cluster.sql(`CREATE ROLE app LOGIN PASSWORD 'secret'`);
-await cluster.sql(`CREATE DATABASE appdb OWNER app`);
+const cluster = await startAppCluster(t);
 await cluster.sql(`CREATE SCHEMA other AUTHORIZATION app`, 'appdb');
 const authFile = await writeAuthFile(cluster.dir, { app: 'secret' });
 

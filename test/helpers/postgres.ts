@@ -254,8 +254,9 @@ export async function startPgProxy(
 }
 
 /**
- * A test file's `proxyFor(t, settings, maxSize)`: sidepool in front of `cluster` with
- * `base` postgres settings under them, stopped when the test ends.
+ * A test file's `proxyFor(t, settings, pool, top)`: sidepool in front of `cluster` with
+ * `base` postgres settings under them, stopped when the test ends. `pool` is a maxSize or
+ * pool settings (maxSize `defaultMaxSize` unless they say); `top`, top-level config keys.
  */
 export function proxyMaker(
   cluster: Pick<PgCluster, 'port'>,
@@ -265,12 +266,30 @@ export function proxyMaker(
   return async (
     t: { teardown(fn: () => unknown): void },
     settings: Record<string, unknown> = {},
-    maxSize = defaultMaxSize,
+    pool: number | Record<string, unknown> = defaultMaxSize,
+    top?: Record<string, unknown>,
   ): Promise<Awaited<ReturnType<typeof startPgProxy>>> => {
-    const proxy = await startPgProxy(cluster, { ...base, ...settings }, { maxSize });
+    const poolSettings =
+      typeof pool === 'number' ? { maxSize: pool } : { maxSize: defaultMaxSize, ...pool };
+    const proxy = await startPgProxy(cluster, { ...base, ...settings }, poolSettings, {}, top);
     t.teardown(() => proxy.app.stop(2000));
     return proxy;
   };
+}
+
+/**
+ * A cluster (stopped in teardown) where role `app`, password `secret`, owns database
+ * `appdb`: what the postgres mode's test files log in as.
+ */
+export async function startAppCluster(
+  t: { teardown(fn: () => unknown): void },
+  options: PgClusterOptions = {},
+): Promise<PgCluster> {
+  const cluster = await startPostgres(options);
+  t.teardown(() => cluster.stop());
+  await cluster.sql(`CREATE ROLE app LOGIN PASSWORD 'secret'`);
+  await cluster.sql(`CREATE DATABASE appdb OWNER app`);
+  return cluster;
 }
 
 /** An auth file in the cluster's directory: user → secret lines, PgBouncer's format. */
