@@ -1,5 +1,7 @@
-// The verifier a plain auth-file password is checked against is made once per secret.
+// Secrets: the verifier a plain auth-file password is checked against is made once per
+// secret; random bytes for nonces and cancel keys.
 import t from 'tap';
+import { secureRandomBytes } from '../src/proxy/postgres/auth/random.js';
 import { parseSecret, scramVerifierOf } from '../src/proxy/postgres/auth/secrets.js';
 import {
   ScramServer,
@@ -25,5 +27,22 @@ void t.test('a stored verifier is used as is; md5 has none', (t) => {
   t.same(scramVerifierOf(stored), parseVerifier(text));
   t.equal(scramVerifierOf(parseSecret('md5' + '0'.repeat(32))), undefined);
   t.ok(new ScramServer(scramVerifierOf(stored) as ScramVerifier));
+  t.end();
+});
+
+void t.test('random bytes fetched in batches are each handed out once', (t) => {
+  // 1,000 nonces of 18 bytes cross four 4 KiB batches: no two alike, none all zeros.
+  const seen = new Set<string>();
+  for (let i = 0; i < 1000; i++) {
+    const bytes = secureRandomBytes(18);
+    t.equal(bytes.length, 18);
+    seen.add(bytes.toString('hex'));
+  }
+  t.equal(seen.size, 1000, 'no nonce repeats, across batch boundaries too');
+  t.notOk(seen.has('00'.repeat(18)), 'no handed-out bytes were cleared before they went');
+  // A request larger than a quarter batch is served on its own.
+  const big = secureRandomBytes(2048);
+  t.equal(big.length, 2048);
+  t.not(big.toString('hex'), '00'.repeat(2048));
   t.end();
 });

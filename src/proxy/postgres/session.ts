@@ -1,4 +1,4 @@
-import { randomBytes, randomInt } from 'node:crypto';
+import { randomInt } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
@@ -9,6 +9,7 @@ import type { Link } from '../../pool/link.js';
 import type { Waiter } from '../../pool/pool.js';
 import type { Session } from '../route.js';
 import { MECHANISM, ScramServer, keysFromPassword } from './auth/scram.js';
+import { secureRandomBytes } from './auth/random.js';
 import { md5Response, md5Secret, scramVerifierOf, type Secret } from './auth/secrets.js';
 import { Backend, type BackendSink } from './backend.js';
 import type { CancelTarget, ClientCount, PgContext, PgPool } from './context.js';
@@ -154,7 +155,7 @@ export class PgSession implements Session, CancelTarget {
   private scram: ScramServer | undefined;
   private md5Salt: Buffer | undefined;
   private authMethod: 'scram' | 'md5' | 'password' | undefined;
-  readonly cancelKey = randomBytes(4).readInt32BE();
+  readonly cancelKey = secureRandomBytes(4).readInt32BE();
   private readonly pid = nextPid++;
   private boundAt = 0;
   private waitStartedAt = 0;
@@ -579,7 +580,7 @@ export class PgSession implements Session, CancelTarget {
       return;
     }
     this.authMethod = 'md5';
-    this.md5Salt = randomBytes(4);
+    this.md5Salt = secureRandomBytes(4);
     this.toClient(authentication(AuthKind.MD5Password, this.md5Salt));
   }
 

@@ -1,4 +1,5 @@
 import { createHash, createHmac, pbkdf2Sync, randomBytes, timingSafeEqual } from 'node:crypto';
+import { secureRandomBytes } from './random.js';
 
 /**
  * SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL speaks it: the server side, which
@@ -110,7 +111,7 @@ export class ScramServer {
     ) {
       throw new ScramError('client-first-message has no valid nonce');
     }
-    this.nonce = clientNonce + randomBytes(18).toString('base64');
+    this.nonce = clientNonce + secureRandomBytes(18).toString('base64');
     const v = this.verifier;
     this.serverFirst = `r=${this.nonce},s=${v.salt.toString('base64')},i=${v.iterations}`;
     return this.serverFirst;
@@ -144,7 +145,7 @@ export class ScramServer {
 
 /** The client side of one exchange, logging in to the upstream. */
 export class ScramClient {
-  private readonly clientNonce = randomBytes(18).toString('base64');
+  private readonly clientNonce = secureRandomBytes(18).toString('base64');
   private readonly clientFirstBare = `n=*,r=${this.clientNonce}`;
   private expectedServerSignature: Buffer | undefined;
 
